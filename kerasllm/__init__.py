@@ -1,0 +1,33 @@
+"""kerasllm: small text models trained on your text, compressed, and served fast.
+
+Importing ``kerasllm`` is cheap: TensorFlow is imported only when a model is built or loaded.
+"""
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute", resolved on first use
+_LAZY = {
+    "load": "kerasllm.runtime:load",
+    "load_classifier": "kerasllm.models.classifier:load_classifier",
+    "TextClassifier": "kerasllm.models.classifier:TextClassifier",
+    "WordTokenizer": "kerasllm.text.word:WordTokenizer",
+    "export": "kerasllm.export:export",
+}
+
+
+def __getattr__(name):
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'kerasllm' has no attribute {name!r}")
+    module, attribute = target.split(":")
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = sorted(_LAZY)

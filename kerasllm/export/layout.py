@@ -1,0 +1,112 @@
+"""The on-disk layout TF Serving loads: ``<root>/<name>/<version>/``, versions are increasing integers.
+
+A version appears only when complete: it is written into a hidden temporary directory beside
+the versions and renamed into place, so a server polling the folder never sees half a model
+(and an interrupted export leaves no half-written version behind).
+
+Each version holds the SavedModel at its top (``saved_model.pb``, ``variables/``, ``assets/``),
+any other artifacts (``model.tflite``) and ``kerasllm.json``, the manifest that tells
+``kerasllm.load`` what kind of model this is and which files it has.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+MANIFEST = "kerasllm.json"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_model_name(name: str) -> str:
+    """Model names become folder names and URL parts: letters, digits, '.', '_', '-'; no path tricks."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name in (".", ".."):
+        raise ValueError(
+            f"invalid model name {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def versions(model_dir) -> list[int]:
+    """The complete versions under ``model_dir``, oldest first (temporary folders are not versions)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def resolve_version(path, version=None) -> Path:
+    """``path`` may be a model folder (``saved_models/sms``; newest version unless ``version``)
+    or one version folder (``saved_models/sms/3``). Returns the version folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no model at {path}")
+    if (path / MANIFEST).is_file() and version is None:
+        return path
+    found = versions(path)
+    if version is not None:
+        if int(version) not in found:
+            raise FileNotFoundError(f"{path} has no version {version}; versions present: {found or 'none'}")
+        return path / str(int(version))
+    if not found:
+        raise FileNotFoundError(
+            f"{path} holds no model version: expected {path}/<version>/{MANIFEST} as written by tasks.export"
+        )
+    return path / str(found[-1])
+
+
+def read_manifest(version_dir) -> dict:
+    version_dir = Path(version_dir)
+    try:
+        with open(version_dir / MANIFEST, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{version_dir} is not a kerasllm export: {MANIFEST} is missing"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{version_dir / MANIFEST} is damaged: {e}") from None
+    if not isinstance(manifest, dict) or "kind" not in manifest:
+        raise ValueError(f"{version_dir / MANIFEST} is not a kerasllm manifest (no 'kind')")
+    return manifest
+
+
+def write_json_atomic(path, obj):
+    """Write JSON to a temporary file beside ``path`` and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def publish(model_dir, write, version=None) -> Path:
+    """Call ``write(tmp_dir)`` to fill a temporary folder, then rename it to
+    ``model_dir/<version>`` (the next free integer unless given). Returns the version folder.
+    If ``write`` fails, nothing is left behind."""
+    model_dir = Path(model_dir)
+    check_model_name(model_dir.name)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=model_dir))
+    try:
+        write(tmp)
+        number = int(version) if version is not None else (versions(model_dir) or [0])[-1] + 1
+        while (model_dir / str(number)).exists():
+            if version is not None:
+                raise FileExistsError(f"{model_dir / str(number)} already exists; versions are never overwritten")
+            number += 1
+        final = model_dir / str(number)
+        os.rename(tmp, final)  # atomic on one file system
+        return final
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,73 @@
+"""TFLite conversion, and the files that travel inside a ``.tflite``.
+
+Associated files (tokenizer, labels, config) are stored the way TFLite Metadata stores them:
+a zip archive appended to the flatbuffer. The interpreter ignores the trailing bytes, and
+any zip reader finds the archive, so one ``.tflite`` file is usable on its own.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+ASSOCIATED_CONFIG = "kerasllm.json"
+
+
+def convert(concrete_functions, trackable=None, quantization=None, representative_dataset=None,
+            allow_select_ops=False):
+    """Convert concrete functions to TFLite flatbuffer bytes.
+
+    quantization: None (float32), "dynamic" (int8 weights), "float16", "int8" (full integer
+    with float input/output; needs representative_dataset), "16x8".
+    """
+    from kerasllm._tf import tf
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(list(concrete_functions), trackable)
+    ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization in ("int8", "16x8"):
+        if representative_dataset is None:
+            raise ValueError(f"{quantization} quantization needs a representative dataset")
+        converter.representative_dataset = representative_dataset
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if quantization == "int8" else
+               tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    elif quantization not in (None, "dynamic"):
+        raise ValueError(f"unknown quantization {quantization!r}; expected None, 'dynamic', 'float16', 'int8' or '16x8'")
+    if allow_select_ops:
+        ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+    converter.target_spec.supported_ops = ops
+    return converter.convert()
+
+
+def attach(flatbuffer: bytes, config: dict, files: dict | None = None) -> bytes:
+    """Append a zip holding ``kerasllm.json`` (``config``) and any other ``files`` (name -> bytes)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(ASSOCIATED_CONFIG, json.dumps(config, ensure_ascii=False))
+        for name, data in (files or {}).items():
+            z.writestr(name, data)
+    return bytes(flatbuffer) + buffer.getvalue()
+
+
+def read_attached(path) -> dict:
+    """The ``kerasllm.json`` config stored inside a ``.tflite`` file."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return json.loads(z.read(ASSOCIATED_CONFIG))
+    except (zipfile.BadZipFile, KeyError):
+        raise ValueError(f"{path} carries no kerasllm config: was it written by kerasllm's export?") from None
+
+
+def read_attached_file(path, name) -> bytes:
+    with zipfile.ZipFile(path) as z:
+        return z.read(name)
+
+
+def interpreter(model_path, num_threads=1):
+    """A LiteRT interpreter (``ai_edge_litert``; ``tf.lite.Interpreter`` is deprecated)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_path=str(model_path), num_threads=num_threads)
