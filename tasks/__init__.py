@@ -1,5 +1,7 @@
-"""The task functions users call from Python; the ``kerasllm`` command line runs the same tasks."""
-from tasks.classify import train_classifier
+"""The task functions users call from Python; the ``kerasllm`` command line runs the same tasks.
+
+Each task module imports TensorFlow only inside its functions, so ``import tasks`` is cheap.
+"""
 from tasks.export import export
 
-__all__ = ["train_classifier", "export"]
+__all__ = ["export"]
