@@ -2,6 +2,7 @@
 
 Each task module imports TensorFlow only inside its functions, so ``import tasks`` is cheap.
 """
+from tasks.classify import train_classifier
 from tasks.export import export
 
-__all__ = ["export"]
+__all__ = ["train_classifier", "export"]

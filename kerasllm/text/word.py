@@ -6,7 +6,10 @@
 
 Rules: lower-case; every punctuation or symbol character (emoji included) and every CJK
 character is a token of its own (so Chinese and Japanese need no spaces); any other run of
-non-separator characters is a token. Ids: 0 is padding, 1 is out-of-vocabulary.
+non-separator characters is a token. Ids: 0 is padding; a token outside the vocabulary gets
+one of four out-of-vocabulary ids by its shape (short number, long number such as a phone
+number, letters mixed with digits, anything else), which keeps the signal an unseen number
+carries (it matters for spam) without growing the vocabulary.
 
 The character classes are computed from ``unicodedata`` once and stored in the tokenizer's
 config, so a model saved under one Python keeps the same classes under another.
@@ -22,7 +25,9 @@ from functools import lru_cache
 import numpy as np
 
 PAD, OOV = 0, 1
-SPECIAL_TOKENS = ["[PAD]", "[UNK]"]
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[NUM]", "[LONGNUM]", "[ALNUM]"]
+# Out-of-vocabulary shapes, tried in order; ASCII digits only so Python and RE2 agree.
+OOV_SHAPES = ((3, "[0-9]{5,}"), (2, "[0-9]+"), (4, ".*[0-9].*"))
 
 # Han ideographs, kana, CJK punctuation and full-width forms: split per character.
 CJK_RANGES = [
@@ -114,38 +119,90 @@ def check_texts(texts, name="texts"):
 
 
 class WordTokenizer:
-    """Lower-case, punctuation- and CJK-splitting word tokenizer with a capped vocabulary."""
+    """Lower-case, punctuation- and CJK-splitting word tokenizer with a capped vocabulary.
 
-    def __init__(self, vocabulary=None, max_length=64, split_ranges=None, separator_ranges=None):
+    With ``char_ngrams=n`` it also emits the ids of the character n-grams of each word
+    (``<word>`` with boundary marks, fastText's subword idea) from a second vocabulary whose ids
+    follow the word ids; ``encode`` then returns ``[word ids | n-gram ids]`` side by side,
+    ``max_length + max_char_grams`` columns. Unknown n-grams are dropped (id 0).
+    """
+
+    def __init__(self, vocabulary=None, max_length=64, split_ranges=None, separator_ranges=None,
+                 char_ngrams=0, char_vocabulary=None, max_char_grams=None):
         if split_ranges is None or separator_ranges is None:
             split_ranges, separator_ranges = default_classes()
         self.split_ranges = [list(r) for r in split_ranges]
         self.separator_ranges = [list(r) for r in separator_ranges]
         self.max_length = int(max_length)
+        self.char_ngrams = int(char_ngrams)
+        self.max_char_grams = int(max_char_grams) if max_char_grams is not None else 4 * self.max_length
         self.vocabulary = list(vocabulary) if vocabulary is not None else None
-        split = python_class(self.split_ranges)
-        other = "[^" + python_class(self.split_ranges)[1:-1] + python_class(self.separator_ranges)[1:-1] + "]"
-        self._token_re = re.compile(f"{split}|{other}+")
-        self._index = None if vocabulary is None else {t: i for i, t in enumerate(self.vocabulary)}
+        self.char_vocabulary = list(char_vocabulary or [])
+        self._token_re = _token_regex(self.split_ranges, self.separator_ranges)
+        # Most text is ASCII: the same rules restricted to ASCII make a much smaller, faster regex.
+        self._ascii_token_re = _token_regex(_clip(self.split_ranges, 127), _clip(self.separator_ranges, 127))
+        self._shapes = [(i, re.compile(p)) for i, p in OOV_SHAPES]
+        self._build_index()
+
+    def _build_index(self):
+        self._index = None if self.vocabulary is None else {t: i for i, t in enumerate(self.vocabulary)}
+        offset = len(self.vocabulary or ())
+        self._char_index = {g: offset + i for i, g in enumerate(self.char_vocabulary)}
+        self._cache = {}  # token -> (word id, n-gram ids): the fast path looks each token up once
+
+    def _oov(self, token):
+        for i, pattern in self._shapes:
+            if pattern.fullmatch(token):
+                return i
+        return OOV
+
+    def _ids(self, tokens):
+        index = self._index
+        return [index[t] if t in index else self._oov(t) for t in tokens]
+
+    def _grams(self, token):
+        n, marked = self.char_ngrams, f"<{token}>"
+        return [marked[i:i + n] for i in range(len(marked) - n + 1)]
+
+    def _gram_ids(self, tokens):
+        get = self._char_index.get
+        ids = [get(g, 0) for t in tokens for g in self._grams(t)]
+        return [i for i in ids if i][: self.max_char_grams]
 
     # -- vocabulary ---------------------------------------------------------------------------
-    def fit(self, texts, max_tokens=20000, min_count=1):
-        """Build the vocabulary from ``texts``: the most frequent tokens, ties broken by text."""
+    def fit(self, texts, max_tokens=20000, min_count=2, max_char_tokens=20000):
+        """Build the vocabularies from ``texts``: the most frequent tokens (and character n-grams),
+        at least ``min_count`` times, ties broken by text."""
         texts = check_texts(texts)
-        if max_tokens < 3:
-            raise ValueError(f"max_tokens must be at least 3 (padding, OOV and one token), got {max_tokens}")
-        counts = Counter()
+        if max_tokens <= len(SPECIAL_TOKENS):
+            raise ValueError(f"max_tokens must exceed the {len(SPECIAL_TOKENS)} special tokens, got {max_tokens}")
+        counts, gram_counts = Counter(), Counter()
         for t in texts:
-            counts.update(self.split(t))
-        ranked = sorted((c for c in counts.items() if c[1] >= min_count), key=lambda kv: (-kv[1], kv[0]))
-        self.vocabulary = SPECIAL_TOKENS + [tok for tok, _ in ranked[: max_tokens - len(SPECIAL_TOKENS)]]
-        self._index = {t: i for i, t in enumerate(self.vocabulary)}
+            tokens = self.split(t)
+            counts.update(tokens)
+            if self.char_ngrams:
+                for tok in tokens[: self.max_length]:
+                    gram_counts.update(self._grams(tok))
+        self.vocabulary = SPECIAL_TOKENS + _most_common(counts, min_count, max_tokens - len(SPECIAL_TOKENS))
+        self.char_vocabulary = _most_common(gram_counts, min_count, max_char_tokens)
+        self._build_index()
         return self
 
     @property
     def vocab_size(self):
+        """Number of word ids (padding and OOV ids included)."""
         self._require_fit()
         return len(self.vocabulary)
+
+    @property
+    def total_vocab_size(self):
+        """Word ids plus character n-gram ids."""
+        return self.vocab_size + len(self.char_vocabulary)
+
+    @property
+    def width(self):
+        """Columns of ``encode``'s output."""
+        return self.max_length + (self.max_char_grams if self.char_ngrams else 0)
 
     def _require_fit(self):
         if self.vocabulary is None:
@@ -153,27 +210,44 @@ class WordTokenizer:
 
     # -- Python way ---------------------------------------------------------------------------
     def split(self, text: str):
+        if text.isascii():
+            return self._ascii_token_re.findall(text.lower())
         return self._token_re.findall(lower(text))
 
-    def encode(self, texts, max_length=None):
-        """int32 array [len(texts), max_length]: ids, right-padded with 0, truncated at max_length."""
+    def _token_ids(self, token):
+        """(word id, n-gram ids) of one token, memoised (bounded, so odd input cannot grow it forever)."""
+        found = self._cache.get(token)
+        if found is None:
+            word = self._index[token] if token in self._index else self._oov(token)
+            found = (word, tuple(self._gram_ids([token])) if self.char_ngrams else ())
+            if len(self._cache) < 200_000:
+                self._cache[token] = found
+        return found
+
+    def encode(self, texts):
+        """int32 array [len(texts), width]: word ids right-padded with 0 and truncated at
+        max_length, then (with char_ngrams) the n-gram ids of those words, likewise padded."""
         self._require_fit()
         texts = check_texts(texts)
-        length = self.max_length if max_length is None else int(max_length)
-        out = np.zeros((len(texts), length), dtype=np.int32)
-        get = self._index.get
+        out = np.zeros((len(texts), self.width), dtype=np.int32)
         for row, text in enumerate(texts):
-            ids = [get(tok, OOV) for tok in self.split(text)[:length]]
-            out[row, : len(ids)] = ids
+            self.encode_one(text, out[row])
         return out
 
-    def encode_one(self, text: str, out):
-        """Fill the preallocated int32 row ``out`` with the ids of one text (the fast path)."""
-        get = self._index.get
-        ids = [get(tok, OOV) for tok in self._token_re.findall(lower(text))[: out.shape[-1]]]
-        out[:] = 0
-        out[: len(ids)] = ids
-        return out
+    def ids_one(self, text: str):
+        """(word ids, character n-gram ids) of one text, truncated, unpadded."""
+        words, grams = [], []
+        for token in self.split(text)[: self.max_length]:
+            word, token_grams = self._token_ids(token)
+            words.append(word)
+            grams.extend(token_grams)
+        return words, grams[: self.max_char_grams]
+
+    def encode_one(self, text: str, out, max_length=None):
+        """Fill the preallocated int32 row ``out`` with the ids of one text: word ids in the first
+        ``max_length`` columns (default: the tokenizer's), n-gram ids after them."""
+        words, grams = self.ids_one(text)
+        return fill_row(out, words, grams, max_length or self.max_length)
 
     def lengths(self, texts):
         return [len(self.split(t)) for t in check_texts(texts)]
@@ -185,6 +259,9 @@ class WordTokenizer:
             "type": "word",
             "vocabulary": self.vocabulary,
             "max_length": self.max_length,
+            "char_ngrams": self.char_ngrams,
+            "char_vocabulary": self.char_vocabulary,
+            "max_char_grams": self.max_char_grams,
             "split_ranges": self.split_ranges,
             "separator_ranges": self.separator_ranges,
         }
@@ -195,3 +272,27 @@ class WordTokenizer:
         if config.pop("type", "word") != "word":
             raise ValueError(f"not a word tokenizer config: type={config.get('type')!r}")
         return cls(**config)
+
+
+def _token_regex(split_ranges, separator_ranges):
+    """A token is one split character, or a run of characters that are neither split nor separator."""
+    split = python_class(split_ranges)
+    other = "[^" + split[1:-1] + python_class(separator_ranges)[1:-1] + "]"
+    return re.compile(f"{split}|{other}+")
+
+
+def _clip(ranges, top):
+    return [[lo, min(hi, top)] for lo, hi in ranges if lo <= top]
+
+
+def fill_row(out, words, grams, max_length):
+    """Write word ids then n-gram ids into the int32 row ``out``, zero-padded (ids must fit)."""
+    out[:] = 0
+    out[: len(words)] = words
+    out[max_length: max_length + len(grams)] = grams
+    return out
+
+
+def _most_common(counts, min_count, limit):
+    ranked = sorted((kv for kv in counts.items() if kv[1] >= min_count), key=lambda kv: (-kv[1], kv[0]))
+    return [item for item, _ in ranked[:limit]]
