@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kerasllm.compression.training import copy_weights, encode_labelled, fine_tune, refold, with_model
+from kerasllm.compression.training import (copy_weights, encode_labelled, fine_tune, refold, restore_masks,
+                                            with_model)
 
 PRUNABLE = ("Embedding", "Dense", "SimpleRNN", "LSTM", "GRU")
 
@@ -42,6 +43,7 @@ def prune_classifier(clf, texts, labels, sparsity=0.8, epochs=3, learning_rate=N
 
     wrapped = keras.models.clone_model(clf.model, clone_function=wrap)
     copy_weights(clf.model, wrapped)
+    wrapped = restore_masks(wrapped)
     fine_tune(wrapped, x, y, epochs, learning_rate or clf.config.learning_rate / 3, clf.config.batch_size,
               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], seed=seed)
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)

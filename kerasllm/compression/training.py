@@ -84,3 +84,31 @@ def copy_weights(source, target):
     for name, layer in inner_layers(source).items():
         if layer.weights:
             targets[name].set_weights(layer.get_weights())
+
+
+def restore_masks(model):
+    """``model`` rewired so tfmot wrappers pass on their inner layer's mask.
+
+    tfmot's pruning and quantization wrappers drop Keras masks, so a wrapped ``Embedding(mask_zero)``
+    would let the recurrence read padding during fine-tuning: a different function from the one
+    exported. The wrappers get the inner layer's ``compute_mask`` and the graph is rebuilt from the
+    same layer objects (weights shared).
+    """
+    from kerasllm._tf import keras
+
+    changed = False
+    for layer in model.layers:
+        inner = getattr(layer, "layer", None)
+        if inner is not None and getattr(inner, "supports_masking", False) and not layer.supports_masking:
+            layer.compute_mask = lambda inputs, mask=None, inner=inner: inner.compute_mask(inputs, mask)
+            layer._supports_masking = True
+            changed = True
+    return keras.models.clone_model(model, clone_function=lambda layer: layer) if changed else model
+
+
+def own_model_scope():
+    """Allow Lambda layers while tfmot re-serializes our own model: the classifier slices its word
+    ids with a Lambda, which Keras refuses to deserialize by default (it cannot know it is ours)."""
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    return SafeModeScope(False)
