@@ -3,6 +3,7 @@
 Each task module imports TensorFlow only inside its functions, so ``import tasks`` is cheap.
 """
 from tasks.classify import train_classifier
+from tasks.compress import compress
 from tasks.export import export
 
-__all__ = ["train_classifier", "export"]
+__all__ = ["train_classifier", "compress", "export"]
