@@ -135,15 +135,22 @@ def _recurrent(config, unroll, share):
         rnn = kinds[config.architecture](config.units, return_sequences=sequences, unroll=unroll,
                                          name=config.architecture)
         return keras.layers.Bidirectional(rnn, name="bidirectional") if config.bidirectional else rnn
-    # Wrap the trained cells in new RNN layers: same weights, possibly unrolled.
+    # Wrap the trained cells in new RNN layers: same weights, possibly unrolled. (Not through
+    # keras' Bidirectional, which rebuilds its layers from config and so would make new weights.)
     trained = share.get_layer("bidirectional" if config.bidirectional else config.architecture)
     if not config.bidirectional:
         return keras.layers.RNN(trained.cell, return_sequences=sequences, unroll=unroll)
     forward = keras.layers.RNN(trained.forward_layer.cell, return_sequences=sequences, unroll=unroll)
     backward = keras.layers.RNN(trained.backward_layer.cell, return_sequences=sequences, unroll=unroll,
                                 go_backwards=True)
-    return keras.layers.Bidirectional(forward, backward_layer=backward)
 
+    def both_ways(x):
+        back = backward(x)
+        if sequences:  # keras' Bidirectional puts the backward outputs back in time order
+            back = keras.layers.Lambda(lambda t: t[:, ::-1])(back)
+        return keras.layers.Concatenate()([forward(x), back])
+
+    return both_ways
 
 class TextClassifier:
     """Estimator: ``fit(texts, labels)``, ``predict``, ``predict_proba``, ``evaluate``, ``save``, export."""
