@@ -3,5 +3,6 @@
 Each task module imports TensorFlow only inside its functions, so ``import tasks`` is cheap.
 """
 from tasks.export import export
+from tasks.serve import serve
 
-__all__ = ["export"]
+__all__ = ["export", "serve"]
