@@ -29,7 +29,7 @@ def build_module(version_tag: int, work: int = 0):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
         def classify(self, texts):
             length = tf.cast(tf.strings.length(texts), tf.float32) + self._burn()
-            spam = tf.sigmoid(length / 10.0 - 2.0)
+            spam = length / (length + 20.0)  # exactly rounded whatever the batch (a sigmoid is not)
             probabilities = tf.stack([1.0 - spam, spam], axis=1)
             label = tf.gather(tf.constant(LABELS), tf.argmax(probabilities, axis=1))
             return {"probabilities": probabilities, "label": label,

@@ -34,7 +34,7 @@ class Counter:
     def render(self):
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} counter"
-        for labels, value in sorted(self.values.items()):
+        for labels, value in sorted(self.values.items(), key=lambda item: tuple(map(str, item[0]))):
             yield f"{self.name}{_labels(self.labelnames, labels)} {value:g}"
 
 
@@ -74,7 +74,7 @@ class Histogram:
     def render(self):
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} histogram"
-        for labels, row in sorted(self.values.items()):
+        for labels, row in sorted(self.values.items(), key=lambda item: tuple(map(str, item[0]))):
             cumulative = 0
             for bound, count in zip(list(self.buckets) + ["+Inf"], row[:-1]):
                 cumulative += count

@@ -273,7 +273,7 @@ class ModelServer:
 
     async def _post(self, request):
         started = time.perf_counter()
-        model_label, signature_label, verb = "-", "-", "-"
+        model_label, signature_label, verb_label = "-", "-", "-"
         status = 500
         try:
             if self._closing:
@@ -282,9 +282,8 @@ class ModelServer:
             if metadata or verb is None:
                 raise HTTPError(405, "POST needs a verb: :predict, :classify, :generate or :query")
             if verb not in _VERBS:
-                verb_label, verb = verb, "-"
-                raise HTTPError(404, f"unknown verb :{verb_label[:40]}; expected one of "
-                                     + ", ".join(":" + v for v in _VERBS))
+                raise HTTPError(404, f"unknown verb :{verb[:40]}; expected one of " + ", ".join(":" + v for v in _VERBS))
+            verb_label = verb
             servable = self._servable(name, version, label)
             model_label = name
             body = await self._json_body(request)
@@ -304,8 +303,8 @@ class ModelServer:
             status = error.status
             raise
         finally:
-            self.metrics.requests.inc(model_label, signature_label, verb, str(status))
-            self.metrics.latency.observe(model_label, signature_label, verb, value=time.perf_counter() - started)
+            self.metrics.requests.inc(model_label, signature_label, verb_label, str(status))
+            self.metrics.latency.observe(model_label, signature_label, verb_label, value=time.perf_counter() - started)
 
     def _signature(self, servable, body):
         name = body.get("signature_name", DEFAULT_SIGNATURE)
@@ -320,6 +319,9 @@ class ModelServer:
     async def _predict(self, request, servable, body):
         signature = self._signature(servable, body)
         arrays, fmt = parse_predict(body, signature.inputs, self.options.limits)
+        if fmt == "row" and not signature.batchable:
+            raise BadRequest(f"signature {signature.name!r} has outputs without a batch dimension, so it cannot "
+                             "answer the row ('instances') format: use the columnar 'inputs' format")
         outputs = await self._run(servable, signature, arrays)
         return web.json_response(format_predict(outputs, fmt)), signature.name
 
