@@ -217,11 +217,11 @@ def write_warmup_requests(version_dir, model_name, batch_sizes=(1,), texts=SAMPL
 
 def read_warmup_requests(path) -> list:
     """The ``PredictionLog`` records of a warm-up file."""
-    from kerasllm._tf import tf
+    from kerasllm._tf import no_autotune, tf
     from tensorflow_serving.apis import prediction_log_pb2
 
     return [prediction_log_pb2.PredictionLog.FromString(r.numpy())
-            for r in tf.data.TFRecordDataset(str(path))]
+            for r in no_autotune(tf.data.TFRecordDataset(str(path)))]
 
 
 def write_serving_bundle(root, max_batch_size=32, batch_timeout_micros=2000, max_enqueued_batches=128,

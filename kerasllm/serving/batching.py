@@ -146,8 +146,9 @@ class Batcher:
                     break
                 self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), remaining)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(remaining):
+                        await self._wake.wait()
+                except TimeoutError:
                     break
             await self._slots.acquire()  # the batch keeps filling while every thread is busy
             tasks = self._take()

@@ -48,11 +48,12 @@ class Signature:
     inputs: dict  # name -> TensorInfo
     outputs: dict
     method_name: str
+    batchable: bool = field(init=False)
 
-    @property
-    def batchable(self) -> bool:
-        """Rows of different requests can be stacked: some input and every output carry the batch dimension."""
-        return any(i.batched for i in self.inputs.values()) and all(o.batched for o in self.outputs.values())
+    def __post_init__(self):
+        # rows of different requests can be stacked: some input and every output carry the batch dimension
+        self.batchable = any(i.batched for i in self.inputs.values()) and all(
+            o.batched for o in self.outputs.values())
 
     def run(self, arrays: dict) -> dict:
         """Called in a worker thread: NumPy in, NumPy out."""
@@ -117,11 +118,11 @@ def warm_up(servable: Servable, limit=64):
     path = servable.path / WARMUP_FILE
     if not path.is_file():
         return 0
-    from kerasllm._tf import tf
+    from kerasllm._tf import no_autotune, tf
     from tensorflow_serving.apis import prediction_log_pb2
 
     count = 0
-    for record in tf.data.TFRecordDataset(str(path)).take(limit):
+    for record in no_autotune(tf.data.TFRecordDataset(str(path)).take(limit)):
         log_entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         request = log_entry.predict_log.request
         signature = servable.signatures.get(request.model_spec.signature_name or "serving_default")

@@ -385,7 +385,7 @@ class ModelServer:
                 if not any(isinstance(p, str) and p for p in pieces):
                     break
             await response.write(_sse({"done": True, "completions": done}))
-        except (BadRequest, HTTPError, QueueFull, asyncio.TimeoutError) as error:
+        except (BadRequest, HTTPError, QueueFull, TimeoutError) as error:
             await response.write(_sse({"error": str(error) or type(error).__name__}))
         except ConnectionResetError:
             pass
@@ -396,8 +396,9 @@ class ModelServer:
 
     async def _run(self, servable, signature, arrays):
         try:
-            return await asyncio.wait_for(self._submit(servable, signature, arrays), self.options.request_timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.options.request_timeout):  # cheaper than wait_for: no extra task
+                return await self._submit(servable, signature, arrays)
+        except TimeoutError:
             raise HTTPError(504, f"the request took longer than {self.options.request_timeout:g} s") from None
         except QueueFull as error:
             self.metrics.rejected.inc(servable.name, signature.name)
