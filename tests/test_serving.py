@@ -130,8 +130,8 @@ def test_predict_other_signatures(served, direct):
     # a signature whose outputs have no batch dimension still works (run alone, not batched)
     assert served.client.predict_columnar("sms", ["ab", "cde"], signature_name="count") == {"n": 2, "chars": 5}
     with pytest.raises(ClientError) as error:
-        served.client.predict("sms", ["ab"], signature_name="count")  # row format needs batched outputs... and a
-    assert error.value.status == 400  # batched input, which it has; the outputs are checked when split
+        served.client.predict("sms", ["ab"], signature_name="count")  # rows need outputs with a batch dimension
+    assert error.value.status == 400 and "columnar" in error.value.message
 
 
 def test_classify_uses_manifest_labels(served, direct):
@@ -381,6 +381,60 @@ def test_metrics_count_requests_and_batches(served):
     assert 'kerasllm_batch_size_count{model="sms",signature="serving_default"}' in text
     assert 'kerasllm_model_version{model="sms"} 1' in text
     assert "# TYPE kerasllm_request_latency_seconds histogram" in text
+
+
+def test_full_queue_answers_429_and_the_rest_still_succeed(root):
+    server = ServerThread(root, max_batch_size=1, max_enqueued_batches=1, num_batch_threads=1)
+    release = threading.Event()
+    try:
+        server.server._executor.submit(release.wait, 30)  # the only inference thread is busy
+
+        def batcher():
+            return next(iter(server.server._batchers.values()), None)
+
+        def wait_for(condition):
+            deadline = time.monotonic() + 30
+            while not condition():
+                assert time.monotonic() < deadline, "the server never reached the expected state"
+                time.sleep(0.01)
+
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(server.client.predict, "sms", ["first"])
+            wait_for(lambda: batcher() is not None and batcher().queued_rows == 0 and not batcher().idle)
+            second = pool.submit(Client(server.url).predict, "sms", ["second"])
+            wait_for(lambda: batcher().queued_rows == 1)
+            status, data = server.raw("POST", "/v1/models/sms:predict", b'{"instances": ["third"]}')
+            assert status == 429 and "queue is full" in json.loads(data)["error"]
+            release.set()
+            assert first.result(30)[0]["version"] == 1 and second.result(30)[0]["version"] == 1
+        assert server.server.metrics.rejected.get("sms", "serving_default") == 1
+    finally:
+        release.set()
+        server.close()
+
+
+def test_server_options_are_checked(root):
+    with pytest.raises(TypeError, match="max_batch_sise"):
+        ModelServer(root, max_batch_sise=8)
+    with pytest.raises(ValueError, match="max_batch_size"):
+        ModelServer(root, max_batch_size=0)
+    with pytest.raises(ValueError, match="allowed_batch_sizes"):
+        ModelServer(root, max_batch_size=8, allowed_batch_sizes=(2, 4))
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        ModelServer(root / "missing")
+
+
+def test_cli_parses_serve_options():
+    import argparse
+
+    from kerasllm.cli_serving import add_serving_commands
+
+    parser = argparse.ArgumentParser()
+    add_serving_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "models", "--port", "9000", "--max-batch-size", "16",
+                              "--allowed-batch-sizes", "4,16", "--no-batching"])
+    assert (args.root, args.port, args.max_batch_size, args.allowed_batch_sizes, args.no_batching, args.host) == (
+        "models", 9000, 16, "4,16", True, "127.0.0.1")
 
 
 # ---- versions and shutdown -----------------------------------------------------------------

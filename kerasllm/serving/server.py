@@ -74,6 +74,11 @@ class ModelServer:
 
     def __init__(self, root, options: ServerOptions | None = None, **kwargs):
         options = options or ServerOptions()
+        known = set(ServerOptions.__dataclass_fields__) | set(BatchingOptions.__dataclass_fields__) | set(
+            Limits.__dataclass_fields__)
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown server options {unknown}; known: {sorted(known - {'batching', 'limits'})}")
         batching = {k: kwargs.pop(k) for k in list(kwargs) if k in BatchingOptions.__dataclass_fields__}
         limits = {k: kwargs.pop(k) for k in list(kwargs) if k in Limits.__dataclass_fields__}
         if batching:
@@ -385,11 +390,15 @@ class ModelServer:
                 if not any(isinstance(p, str) and p for p in pieces):
                     break
             await response.write(_sse({"done": True, "completions": done}))
-        except (BadRequest, HTTPError, QueueFull, TimeoutError) as error:
-            await response.write(_sse({"error": str(error) or type(error).__name__}))
-        except ConnectionResetError:
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away: nothing left to tell it
             pass
-        await response.write_eof()
+        except Exception as error:  # the status line is gone: report in the stream, then end it
+            try:
+                await response.write(_sse({"error": str(error) or type(error).__name__}))
+                await response.write_eof()
+            except ConnectionResetError:
+                pass
         return response
 
     # ---- running signatures ----------------------------------------------------------------
