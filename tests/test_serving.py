@@ -5,7 +5,9 @@ import asyncio
 import base64
 import http.client
 import json
+import os
 import random
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -482,6 +484,35 @@ def test_new_version_under_load_switches_without_failures(tmp_path):
         with pytest.raises(ClientError) as error:
             server.client.predict("lm", ["x"], version=1)  # the old version was unloaded
         assert error.value.status == 404
+
+        def publish_copy(source, model_dir, version, damage=False):
+            staging = model_dir / f".tmp-copy-{version}"
+            shutil.copytree(source, staging)
+            if damage:
+                (staging / "saved_model.pb").write_bytes(b"not a SavedModel")
+            os.rename(staging, model_dir / str(version))
+
+        def wait_for(condition):
+            deadline = time.monotonic() + 60
+            while not condition():
+                assert time.monotonic() < deadline, "the server never picked up the change"
+                time.sleep(0.1)
+
+        # a damaged new version: logged and counted, the previous one keeps serving
+        publish_copy(tmp_path / "lm" / "2", tmp_path / "lm", 3, damage=True)
+        wait_for(lambda: server.server.registry.failed_versions("lm"))
+        assert server.client.predict("lm", ["x"])[0]["version"] == 2
+        assert server.server.metrics.load_failures.get("lm") == 1
+        # a new model appears; a model whose only version is damaged reports it, as TF Serving does
+        publish_copy(tmp_path / "lm" / "2", tmp_path / "other", 1)
+        publish_copy(tmp_path / "lm" / "2", tmp_path / "bad", 1, damage=True)
+        wait_for(lambda: "other" in server.server.registry.models and server.server.registry.failed_versions("bad"))
+        assert server.client.predict("other", ["x"])[0]["version"] == 2
+        status = server.client.status("bad")["model_version_status"][0]
+        assert status["state"] == "END" and status["version"] == "1" and status["status"]["error_message"]
+        with pytest.raises(ClientError) as error:
+            server.client.predict("bad", ["x"])
+        assert error.value.status == 404 and "failed to load" in error.value.message
     finally:
         server.close()
 

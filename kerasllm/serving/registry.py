@@ -204,11 +204,13 @@ class ModelRegistry:
                         self.on_change("served", name, max(served))
             return changed
 
-    def failure(self, name, version):
-        for (n, v, _), message in self.failures.items():
-            if n == name and v == version:
-                return message
-        return None
+    def failed_versions(self, name) -> dict:
+        """{version: error} for versions of ``name`` that failed to load and are still on disk."""
+        found = {v: message for (n, v, _), message in self.failures.items() if n == name}
+        if not found:
+            return {}
+        on_disk = set(versions(self.root / name))
+        return {v: message for v, message in found.items() if v in on_disk}
 
 
 def _stamp(path: Path):

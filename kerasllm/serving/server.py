@@ -226,8 +226,10 @@ class ModelServer:
     def _served(self, name):
         served = self.registry.models.get(name)
         if not served:
-            raise HTTPError(404, f"Servable not found for request: Latest({name}): no model {name!r} is loaded; "
-                                 f"models: {sorted(self.registry.models)}")
+            failed = self.registry.failed_versions(name)
+            reason = (f"; version {max(failed)} failed to load: {failed[max(failed)]}" if failed else "")
+            raise HTTPError(404, f"Servable not found for request: Latest({name}): no model {name!r} is loaded"
+                                 f"{reason}; models: {sorted(self.registry.models)}")
         return served
 
     def _servable(self, name, version, label):
@@ -265,6 +267,12 @@ class ModelServer:
             return web.json_response({
                 "model_spec": {"name": name, "signature_name": "", "version": str(servable.version)},
                 "metadata": {"signature_def": servable.signature_def_json}})
+        if not self.registry.models.get(name) and self.registry.failed_versions(name) and version is None \
+                and label is None:  # as TF Serving: the version that failed, with its error
+            failed = self.registry.failed_versions(name)
+            return web.json_response({"model_version_status": [
+                {"version": str(v), "state": "END", "status": {"error_code": "UNKNOWN", "error_message": failed[v]}}
+                for v in sorted(failed, reverse=True)]})
         served = self._served(name)
         if version is not None or label is not None:
             chosen = [self._servable(name, version, label).version]
@@ -340,8 +348,11 @@ class ModelServer:
         signature = verbs.find_signature(servable, verbs.QUERY_SIGNATURES, "query")
         texts = verbs.texts_from(body, ("texts", "queries", "instances", "text"), self.options.limits)
         arrays = verbs.build_inputs(signature, body, texts, verbs.QUERY_DEFAULTS, self.options.limits)
+        k = body.get("k")
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise BadRequest("'k' must be a positive integer")
         outputs = await self._run(servable, signature, arrays)
-        return web.json_response(verbs.query_result(outputs)), signature.name
+        return web.json_response(verbs.query_result(outputs, k)), signature.name
 
     async def _generate(self, request, servable, body):
         signature = verbs.find_signature(servable, (verbs.GENERATE_SIGNATURE,), "generate")

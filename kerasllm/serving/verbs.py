@@ -20,12 +20,18 @@ TEXT_INPUT_NAMES = ("prompts", "prompt", "texts", "text", "queries", "inputs")
 # used when the request leaves out a signature input of this name
 GENERATE_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 0}
 QUERY_DEFAULTS = {"k": 10, "top_k": 10}
+ALIASES = {"top_k": "k", "k": "top_k", "prompt_texts": "prompts"}
 
 
 def find_signature(servable, names, verb):
     for name in names:
         if name in servable.signatures:
             return servable.signatures[name]
+    if verb == "query":  # any signature that answers ids and scores is a top-k signature
+        for signature in servable.signatures.values():
+            outputs = [k.lower() for k in signature.outputs]
+            if any("id" in k for k in outputs) and any("score" in k for k in outputs):
+                return signature
     raise BadRequest(f"model {servable.name!r} has no {' / '.join(repr(n) for n in names)} signature, so it does "
                      f"not answer :{verb}; its signatures: {sorted(servable.signatures)}")
 
@@ -62,8 +68,11 @@ def build_inputs(signature, body, texts, defaults, limits):
     for name, info in signature.inputs.items():
         if name == text.name:
             continue
+        alias = ALIASES.get(name)
         if name in body:
             value = body[name]
+        elif alias in body:
+            value = body[alias]
         elif name in defaults:
             value = defaults[name]
         else:
@@ -118,11 +127,13 @@ def classify_result(outputs, manifest):
                        for row_classes, row_scores in zip(classes, scores)]}
 
 
-def query_result(outputs):
+def query_result(outputs, k=None):
     ids = next((v for k, v in outputs.items() if "id" in k.lower()), None)
     scores = next((v for k, v in outputs.items() if "score" in k.lower() or "similar" in k.lower()), None)
     if ids is None or scores is None:
         raise BadRequest(f"the top-k signature's outputs {sorted(outputs)} do not include ids and scores")
+    if k is not None:  # a signature with a fixed k may return more than asked
+        ids, scores = np.asarray(ids)[:, :k], np.asarray(scores)[:, :k]
     ids = _strings(np.asarray(ids).tolist())
     scores = np.asarray(scores, dtype=np.float64).tolist()
     return {"results": [[{"id": i, "score": s} for i, s in zip(row_ids, row_scores)]
