@@ -390,7 +390,7 @@ def main():
             logs[process.pid] = process.log_path.read_text(errors="replace")[-3000:]
         shutil.rmtree(work, ignore_errors=True)
 
-    import tensorflow as tf  # noqa: F401 (versions for the report only)
+    from kerasllm._tf import tf  # versions for the report only
 
     print()
     print(f"Python {platform.python_version()}, TensorFlow {tf.__version__}, aiohttp {aiohttp.__version__}, "

@@ -11,7 +11,6 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -412,6 +411,16 @@ def test_full_queue_answers_429_and_the_rest_still_succeed(root):
         assert server.server.metrics.rejected.get("sms", "serving_default") == 1
     finally:
         release.set()
+        server.close()
+
+
+def test_slow_request_times_out_with_504(root):
+    # the batch waits 2 s for company; the request may wait only 0.2 s
+    server = ServerThread(root, max_batch_size=64, batch_timeout_micros=2_000_000, request_timeout=0.2)
+    try:
+        status, data = server.raw("POST", "/v1/models/sms:predict", b'{"instances": ["slow"]}')
+        assert status == 504 and "0.2 s" in json.loads(data)["error"]
+    finally:
         server.close()
 
 
