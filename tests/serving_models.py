@@ -47,12 +47,13 @@ def build_module(version_tag: int, work: int = 0):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompts"),
                                       tf.TensorSpec([], tf.int32, name="max_new_tokens")])
         def generate(self, prompts, max_new_tokens):
-            # continuation: the last word of the prompt, then " w<i>" counting on from the prompt's length
+            # prompt + continuation (as kerasllm's language models answer): " w<i>" counting on from the
+            # prompt's word count, so generating in chunks gives the same text as in one go
             words = tf.strings.split(prompts)
             start = tf.cast(words.row_lengths(), tf.int32)
             steps = tf.range(max_new_tokens)
             numbers = tf.strings.as_string(start[:, None] + steps[None, :])
-            return {"completions": tf.strings.reduce_join(" w" + numbers, axis=1)}
+            return {"outputs": prompts + tf.strings.reduce_join(" w" + numbers, axis=1)}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts"),
                                       tf.TensorSpec([], tf.int32, name="k")])

@@ -149,13 +149,13 @@ def test_generate_and_stream_agree(served, direct):
 
     prompts = ["one two three", "a"]
     completions = served.client.generate("sms", prompts, max_new_tokens=7)
-    want = direct("generate", prompts=tf.constant(prompts), max_new_tokens=tf.constant(7))["completions"]
+    want = direct("generate", prompts=tf.constant(prompts), max_new_tokens=tf.constant(7))["outputs"]
     assert completions == [w.decode() for w in want]
+    assert completions[0] == "one two three w3 w4 w5 w6 w7 w8 w9"
     events = list(served.client.generate("sms", prompts, stream=True, max_new_tokens=7, stream_chunk_tokens=3))
     assert events[-1] == {"done": True, "completions": completions}
-    pieces = [e for e in events[:-1]]
-    assert len([e for e in pieces if e["index"] == 0]) == 3  # 3 + 3 + 1 tokens: three chunks, sent one by one
-    assert "".join(e["text"] for e in pieces if e["index"] == 0) == completions[0]
+    pieces = [e for e in events[:-1] if e["index"] == 0]
+    assert [e["text"] for e in pieces] == [" w3 w4 w5", " w6 w7 w8", " w9"]  # 3 + 3 + 1 tokens, sent as made
 
 
 def test_query_top_k(served, direct):

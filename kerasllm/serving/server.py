@@ -382,6 +382,7 @@ class ModelServer:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         done = [""] * len(prompts)
+        echoes = False  # the signature answers prompt + continuation (as kerasllm's language models do)
         remaining = total if chunked else 1
         try:
             while remaining > 0:
@@ -391,6 +392,7 @@ class ModelServer:
                 arrays = verbs.build_inputs(signature, fields, fed, verbs.GENERATE_DEFAULTS, self.options.limits)
                 outputs = await self._run(servable, signature, arrays)
                 texts = verbs._strings(np.asarray(verbs.string_output(signature, outputs)).tolist())
+                echoes = echoes or any(isinstance(t, str) and f and t.startswith(f) for t, f in zip(texts, fed))
                 pieces = [t[len(f):] if isinstance(t, str) and t.startswith(f) and f else t
                           for t, f in zip(texts, fed)]
                 for i, piece in enumerate(pieces):
@@ -400,7 +402,8 @@ class ModelServer:
                 remaining = remaining - step if chunked else 0
                 if not any(isinstance(p, str) and p for p in pieces):
                     break
-            await response.write(_sse({"done": True, "completions": done}))
+            completions = [p + d for p, d in zip(prompts, done)] if echoes else done
+            await response.write(_sse({"done": True, "completions": completions}))
             await response.write_eof()
         except ConnectionResetError:  # the client went away: nothing left to tell it
             pass
