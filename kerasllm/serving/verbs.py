@@ -129,8 +129,9 @@ def classify_result(outputs, manifest):
 
 
 def query_result(outputs, k=None):
-    ids = next((v for k, v in outputs.items() if "id" in k.lower()), None)
-    scores = next((v for k, v in outputs.items() if "score" in k.lower() or "similar" in k.lower()), None)
+    ids = outputs.get("ids", next((v for k, v in sorted(outputs.items()) if "id" in k.lower()), None))
+    scores = outputs.get("scores", next((v for k, v in sorted(outputs.items())
+                                         if "score" in k.lower() or "similar" in k.lower()), None))
     if ids is None or scores is None:
         raise BadRequest(f"the top-k signature's outputs {sorted(outputs)} do not include ids and scores")
     if k is not None:  # a signature with a fixed k may return more than asked
