@@ -42,6 +42,8 @@ TEXTS = ["free entry in a weekly competition to win cup final tickets, text now"
          "URGENT! your mobile number has won a prize, call to claim", "sorry, I'll call later",
          "hey, are we still on for lunch tomorrow? let me know", "Had your contract mobile 11 months? update free"]
 MAX_REQUEST_BYTES = 1024 * 1024
+# what each load client sends (set from the command line): a one-text :predict, or a one-prompt :generate
+REQUEST = {"verb": "predict", "max_new_tokens": 16}
 
 
 def free_port():
@@ -98,7 +100,8 @@ async def batch_histogram(session, url, model):
         text = await response.text()
     counts, previous = {}, 0
     pattern = re.compile(r'kerasllm_batch_size_bucket\{model="' + re.escape(model) +
-                         r'",signature="serving_default",le="([^"]+)"\} (\d+)')
+                         r'",signature="' + ("generate" if REQUEST["verb"] == "generate" else "serving_default")
+                         + r'",le="([^"]+)"\} (\d+)')
     for le, cumulative in sorted(pattern.findall(text), key=lambda m: float(m[0].replace("+Inf", "inf"))):
         cumulative = int(cumulative)
         if cumulative > previous:
@@ -149,8 +152,13 @@ async def load(url, model, clients, seconds, on_answer=None, stop=None):
     latencies, errors, answers = [], [], 0
     deadline = time.monotonic() + seconds
     host, port = url.split("//")[1].split(":")
-    path = f"/v1/models/{model}:predict"
-    bodies = [json.dumps({"instances": [t]}).encode() for t in TEXTS]
+    path = f"/v1/models/{model}:{REQUEST['verb']}"
+    if REQUEST["verb"] == "generate":
+        # prompts of one length: XLA compiles the decode loop per (batch, prompt width) shape
+        bodies = [json.dumps({"prompts": [t[:20]], "max_new_tokens": REQUEST["max_new_tokens"]}).encode()
+                  for t in TEXTS]
+    else:
+        bodies = [json.dumps({"instances": [t]}).encode() for t in TEXTS]
 
     async def client(i):
         nonlocal answers
@@ -164,7 +172,8 @@ async def load(url, model, clients, seconds, on_answer=None, stop=None):
                     if status != 200:
                         errors.append(f"{status}: {data[:200]!r}")
                         continue
-                    answer = json.loads(data)["predictions"][0]
+                    decoded = json.loads(data)
+                    answer = (decoded["predictions"] if "predictions" in decoded else decoded["completions"])[0]
                 except Exception as error:  # counted, not raised: the report says how many
                     errors.append(repr(error))
                     await http.close()
@@ -203,6 +212,8 @@ def fuzz_requests(n, model, seed=0):
         if rng.random() < 0.25:
             noise = "".join(rng.choice("ab/:.%2e0F\\~;&=") for _ in range(rng.randrange(1, 40)))
             path = rng.choice(["/v1/models/", "/v1/models/" + model, "/", "/monitoring/", "/v1/"]) + noise
+        if 0.15 <= roll < 0.28 and rng.random() < 0.8:  # oversized bodies at a real endpoint, not just any path
+            method, path = "POST", f"/v1/models/{model}:predict"
         if roll < 0.15:
             body = bytes(rng.randrange(256) for _ in range(rng.randrange(200)))
         elif roll < 0.18:
@@ -311,10 +322,18 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="num_batch_threads of the server")
     parser.add_argument("--root", type=Path, help="serve existing exports instead of the stand-in classifier")
     parser.add_argument("--model", default="sms")
+    parser.add_argument("--verb", choices=("predict", "generate"), default="predict",
+                        help="generate: one-prompt :generate requests (needs --root with a language model)")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens per :generate request")
+    parser.add_argument("--warmup-seconds", type=float, default=2.0,
+                        help="load before measuring (XLA compiles each new batch shape once)")
     parser.add_argument("--pin", action="store_true", help="server on core 0, load generator on core 1")
     args = parser.parse_args()
     if args.clients < 1 or args.clients > 1024 or args.seconds <= 0 or args.seconds > 600 or args.fuzz > 100_000:
         parser.error("keep it bounded: 1-1024 clients, 0-600 s, at most 100,000 fuzz requests")
+    if args.verb == "generate" and args.root is None:
+        parser.error("--verb generate needs --root with an exported language model (a 'generate' signature)")
+    REQUEST.update(verb=args.verb, max_new_tokens=args.max_new_tokens)
     if args.pin:
         os.sched_setaffinity(0, {1})
 
@@ -353,7 +372,7 @@ def main():
             hists = {mode: {} for mode in urls}
             async with aiohttp.ClientSession() as session:
                 for mode in urls:  # a short warm-up burst each (connections, first batches)
-                    await load(urls[mode], args.model, args.clients, 1.0)
+                    await load(urls[mode], args.model, args.clients, args.warmup_seconds)
                 for round_index in range(args.rounds):
                     for mode in (list(urls) if round_index % 2 == 0 else list(reversed(urls))):
                         before = await batch_histogram(session, urls[mode], args.model)
