@@ -3,6 +3,8 @@ from __future__ import annotations
 
 
 def _sizes(text):
+    if text == "auto":
+        return "auto"
     try:
         return tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
@@ -21,8 +23,9 @@ def add_serving_commands(subparsers):
     parser.add_argument("--batch-timeout-micros", type=int, default=2000)
     parser.add_argument("--max-enqueued-batches", type=int, default=128)
     parser.add_argument("--num-batch-threads", type=int, default=2)
-    parser.add_argument("--allowed-batch-sizes", type=str, default="",
-                        help="comma-separated batch sizes to pad to, the last equal to --max-batch-size")
+    parser.add_argument("--allowed-batch-sizes", type=str, default="auto",
+                        help="comma-separated batch sizes to pad to, the last equal to --max-batch-size; 'auto' "
+                             "(default): powers of two, so XLA compiles a few shapes; '' for no padding")
     parser.add_argument("--no-batching", action="store_true", help="run each request alone")
     parser.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a request gets 504")
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")

@@ -446,6 +446,8 @@ def test_cli_parses_serve_options():
                               "--allowed-batch-sizes", "4,16", "--no-batching"])
     assert (args.root, args.port, args.max_batch_size, args.allowed_batch_sizes, args.no_batching, args.host) == (
         "models", 9000, 16, "4,16", True, "127.0.0.1")
+    assert parser.parse_args(["serve"]).allowed_batch_sizes == "auto" and parser.parse_args(["serve"]).root == (
+        "saved_models")
 
 
 # ---- versions and shutdown -----------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_batching_monitoring_and_launch_files(bundle):
     lines = written["batching_parameters"].read_text().splitlines()
     assert lines == ["max_batch_size { value: 16 }", "batch_timeout_micros { value: 1500 }",
                      "max_enqueued_batches { value: 128 }", "num_batch_threads { value: 3 }",
-                     "allowed_batch_sizes: 4", "allowed_batch_sizes: 16", "pad_variable_length_inputs: true"]
+                     "allowed_batch_sizes: 4", "allowed_batch_sizes: 16"]
     assert 'path: "/monitoring/prometheus/metrics"' in written["monitoring_config"].read_text()
     launch = written["launch"].read_text()
     for command in (written["docker"], written["binary"]):
@@ -60,6 +60,8 @@ def test_batching_monitoring_and_launch_files(bundle):
 def test_bad_batching_parameters_are_refused(tmp_path):
     with pytest.raises(ValueError, match="allowed_batch_sizes"):
         tf_serving.batching_parameters(max_batch_size=32, allowed_batch_sizes=(8, 16))
+    assert "allowed_batch_sizes: 1\nallowed_batch_sizes: 2\nallowed_batch_sizes: 4\nallowed_batch_sizes: 6\n" in (
+        tf_serving.batching_parameters(max_batch_size=6))  # "auto": powers of two, then the maximum
     with pytest.raises(FileNotFoundError, match="no model"):
         write_serving_bundle(tmp_path)
 

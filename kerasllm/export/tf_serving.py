@@ -82,19 +82,18 @@ def models_config(root, names, num_versions=1, version_labels=None) -> str:
 
 
 def batching_parameters(max_batch_size=32, batch_timeout_micros=2000, max_enqueued_batches=128,
-                        num_batch_threads=2, allowed_batch_sizes=()) -> str:
+                        num_batch_threads=2, allowed_batch_sizes="auto") -> str:
     from kerasllm.serving.batching import BatchingOptions
 
     # same checks as the embedded server (the last allowed size must equal max_batch_size, ...)
     options = BatchingOptions(max_batch_size, batch_timeout_micros, max_enqueued_batches, num_batch_threads,
-                              tuple(allowed_batch_sizes or ()))
+                              allowed_batch_sizes)
     lines = [f"max_batch_size {{ value: {options.max_batch_size} }}",
              f"batch_timeout_micros {{ value: {options.batch_timeout_micros} }}",
              f"max_enqueued_batches {{ value: {options.max_enqueued_batches} }}",
              f"num_batch_threads {{ value: {options.num_batch_threads} }}"]
+    # (no pad_variable_length_inputs: padding token inputs with zeros would change what they mean)
     lines += [f"allowed_batch_sizes: {size}" for size in options.allowed_batch_sizes]
-    if options.allowed_batch_sizes:
-        lines.append("pad_variable_length_inputs: true")
     return "\n".join(lines) + "\n"
 
 
@@ -225,7 +224,7 @@ def read_warmup_requests(path) -> list:
 
 
 def write_serving_bundle(root, max_batch_size=32, batch_timeout_micros=2000, max_enqueued_batches=128,
-                         num_batch_threads=2, allowed_batch_sizes=(), rest_api_port=8501, grpc_port=8500,
+                         num_batch_threads=2, allowed_batch_sizes="auto", rest_api_port=8501, grpc_port=8500,
                          num_versions=1, version_labels=None, warmup=True, warmup_texts=SAMPLE_TEXTS,
                          docker_image=None, poll_seconds=60) -> dict:
     """Write TF Serving's configuration for every model under ``root`` (see the module docstring).
@@ -251,7 +250,10 @@ def write_serving_bundle(root, max_batch_size=32, batch_timeout_micros=2000, max
         f"{rest_api_port}, gRPC on {grpc_port}; same REST API as `kerasllm serve`)\n"
         f"# docker:\n{commands['docker']}\n# binary:\n{commands['binary']}\n").encode())
     if warmup:
-        sizes = tuple(allowed_batch_sizes or ()) or (1,)
+        from kerasllm.serving.batching import BatchingOptions
+
+        # warm every shape the server will run (TF Serving pads batches to the allowed sizes)
+        sizes = BatchingOptions(max_batch_size, allowed_batch_sizes=allowed_batch_sizes).allowed_batch_sizes or (1,)
         for name in names:
             newest = root / name / str(versions(root / name)[-1])
             written["warmup"][name] = write_warmup_requests(newest, name, sizes, warmup_texts)

@@ -4,7 +4,8 @@ TF Serving's knobs and names: a batch closes when it holds ``max_batch_size`` ro
 request has waited ``batch_timeout_micros``; at most ``max_enqueued_batches`` batches' worth of rows
 may wait (beyond that ``submit`` raises ``QueueFull`` at once instead of letting the queue grow);
 ``num_batch_threads`` batches run at a time. ``allowed_batch_sizes`` pads a batch up to the next
-allowed size (repeating its last row) so XLA-compiled signatures see a few shapes and compile once each.
+allowed size (repeating its last row) so XLA-compiled signatures see a few shapes and compile once each
+(``"auto"``: powers of two up to ``max_batch_size``).
 While all threads are busy the open batch keeps filling, so batches grow with load.
 """
 from __future__ import annotations
@@ -40,7 +41,12 @@ class BatchingOptions:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.batch_timeout_micros, int) or self.batch_timeout_micros < 0:
             raise ValueError(f"batch_timeout_micros must be an integer >= 0, got {self.batch_timeout_micros!r}")
-        sizes = tuple(self.allowed_batch_sizes or ())
+        sizes = self.allowed_batch_sizes
+        if sizes == "auto":
+            sizes = auto_batch_sizes(self.max_batch_size) if isinstance(self.max_batch_size, int) else ()
+        if isinstance(sizes, str):
+            raise ValueError(f"allowed_batch_sizes must be 'auto' or a tuple of sizes, got {sizes!r}")
+        sizes = tuple(sizes or ())
         if sizes:
             if any(not isinstance(s, int) or s < 1 for s in sizes) or list(sizes) != sorted(set(sizes)):
                 raise ValueError(f"allowed_batch_sizes must be increasing positive integers, got {sizes!r}")
@@ -58,6 +64,16 @@ class BatchingOptions:
             if size >= rows:
                 return size
         return rows
+
+
+def auto_batch_sizes(max_batch_size: int) -> tuple:
+    """Powers of two below ``max_batch_size``, then ``max_batch_size``: an XLA-compiled signature then
+    compiles for a handful of shapes instead of one per batch size seen."""
+    sizes, size = [], 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return tuple(sizes) + (max_batch_size,)
 
 
 @dataclass
