@@ -11,6 +11,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -538,3 +539,37 @@ def test_graceful_shutdown_finishes_requests_in_flight(root):
         assert pending.result(30)[0]["label"] in LABELS
     with pytest.raises(OSError):
         Client(server.url, timeout=5).status("sms")
+
+
+def test_serve_task_blocks_and_stops_on_sigterm(root):
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parent.parent
+    code = f"from tasks.serve import serve; serve({str(root)!r}, port={port}, poll_seconds=0.5)"
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=repo, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(repo)})
+    try:
+        client = Client(f"http://127.0.0.1:{port}", timeout=5)
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()[-2000:]
+            try:
+                client.status("sms")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.2)
+        assert client.predict("sms", ["hello"])[0]["version"] == 1
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        assert b"serving ['sms'] on http://127.0.0.1:" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
