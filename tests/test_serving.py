@@ -268,6 +268,20 @@ def test_fuzzed_and_hostile_requests_never_5xx(served):
         statuses = list(pool.map(send, requests))
     assert all(s < 500 for s in statuses), sorted({s for s in statuses if s >= 500})
     assert any(s == 200 for s in statuses) and any(s == 400 for s in statuses)
+    # malformed HTTP itself: aiohttp's parser answers 400, the server lives on
+    import socket
+
+    for raw in [b"GARBAGE\r\n\r\n", b"POST /v1/models/sms:predict HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+                b"POST /v1/models/sms:predict HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n",
+                b"POST /v1/models/sms:predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                b"GET /v1/models/sms HTTP/9.9\r\n\r\n", b"\x00\xff" * 100]:
+        with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+            sock.sendall(raw)
+            try:
+                answer = sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                answer = b""
+        assert answer[:5] == b"HTTP/" and answer[9:10] == b"4", answer[:100]
     assert served.client.predict("sms", ["still answering"])[0]["version"] == 1
 
 
