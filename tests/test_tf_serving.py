@@ -19,6 +19,8 @@ def bundle(tmp_path_factory):
     write_model(root / "lm", version_tag=1)
     write_model(root / "lm", version_tag=2)
     (root / "lm" / ".tmp-abc").mkdir()
+    (root / "tflite_only" / "1").mkdir(parents=True)  # nothing TF Serving could load: left out
+    (root / "tflite_only" / "1" / "model.tflite").write_bytes(b"TFL3")
     written = write_serving_bundle(root, max_batch_size=16, batch_timeout_micros=1500, num_batch_threads=3,
                                    allowed_batch_sizes=(4, 16), version_labels={"sms": {"stable": 1}})
     return root, written

@@ -51,7 +51,8 @@ def _write_atomic(path: Path, data: bytes):
 
 
 def model_names(root) -> list[str]:
-    """Models under ``root``: valid names with at least one complete version."""
+    """Models TF Serving can serve under ``root``: valid names whose newest version holds a SavedModel
+    (a TFLite-only export is left out)."""
     root = Path(root)
     names = []
     for path in sorted(root.iterdir()):
@@ -59,7 +60,8 @@ def model_names(root) -> list[str]:
             check_model_name(path.name)
         except ValueError:
             continue
-        if path.is_dir() and versions(path):
+        found = versions(path) if path.is_dir() else []
+        if found and (path / str(found[-1]) / "saved_model.pb").is_file():
             names.append(path.name)
     return names
 
