@@ -176,6 +176,7 @@ def test_query_top_k(served, direct):
     ("GET", "/v1/models/nope", None, 404, "nope"),
     ("GET", "/v1/models/sms/versions/7", None, 404, "7"),
     ("GET", "/v1/models/sms/versions/x1", None, 400, "version"),
+    ("GET", "/v1/models/sms/versions/%D9%A1", None, 400, "version"),  # an Arabic-Indic one
     ("GET", "/v1/models/sms/labels/canary", None, 404, "canary"),
     ("POST", "/v1/models/sms:predict", b"{not json", 400, "JSON"),
     ("POST", "/v1/models/sms:predict", b"\xff\xfe", 400, "JSON"),

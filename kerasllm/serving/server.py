@@ -32,6 +32,7 @@ DEFAULT_SIGNATURE = "serving_default"
 _TAIL = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
                    r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?$")
 _VERBS = ("predict", "classify", "generate", "query")
+_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit would take other scripts' digits
 _MAX_BATCHERS = 1024  # distinct (model, signature, shapes, settings) queues before falling back to no merging
 
 
@@ -241,7 +242,7 @@ class ModelServer:
             version = str(number)
         if version is None:
             return served[max(served)]
-        if not version.isdigit() or len(version) > 18:
+        if not _DIGITS.fullmatch(version):
             raise HTTPError(400, f"version must be a non-negative integer, got {version[:40]!r}")
         servable = served.get(int(version))
         if servable is None:
