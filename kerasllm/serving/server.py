@@ -316,6 +316,9 @@ class ModelServer:
         except web.HTTPException as error:
             status = error.status
             raise
+        except asyncio.CancelledError:
+            status = 499  # the client went away (nginx's code for it)
+            raise
         finally:
             self.metrics.requests.inc(model_label, signature_label, verb_label, str(status))
             self.metrics.latency.observe(model_label, signature_label, verb_label, value=time.perf_counter() - started)
