@@ -5,5 +5,6 @@ Each task module imports TensorFlow only inside its functions, so ``import tasks
 from tasks.classify import train_classifier
 from tasks.export import export
 from tasks.quickstart import quickstart
+from tasks.serve import serve
 
-__all__ = ["train_classifier", "export", "quickstart"]
+__all__ = ["train_classifier", "export", "serve", "quickstart"]
