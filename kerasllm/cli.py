@@ -32,7 +32,9 @@ def main(argv=None):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="kerasllm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="kerasllm", description="Train small text models on your own text, compress them, export them to "
+        "TFLite and TF Serving, and answer fast.")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     add_quickstart_command(sub)
     add_classify_commands(sub)
