@@ -169,7 +169,10 @@ class TextClassifier:
         return list(self.config.labels)
 
     # -- training -----------------------------------------------------------------------------
-    def fit(self, texts, labels, validation=None, epochs=None, seed=0, verbose=1):
+    def fit(self, texts, labels, validation=None, epochs=None, seed=0, verbose=1, strategy=None):
+        """Train on ``texts``/``labels``. ``strategy``: None, "mirrored", "multi_worker" or a
+        ``tf.distribute.Strategy`` (data-parallel; the batch size stays the global batch size)."""
+        from kerasllm import distribute
         from kerasllm._tf import keras, no_autotune, tf
 
         texts, labels = check_labelled(texts, labels)
@@ -194,12 +197,14 @@ class TextClassifier:
         cfg.max_char_grams = self.tokenizer.max_char_grams
 
         keras.utils.set_random_seed(seed)
-        self.model = build_model(cfg)
-        self.model.compile(
-            optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=cfg.clipnorm),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
+        strategy = distribute.get_strategy(strategy)
+        with distribute.scope(strategy):
+            self.model = build_model(cfg)
+            self.model.compile(
+                optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=cfg.clipnorm),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
         index = {label: i for i, label in enumerate(cfg.labels)}
         x, y = self.tokenizer.encode(texts), np.array([index[l] for l in labels], np.int32)
         vx, vy = self.tokenizer.encode(val_texts), np.array([index[l] for l in val_labels], np.int32)
