@@ -13,6 +13,7 @@ _LAZY = {
     "TextClassifier": "kerasllm.models.classifier:TextClassifier",
     "WordTokenizer": "kerasllm.text.word:WordTokenizer",
     "export": "kerasllm.export:export",
+    "Client": "kerasllm.serving.client:Client",
 }
 
 

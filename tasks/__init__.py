@@ -5,5 +5,6 @@ Each task module imports TensorFlow only inside its functions, so ``import tasks
 from tasks.classify import train_classifier
 from tasks.compress import compress
 from tasks.export import export
+from tasks.quickstart import quickstart
 
-__all__ = ["train_classifier", "compress", "export"]
+__all__ = ["train_classifier", "compress", "export", "quickstart"]

@@ -3,18 +3,21 @@ from __future__ import annotations
 
 
 def train_classifier(texts, labels, validation=None, architecture="simple_rnn", epochs=None, seed=0, verbose=0,
-                     **hparams):
+                     strategy=None, **hparams):
     """Train a text classifier on raw strings and labels; returns a fitted ``kerasllm.TextClassifier``.
 
     validation: ``(texts, labels)`` for early stopping, or None to hold out 10% of the training data.
     epochs: a fixed number of epochs, or None for early stopping on the validation loss.
     hparams: any ``ClassifierConfig`` field (units, embedding_dim, bidirectional, pooling="average",
     dropout, class_weight="balanced", bag_of_ngrams, char_ngrams, max_length, learning_rate, ...).
+    strategy: None, "mirrored" (this machine's devices), "multi_worker" (the cluster in TF_CONFIG)
+    or a ``tf.distribute.Strategy``.
     """
     from kerasllm.models.classifier import TextClassifier
 
     clf = TextClassifier(architecture=architecture, **hparams)
-    return clf.fit(texts, labels, validation=validation, epochs=epochs, seed=seed, verbose=verbose)
+    return clf.fit(texts, labels, validation=validation, epochs=epochs, seed=seed, verbose=verbose,
+                   strategy=strategy)
 
 
 def train_classifier_from_file(path, text_column="text", label_column="label", **kwargs):

@@ -78,6 +78,7 @@ def tflite_bytes(clf, quantization=None, representative_texts=None, model=None, 
         for n_words, n_grams in buckets:
             twin = build_model(cfg, unroll=True, max_length=n_words, max_char_grams=n_grams, share=clf.model)
             twins[f"predict_{n_words}"] = (twin, n_words, n_grams)
+        holder.twins = [twin for twin, _, _ in twins.values()]
     functions = []
     for key, (twin, n_words, n_grams) in twins.items():
         spec = tf.TensorSpec([None, input_width(cfg, n_words, n_grams)], tf.int32, name="token_ids")

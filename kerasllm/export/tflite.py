@@ -20,9 +20,30 @@ def convert(concrete_functions, trackable=None, quantization=None, representativ
     quantization: None (float32), "dynamic" (int8 weights), "float16", "int8" (full integer
     with float input/output; needs representative_dataset), "16x8".
     """
+    import shutil
+    import tempfile
+
     from kerasllm._tf import tf
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(list(concrete_functions), trackable)
+    functions = list(concrete_functions)
+    if len(functions) == 1:
+        return _convert(tf.lite.TFLiteConverter.from_concrete_functions(functions, trackable),
+                        quantization, representative_dataset, allow_select_ops)
+    # Several signatures: save them ourselves (the converter would swallow a save error and then
+    # fail with "can only convert a single ConcreteFunction"), then convert the SavedModel.
+    keys = [f.graph.name for f in functions]
+    tmp = tempfile.mkdtemp(prefix="kerasllm-tflite-")
+    try:
+        tf.saved_model.save(trackable, tmp, signatures=dict(zip(keys, functions)))
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=keys)
+        return _convert(converter, quantization, representative_dataset, allow_select_ops)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _convert(converter, quantization, representative_dataset, allow_select_ops):
+    from kerasllm._tf import tf
+
     ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

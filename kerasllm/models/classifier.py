@@ -135,15 +135,22 @@ def _recurrent(config, unroll, share):
         rnn = kinds[config.architecture](config.units, return_sequences=sequences, unroll=unroll,
                                          name=config.architecture)
         return keras.layers.Bidirectional(rnn, name="bidirectional") if config.bidirectional else rnn
-    # Wrap the trained cells in new RNN layers: same weights, possibly unrolled.
+    # Wrap the trained cells in new RNN layers: same weights, possibly unrolled. (Not through
+    # keras' Bidirectional, which rebuilds its layers from config and so would make new weights.)
     trained = share.get_layer("bidirectional" if config.bidirectional else config.architecture)
     if not config.bidirectional:
         return keras.layers.RNN(trained.cell, return_sequences=sequences, unroll=unroll)
     forward = keras.layers.RNN(trained.forward_layer.cell, return_sequences=sequences, unroll=unroll)
     backward = keras.layers.RNN(trained.backward_layer.cell, return_sequences=sequences, unroll=unroll,
                                 go_backwards=True)
-    return keras.layers.Bidirectional(forward, backward_layer=backward)
 
+    def both_ways(x):
+        back = backward(x)
+        if sequences:  # keras' Bidirectional puts the backward outputs back in time order
+            back = keras.layers.Lambda(lambda t: t[:, ::-1])(back)
+        return keras.layers.Concatenate()([forward(x), back])
+
+    return both_ways
 
 class TextClassifier:
     """Estimator: ``fit(texts, labels)``, ``predict``, ``predict_proba``, ``evaluate``, ``save``, export."""
@@ -162,7 +169,10 @@ class TextClassifier:
         return list(self.config.labels)
 
     # -- training -----------------------------------------------------------------------------
-    def fit(self, texts, labels, validation=None, epochs=None, seed=0, verbose=1):
+    def fit(self, texts, labels, validation=None, epochs=None, seed=0, verbose=1, strategy=None):
+        """Train on ``texts``/``labels``. ``strategy``: None, "mirrored", "multi_worker" or a
+        ``tf.distribute.Strategy`` (data-parallel; the batch size stays the global batch size)."""
+        from kerasllm import distribute
         from kerasllm._tf import keras, no_autotune, tf
 
         texts, labels = check_labelled(texts, labels)
@@ -187,12 +197,14 @@ class TextClassifier:
         cfg.max_char_grams = self.tokenizer.max_char_grams
 
         keras.utils.set_random_seed(seed)
-        self.model = build_model(cfg)
-        self.model.compile(
-            optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=cfg.clipnorm),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
+        strategy = distribute.get_strategy(strategy)
+        with distribute.scope(strategy):
+            self.model = build_model(cfg)
+            self.model.compile(
+                optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=cfg.clipnorm),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
         index = {label: i for i, label in enumerate(cfg.labels)}
         x, y = self.tokenizer.encode(texts), np.array([index[l] for l in labels], np.int32)
         vx, vy = self.tokenizer.encode(val_texts), np.array([index[l] for l in val_labels], np.int32)

@@ -1,0 +1,459 @@
+"""Load test for the embedded server (loopback only; bounded in requests and time; stops by itself).
+
+    .venv/bin/python benchmarks/serving_load.py --clients 64 --seconds 30
+
+1. Throughput: N concurrent clients for T seconds per mode against a classifier-shaped XLA SavedModel,
+   dynamic batching on vs off in the same run (alternating rounds), one server process per mode:
+   requests/s, p50/p99 latency, errors, batch-size histogram (from the server's Prometheus metrics).
+2. Hostile input: ``--fuzz`` malformed requests (fuzzed bodies and paths, huge payloads, deep nesting):
+   no 5xx, and the server still answers correctly after.
+3. Version switch: a new version is published while the clients run: no request fails, answers switch.
+
+``--root DIR --model NAME`` loads existing exports instead of building the stand-in model (the version
+check then reads the status endpoint only). The server runs in a child process (``--pin`` puts it on core 0 and
+the load generator on core 1).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import aiohttp  # noqa: E402
+import numpy as np  # noqa: E402
+
+TEXTS = ["free entry in a weekly competition to win cup final tickets, text now", "ok see you at six then",
+         "URGENT! your mobile number has won a prize, call to claim", "sorry, I'll call later",
+         "hey, are we still on for lunch tomorrow? let me know", "Had your contract mobile 11 months? update free"]
+MAX_REQUEST_BYTES = 1024 * 1024
+# what each load client sends (set from the command line): a one-text :predict, or a one-prompt :generate
+REQUEST = {"verb": "predict", "max_new_tokens": 16}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(root, port, batching, args):
+    code = ("import sys; from tasks.serve import serve; "
+            f"serve({str(root)!r}, port={port}, max_batch_size={args.max_batch_size}, "
+            f"batch_timeout_micros={args.batch_timeout_micros}, enable_batching={batching}, "
+            f"allowed_batch_sizes={tuple(args.allowed_batch_sizes)!r}, num_batch_threads={args.threads}, "
+            f"poll_seconds=0.5, max_request_bytes={MAX_REQUEST_BYTES})")
+    command = [sys.executable, "-c", code]
+    if args.pin:
+        command = ["taskset", "-c", "0"] + command
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    log_path = Path(root).parent / f"server-{port}.log"  # a file, not a pipe: a full pipe would stall the server
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    process.log_path = log_path
+    return process
+
+
+async def wait_ready(url, model, process, timeout=180):
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError("server exited: " + process.log_path.read_text(errors="replace")[-2000:])
+            try:
+                async with session.get(f"{url}/v1/models/{model}") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.25)
+    raise TimeoutError("server did not come up")
+
+
+def stop_server(process):
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)  # graceful: finishes requests in flight
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def batch_histogram(session, url, model):
+    async with session.get(f"{url}/monitoring/prometheus/metrics") as response:
+        text = await response.text()
+    counts, previous = {}, 0
+    pattern = re.compile(r'kerasllm_batch_size_bucket\{model="' + re.escape(model) +
+                         r'",signature="' + ("generate" if REQUEST["verb"] == "generate" else "serving_default")
+                         + r'",le="([^"]+)"\} (\d+)')
+    for le, cumulative in sorted(pattern.findall(text), key=lambda m: float(m[0].replace("+Inf", "inf"))):
+        cumulative = int(cumulative)
+        if cumulative > previous:
+            counts[le] = cumulative - previous
+        previous = cumulative
+    return counts
+
+
+def diff_hist(after, before):
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
+
+
+class RawHTTP:
+    """A minimal keep-alive HTTP/1.1 client for the load generator only: aiohttp's client costs more CPU per
+    request than the server being measured, and on a 2-core machine that would hide the server's speed."""
+
+    def __init__(self, host, port):
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def post(self, path, payload: bytes):
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + self.host.encode()
+                          + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                          + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        body = await self.reader.readexactly(length)
+        if re.search(rb"(?i)connection: *close", head):
+            await self.close()
+        return status, body
+
+    async def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+        self.reader = self.writer = None
+
+
+async def load(url, model, clients, seconds, on_answer=None, stop=None):
+    """``clients`` loops, each sending one-text predicts back to back on its own connection for ``seconds``
+    (or until the ``stop`` event is set)."""
+    latencies, errors, answers = [], [], 0
+    deadline = time.monotonic() + seconds
+    host, port = url.split("//")[1].split(":")
+    path = f"/v1/models/{model}:{REQUEST['verb']}"
+    if REQUEST["verb"] == "generate":
+        # prompts of one length: XLA compiles the decode loop per (batch, prompt width) shape
+        bodies = [json.dumps({"prompts": [t[:20]], "max_new_tokens": REQUEST["max_new_tokens"]}).encode()
+                  for t in TEXTS]
+    else:
+        bodies = [json.dumps({"instances": [t]}).encode() for t in TEXTS]
+
+    async def client(i):
+        nonlocal answers
+        rng = random.Random(i)
+        http = RawHTTP(host, int(port))
+        try:
+            while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+                started = time.perf_counter()
+                try:
+                    status, data = await asyncio.wait_for(http.post(path, rng.choice(bodies)), 60)
+                    if status != 200:
+                        errors.append(f"{status}: {data[:200]!r}")
+                        continue
+                    decoded = json.loads(data)
+                    answer = (decoded["predictions"] if "predictions" in decoded else decoded["completions"])[0]
+                except Exception as error:  # counted, not raised: the report says how many
+                    errors.append(repr(error))
+                    await http.close()
+                    continue
+                latencies.append(time.perf_counter() - started)
+                answers += 1
+                if on_answer is not None:
+                    on_answer(i, answer)
+        finally:
+            await http.close()
+
+    started = time.monotonic()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    elapsed = time.monotonic() - started
+    return {"requests": answers, "elapsed": elapsed, "latencies": latencies, "errors": errors}
+
+
+def fuzz_requests(n, model, seed=0):
+    rng = random.Random(seed)
+
+    def junk(depth=0):
+        kind = rng.randrange(9 if depth < 4 else 5)
+        return [lambda: float(f"{rng.random()}e{rng.randint(-5, 400)}"), lambda: rng.randint(-2 ** 70, 2 ** 70),
+                lambda: "".join(chr(rng.randrange(1, 0x2FFF)) for _ in range(rng.randrange(20))),
+                lambda: None, lambda: rng.random() < 0.5, lambda: [junk(depth + 1) for _ in range(rng.randrange(4))],
+                lambda: {rng.choice(["texts", "x", "b64", "k", "instances"]): junk(depth + 1)},
+                lambda: [["a"] * 3] * rng.randrange(3), lambda: {"b64": "".join(rng.choices("AZaz09+/=!", k=8))},
+                ][kind]()
+
+    verbs = [":predict", ":classify", ":generate", ":query", "/metadata", "", ":nope"]
+    for _ in range(n):
+        roll = rng.random()
+        method = rng.choice(["POST"] * 6 + ["GET", "PUT", "DELETE"])
+        path = f"/v1/models/{model}" + rng.choice(["", "/versions/1", "/versions/99", "/labels/x",
+                                                   "/versions/-1", "/versions/1e9"]) + rng.choice(verbs)
+        if rng.random() < 0.25:
+            noise = "".join(rng.choice("ab/:.%2e0F\\~;&=") for _ in range(rng.randrange(1, 40)))
+            path = rng.choice(["/v1/models/", "/v1/models/" + model, "/", "/monitoring/", "/v1/"]) + noise
+        if 0.15 <= roll < 0.28 and rng.random() < 0.8:  # oversized bodies at a real endpoint, not just any path
+            method, path = "POST", f"/v1/models/{model}:predict"
+        if roll < 0.15:
+            body = bytes(rng.randrange(256) for _ in range(rng.randrange(200)))
+        elif roll < 0.18:
+            body = b'{"instances": ["' + b"x" * (MAX_REQUEST_BYTES + rng.randrange(1000)) + b'"]}'  # too big
+        elif roll < 0.22:
+            body = json.dumps({"instances": ["y" * rng.randrange(60_000, 200_000)]}).encode()  # text too long
+        elif roll < 0.25:
+            depth = rng.randrange(100, 200_000)
+            body = b'{"instances": ' + b"[" * depth + b"]" * depth + b"}"
+        elif roll < 0.28:
+            body = json.dumps({"instances": ["a"] * rng.randrange(1025, 5000)}).encode()  # too many rows
+        else:
+            key = rng.choice(["instances", "inputs", "examples", "prompts", "texts", "signature_name"])
+            payload = {key: junk(), rng.choice(["signature_name", "k", "max_new_tokens", "stream", "context"]): junk()}
+            body = json.dumps(payload, allow_nan=True).encode()
+            if rng.random() < 0.3 and body:
+                cut = rng.randrange(len(body))
+                body = body[:cut] + bytes([rng.randrange(256)]) + body[cut + 1:]
+        yield method, path, body
+
+
+async def fuzz(url, model, n, concurrency=32):
+    statuses = {}
+    queue = list(fuzz_requests(n, model))
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async def worker():
+            while queue:
+                method, path, body = queue.pop()
+                try:
+                    target = aiohttp.client.URL(url + path, encoded=True)
+                    async with session.request(method, target, data=body,
+                                               headers={"Content-Type": "application/json"}) as response:
+                        await response.read()
+                        key = response.status
+                except (aiohttp.ClientError, ValueError) as error:
+                    key = type(error).__name__  # e.g. the server closed a connection after a 413
+                statuses[key] = statuses.get(key, 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        async with session.post(f"{url}/v1/models/{model}:predict", json={"instances": TEXTS}) as response:
+            still = response.status == 200 and len((await response.json())["predictions"]) == len(TEXTS)
+    return statuses, still
+
+
+async def version_switch(url, model, clients, seconds, publish_new, limit=120):
+    """Load; ``seconds / 4`` in, publish a new version; keep the load on until ``seconds * 3/4`` after the new
+    version first answers (at most ``limit`` s in all). Per client, answers must never go back to an older
+    version once a newer one answered."""
+    seen, last, went_back = [], {}, []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    state = {"new": None, "published": None, "switched": None}
+
+    def switched():
+        if state["switched"] is None:
+            state["switched"] = time.monotonic() - state["published"]
+            loop.call_later(seconds * 3 / 4, stop.set)
+
+    def on_answer(client, answer):
+        version = answer.get("version") if isinstance(answer, dict) else None
+        seen.append(version)
+        if version is not None:
+            if version < last.get(client, version):
+                went_back.append((client, last[client], version))
+            last[client] = version
+            if version == state["new"]:
+                switched()
+
+    task = asyncio.ensure_future(load(url, model, clients, limit, on_answer=on_answer, stop=stop))
+    await asyncio.sleep(seconds / 4)
+    state["published"] = time.monotonic()
+    state["new"] = publish_new()
+    published_at = len(seen)
+    async with aiohttp.ClientSession() as session:
+        while True:  # models without a version output: the status endpoint tells
+            async with session.get(f"{url}/v1/models/{model}") as response:
+                status = await response.json()
+            served = int(status["model_version_status"][0]["version"])
+            if served == state["new"]:
+                switched()
+            if task.done():
+                break
+            await asyncio.sleep(0.25)
+    return task.result(), seen, published_at, state["new"], served, went_back, state["switched"]
+
+
+def summarize(name, result, hist=None):
+    lat = np.array(result["latencies"]) * 1e3 if result["latencies"] else np.array([np.nan])
+    return {"mode": name, "requests": result["requests"], "req/s": result["requests"] / result["elapsed"],
+            "p50 ms": float(np.percentile(lat, 50)), "p99 ms": float(np.percentile(lat, 99)),
+            "errors": len(result["errors"]), "batches": hist or {}}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=30.0, help="load time per mode (split across rounds)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating on/off rounds")
+    parser.add_argument("--fuzz", type=int, default=5000, help="hostile requests (0 to skip)")
+    parser.add_argument("--switch-seconds", type=float, default=20.0, help="load time around a new version (0 skips)")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--batch-timeout-micros", type=int, default=2000)
+    parser.add_argument("--allowed-batch-sizes", type=lambda s: [int(x) for x in s.split(",") if x],
+                        default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--threads", type=int, default=1, help="num_batch_threads of the server")
+    parser.add_argument("--root", type=Path, help="serve existing exports instead of the stand-in classifier")
+    parser.add_argument("--model", default="sms")
+    parser.add_argument("--verb", choices=("predict", "generate"), default="predict",
+                        help="generate: one-prompt :generate requests (needs --root with a language model)")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens per :generate request")
+    parser.add_argument("--warmup-seconds", type=float, default=2.0,
+                        help="load before measuring (XLA compiles each new batch shape once)")
+    parser.add_argument("--pin", action="store_true", help="server on core 0, load generator on core 1")
+    args = parser.parse_args()
+    if args.clients < 1 or args.clients > 1024 or args.seconds <= 0 or args.seconds > 600 or args.fuzz > 100_000:
+        parser.error("keep it bounded: 1-1024 clients, 0-600 s, at most 100,000 fuzz requests")
+    if args.verb == "generate" and args.root is None:
+        parser.error("--verb generate needs --root with an exported language model (a 'generate' signature)")
+    REQUEST.update(verb=args.verb, max_new_tokens=args.max_new_tokens)
+    if args.pin:
+        os.sched_setaffinity(0, {1})
+
+    from bench_models import write_classifier
+
+    from kerasllm.export.layout import versions
+
+    work = Path(tempfile.mkdtemp(prefix="kerasllm-serving-bench-"))
+    processes = []
+    try:
+        root = work / "saved_models"
+        started = time.perf_counter()
+        if args.root is None:
+            write_classifier(root / args.model, version_tag=1, warmup_sizes=tuple(args.allowed_batch_sizes))
+            # the next version is written now, hidden in a .tmp- folder, and renamed into place under load,
+            # exactly as the exporter publishes
+            staged = write_classifier(root / args.model, version_tag=2, warmup_sizes=tuple(args.allowed_batch_sizes),
+                                      publish_now=False)
+            print(f"built the stand-in classifier (2 versions) in {time.perf_counter() - started:.1f} s", flush=True)
+        else:
+            shutil.copytree(args.root, root)  # the version-switch step publishes into the copy, not your folder
+            newest = root / args.model / str(versions(root / args.model)[-1])
+            staged = root / args.model / ".tmp-staged-next"
+            shutil.copytree(newest, staged)
+        ports = {"batching": free_port(), "no batching": free_port()}
+        servers = {mode: start_server(root, port, mode == "batching", args) for mode, port in ports.items()}
+        processes.extend(servers.values())
+        urls = {mode: f"http://127.0.0.1:{port}" for mode, port in ports.items()}
+
+        async def run():
+            for mode in urls:
+                await wait_ready(urls[mode], args.model, servers[mode])
+            print(f"servers up; {args.clients} clients, {args.seconds:g} s per mode in {args.rounds} rounds",
+                  flush=True)
+            totals = {mode: {"requests": 0, "elapsed": 0.0, "latencies": [], "errors": []} for mode in urls}
+            hists = {mode: {} for mode in urls}
+            async with aiohttp.ClientSession() as session:
+                for mode in urls:  # a short warm-up burst each (connections, first batches)
+                    await load(urls[mode], args.model, args.clients, args.warmup_seconds)
+                for round_index in range(args.rounds):
+                    for mode in (list(urls) if round_index % 2 == 0 else list(reversed(urls))):
+                        before = await batch_histogram(session, urls[mode], args.model)
+                        result = await load(urls[mode], args.model, args.clients, args.seconds / args.rounds)
+                        after = await batch_histogram(session, urls[mode], args.model)
+                        for key in ("requests", "elapsed", "latencies", "errors"):
+                            totals[mode][key] += result[key]
+                        for k, v in diff_hist(after, before).items():
+                            hists[mode][k] = hists[mode].get(k, 0) + v
+                        print(f"  round {round_index + 1} {mode}: {result['requests'] / result['elapsed']:.0f} req/s,"
+                              f" {len(result['errors'])} errors", flush=True)
+            rows = [summarize(mode, totals[mode], hists[mode]) for mode in urls]
+            fuzz_result = None
+            if args.fuzz:
+                started = time.perf_counter()
+                fuzz_result = await fuzz(urls["batching"], args.model, args.fuzz)
+                fuzz_result += (time.perf_counter() - started,)
+            switch = None
+            if args.switch_seconds:
+                def publish_new():
+                    number = versions(root / args.model)[-1] + 1
+                    os.rename(staged, root / args.model / str(number))
+                    return number
+
+                switch = await version_switch(urls["batching"], args.model, args.clients, args.switch_seconds,
+                                              publish_new)
+            return rows, fuzz_result, switch, totals
+
+        rows, fuzz_result, switch, totals = asyncio.run(run())
+    finally:
+        logs = {}
+        for process in processes:
+            stop_server(process)
+            logs[process.pid] = process.log_path.read_text(errors="replace")[-3000:]
+        shutil.rmtree(work, ignore_errors=True)
+
+    from kerasllm._tf import tf  # versions for the report only
+
+    print()
+    print(f"Python {platform.python_version()}, TensorFlow {tf.__version__}, aiohttp {aiohttp.__version__}, "
+          f"{os.cpu_count()} cores{' (server pinned to core 0, clients to core 1)' if args.pin else ''}; "
+          f"server: max_batch_size={args.max_batch_size}, batch_timeout_micros={args.batch_timeout_micros}, "
+          f"allowed_batch_sizes={args.allowed_batch_sizes}, num_batch_threads={args.threads}")
+    print(f"{'mode':<12} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}  batch sizes (<= bound: count)")
+    for row in rows:
+        hist = ", ".join(f"<={k}: {v}" for k, v in sorted(row["batches"].items(), key=lambda kv: float(kv[0])))
+        print(f"{row['mode']:<12} {row['requests']:>9} {row['req/s']:>8.0f} {row['p50 ms']:>8.2f} "
+              f"{row['p99 ms']:>8.2f} {row['errors']:>7}  {hist}")
+    ratio = rows[0]["req/s"] / max(rows[1]["req/s"], 1e-9)
+    print(f"batching / no batching throughput: {ratio:.2f}x")
+    for mode, total in totals.items():
+        if total["errors"]:
+            print(f"  {mode} first errors: {total['errors'][:3]}")
+    checks = {"0 errors under load": all(r["errors"] == 0 for r in rows), "batching >= 3x no batching": ratio >= 3}
+    if fuzz_result is not None:
+        statuses, still, seconds = fuzz_result
+        five = sum(v for k, v in statuses.items() if isinstance(k, int) and k >= 500)
+        print(f"fuzz: {sum(statuses.values())} hostile requests in {seconds:.1f} s, statuses "
+              f"{dict(sorted(statuses.items(), key=lambda kv: str(kv[0])))}; 5xx: {five}; "
+              f"still answering correctly: {still}")
+        checks["fuzz: 0 5xx and still answering"] = five == 0 and still
+    if switch is not None:
+        result, seen, published_at, new_version, served, went_back, switch_seconds = switch
+        tagged = [v for v in seen if v is not None]
+        took = f"{switch_seconds:.1f} s" if switch_seconds is not None else "never"
+        print(f"version switch: {result['requests']} requests, {len(result['errors'])} errors; version {new_version} "
+              f"published after {published_at} answers, served {took} later (load + warm-up under load); "
+              f"served now: {served}; answers by version: "
+              f"{ {v: tagged.count(v) for v in sorted(set(tagged))} }; last answer from version "
+              f"{tagged[-1] if tagged else 'n/a'}; a client saw an older version after a newer one: {len(went_back)}")
+        checks["version switch: 0 errors, new version served, never back"] = (
+            not result["errors"] and served == new_version and not went_back
+            and (not tagged or tagged[-1] == new_version))
+    ok = all(checks.values())
+    print("; ".join(f"{name}: {'yes' if passed else 'NO'}" for name, passed in checks.items()))
+    if not ok:
+        for pid, tail in logs.items():
+            print(f"--- server {pid} log (end) ---\n{tail}")
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

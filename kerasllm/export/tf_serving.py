@@ -1,0 +1,263 @@
+"""What ``tensorflow_model_server`` needs to serve a ``saved_models/`` root, written beside the models.
+
+``write_serving_bundle(root)`` writes, at the root:
+
+- ``models.config``: a ``ModelServerConfig`` (text proto) naming every model under the root, newest version served;
+- ``batching_parameters.txt``: TF Serving's ``BatchingParameters`` (same names as the embedded server);
+- ``monitoring.config``: Prometheus metrics at ``/monitoring/prometheus/metrics`` on the REST port;
+- ``tf_serving_launch.txt``: the exact docker and binary commands, ``--xla_cpu_compilation_enabled`` included
+  (the signatures are XLA-compiled);
+
+and into each model's newest version that lacks them, warm-up records
+(``<version>/assets.extra/tf_serving_warmup_requests``, ``PredictionLog`` records TF Serving replays before it
+serves a version, so no user request pays for tracing and XLA compilation). Every record is run against the
+SavedModel before it is kept: TF Serving refuses to load a version whose warm-up fails.
+
+The config files use absolute paths and the docker command mounts the root at the same path inside the
+container, so one ``models.config`` serves both.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+from pathlib import Path
+
+from kerasllm.export.layout import check_model_name, versions
+
+MODELS_CONFIG = "models.config"
+BATCHING_FILE = "batching_parameters.txt"
+MONITORING_FILE = "monitoring.config"
+LAUNCH_FILE = "tf_serving_launch.txt"
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+METRICS_PATH = "/monitoring/prometheus/metrics"
+SAMPLE_TEXTS = ("hello world", "this is a short message to warm up the model", "ok")
+# values for scalar inputs found on kerasllm's signatures; small so warm-up is quick
+SCALAR_DEFAULTS = {"max_new_tokens": 4, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 0, "k": 10}
+_INIT_OP = "__saved_model_init_op"
+
+
+def _write_atomic(path: Path, data: bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def model_names(root) -> list[str]:
+    """Models TF Serving can serve under ``root``: valid names whose newest version holds a SavedModel
+    (a TFLite-only export is left out)."""
+    root = Path(root)
+    names = []
+    for path in sorted(root.iterdir()):
+        try:
+            check_model_name(path.name)
+        except ValueError:
+            continue
+        found = versions(path) if path.is_dir() else []
+        if found and (path / str(found[-1]) / "saved_model.pb").is_file():
+            names.append(path.name)
+    return names
+
+
+def models_config(root, names, num_versions=1, version_labels=None) -> str:
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    root = Path(root).resolve()
+    config = model_server_config_pb2.ModelServerConfig()
+    for name in names:
+        entry = config.model_config_list.config.add()
+        entry.name = name
+        entry.base_path = str(root / name)
+        entry.model_platform = "tensorflow"
+        entry.model_version_policy.latest.num_versions = num_versions
+        for label, version in sorted((version_labels or {}).get(name, {}).items()):
+            entry.version_labels[label] = int(version)
+    return text_format.MessageToString(config)
+
+
+def batching_parameters(max_batch_size=32, batch_timeout_micros=2000, max_enqueued_batches=128,
+                        num_batch_threads=2, allowed_batch_sizes="auto") -> str:
+    from kerasllm.serving.batching import BatchingOptions
+
+    # same checks as the embedded server (the last allowed size must equal max_batch_size, ...)
+    options = BatchingOptions(max_batch_size, batch_timeout_micros, max_enqueued_batches, num_batch_threads,
+                              allowed_batch_sizes)
+    lines = [f"max_batch_size {{ value: {options.max_batch_size} }}",
+             f"batch_timeout_micros {{ value: {options.batch_timeout_micros} }}",
+             f"max_enqueued_batches {{ value: {options.max_enqueued_batches} }}",
+             f"num_batch_threads {{ value: {options.num_batch_threads} }}"]
+    # (no pad_variable_length_inputs: padding token inputs with zeros would change what they mean)
+    lines += [f"allowed_batch_sizes: {size}" for size in options.allowed_batch_sizes]
+    return "\n".join(lines) + "\n"
+
+
+def monitoring_config() -> str:
+    return f'prometheus_config {{\n  enable: true\n  path: "{METRICS_PATH}"\n}}\n'
+
+
+def launch_commands(root, rest_api_port=8501, grpc_port=8500, docker_image=None, poll_seconds=60) -> dict:
+    root = Path(root).resolve()
+    if docker_image is None:
+        from importlib.metadata import version
+
+        # a SavedModel needs a server at least as new as the TensorFlow that wrote it
+        docker_image = f"tensorflow/serving:{version('tensorflow')}"
+    q = shlex.quote
+    flags = [f"--model_config_file={q(str(root / MODELS_CONFIG))}",
+             f"--model_config_file_poll_wait_seconds={int(poll_seconds)}",
+             "--file_system_poll_wait_seconds=1",
+             "--enable_batching=true",
+             f"--batching_parameters_file={q(str(root / BATCHING_FILE))}",
+             f"--monitoring_config_file={q(str(root / MONITORING_FILE))}",
+             "--enable_model_warmup=true",
+             "--xla_cpu_compilation_enabled=true"]
+    binary = " ".join(["tensorflow_model_server", f"--port={grpc_port}", f"--rest_api_port={rest_api_port}"] + flags)
+    # the image's entry point already sets --port=8500 --rest_api_port=8501: map the host ports to those
+    docker = " ".join(["docker run --rm", f"-p {grpc_port}:8500", f"-p {rest_api_port}:8501",
+                       f"-v {q(str(root) + ':' + str(root) + ':ro')}", q(docker_image)] + flags)
+    return {"docker": docker, "binary": binary}
+
+
+def _signature_defs(version_dir):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((Path(version_dir) / "saved_model.pb").read_bytes())
+    return {k: v for k, v in proto.meta_graphs[0].signature_def.items() if k != _INIT_OP}
+
+
+def _example_inputs(signature_def, batch, texts):
+    """NumPy inputs for one warm-up call: texts for string inputs, defaults for known scalars, zeros otherwise."""
+    import numpy as np
+
+    from kerasllm._tf import tf
+
+    arrays = {}
+    for name, info in signature_def.inputs.items():
+        dtype = tf.dtypes.as_dtype(info.dtype)
+        if info.tensor_shape.unknown_rank:
+            dims = [batch]
+        else:
+            dims = [d.size for d in info.tensor_shape.dim]
+            dims = [(batch if i == 0 else 1) if d < 0 else d for i, d in enumerate(dims)]
+        size = int(np.prod(dims)) if dims else 1
+        if dtype == tf.string:
+            values = np.array([texts[i % len(texts)].encode("utf-8") for i in range(size)], dtype=object)
+        elif not dims and name in SCALAR_DEFAULTS:
+            values = np.array(SCALAR_DEFAULTS[name], dtype=dtype.as_numpy_dtype)
+        else:
+            values = np.zeros(size, dtype=dtype.as_numpy_dtype)
+        arrays[name] = values.reshape(dims)
+    return arrays
+
+
+def warmup_requests(model_name, version_dir, batch_sizes=(1,), texts=SAMPLE_TEXTS, check=True) -> list:
+    """``PredictionLog`` records for every signature of the SavedModel at ``version_dir``: one per batch size
+    for signatures with a batch dimension. With ``check`` each is run first and dropped if it fails."""
+    from kerasllm._tf import tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
+        raise TypeError("texts must be a non-empty list of strings")
+    loaded = tf.saved_model.load(str(version_dir)) if check else None
+    records = []
+    for signature_name, signature_def in sorted(_signature_defs(version_dir).items()):
+        batched = all(not i.tensor_shape.unknown_rank and i.tensor_shape.dim and i.tensor_shape.dim[0].size < 0
+                      for i in signature_def.inputs.values() if i.tensor_shape.dim)
+        for batch in (batch_sizes if batched else (1,)):
+            arrays = _example_inputs(signature_def, batch, list(texts))
+            if check:
+                try:
+                    loaded.signatures[signature_name](**{k: tf.constant(v) for k, v in arrays.items()})
+                except Exception:  # this signature needs inputs we cannot guess: leave it cold
+                    continue
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature_name))
+            for name, value in arrays.items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            records.append(prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)))
+    return records
+
+
+def write_warmup_requests(version_dir, model_name, batch_sizes=(1,), texts=SAMPLE_TEXTS, overwrite=False):
+    """Write ``<version_dir>/assets.extra/tf_serving_warmup_requests`` (a TFRecord file of ``PredictionLog``).
+    Best called on the export's temporary folder before it is published; on a published version the file
+    is added atomically (TF Serving reads it when it loads the version). Returns the path or None."""
+    from kerasllm._tf import tf
+
+    check_model_name(model_name)
+    path = Path(version_dir) / WARMUP_FILE
+    if path.exists() and not overwrite:
+        return path
+    records = warmup_requests(model_name, version_dir, batch_sizes, texts)
+    if not records:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for record in records:
+                writer.write(record.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_warmup_requests(path) -> list:
+    """The ``PredictionLog`` records of a warm-up file."""
+    from kerasllm._tf import no_autotune, tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    return [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+            for r in no_autotune(tf.data.TFRecordDataset(str(path)))]
+
+
+def write_serving_bundle(root, max_batch_size=32, batch_timeout_micros=2000, max_enqueued_batches=128,
+                         num_batch_threads=2, allowed_batch_sizes="auto", rest_api_port=8501, grpc_port=8500,
+                         num_versions=1, version_labels=None, warmup=True, warmup_texts=SAMPLE_TEXTS,
+                         docker_image=None, poll_seconds=60) -> dict:
+    """Write TF Serving's configuration for every model under ``root`` (see the module docstring).
+    Returns the written paths and the launch commands."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no model root at {root}")
+    if not isinstance(num_versions, int) or num_versions < 1:
+        raise ValueError(f"num_versions must be a positive integer, got {num_versions!r}")
+    names = model_names(root)
+    if not names:
+        raise FileNotFoundError(f"{root} holds no model: expected {root}/<name>/<version>/ as written by tasks.export")
+    batching = batching_parameters(max_batch_size, batch_timeout_micros, max_enqueued_batches, num_batch_threads,
+                                   allowed_batch_sizes)
+    commands = launch_commands(root, rest_api_port, grpc_port, docker_image, poll_seconds)
+    written = {"models_config": root / MODELS_CONFIG, "batching_parameters": root / BATCHING_FILE,
+               "monitoring_config": root / MONITORING_FILE, "launch": root / LAUNCH_FILE, "warmup": {}}
+    _write_atomic(written["models_config"], models_config(root, names, num_versions, version_labels).encode())
+    _write_atomic(written["batching_parameters"], batching.encode())
+    _write_atomic(written["monitoring_config"], monitoring_config().encode())
+    _write_atomic(written["launch"], (
+        "# TensorFlow Serving for the models in this folder (REST on "
+        f"{rest_api_port}, gRPC on {grpc_port}; same REST API as `kerasllm serve`)\n"
+        f"# docker:\n{commands['docker']}\n# binary:\n{commands['binary']}\n").encode())
+    if warmup:
+        from kerasllm.serving.batching import BatchingOptions
+
+        # warm every shape the server will run (TF Serving pads batches to the allowed sizes)
+        sizes = BatchingOptions(max_batch_size, allowed_batch_sizes=allowed_batch_sizes).allowed_batch_sizes or (1,)
+        for name in names:
+            newest = root / name / str(versions(root / name)[-1])
+            written["warmup"][name] = write_warmup_requests(newest, name, sizes, warmup_texts)
+    written.update(commands)
+    return written

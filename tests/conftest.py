@@ -1,0 +1,40 @@
+"""Shared fixtures: one small trained model of each kind per test session."""
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """../shared/data beside the checkout; tests that need it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def topic_split():
+    """Python's documentation paragraphs labelled by topic, split 80/20 (built in, no download)."""
+    from kerasllm.data import default_classification_data, stratified_split
+
+    return stratified_split(*default_classification_data(), test_size=0.2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def classifier(topic_split):
+    """The default classifier (SimpleRNN + bag of n-grams) trained once for the session."""
+    import tasks
+
+    train, train_labels, _, _ = topic_split
+    return tasks.train_classifier(train, train_labels, seed=0, max_epochs=8)
+
+
+@pytest.fixture(scope="session")
+def classifier_export(classifier, tmp_path_factory):
+    """The session classifier exported (SavedModel + TFLite) under a temporary saved_models root."""
+    import tasks
+
+    root = tmp_path_factory.mktemp("saved_models")
+    return tasks.export(classifier, root / "topics")
