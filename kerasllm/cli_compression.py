@@ -3,9 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-KERAS_DIR = "keras"  # inside an export's version folder: the trainable model (TextClassifier.save)
-
-
 def add_compression_commands(subparsers):
     from kerasllm.compression import DEFAULT_METHODS, METHODS
 
@@ -34,7 +31,7 @@ def add_compression_commands(subparsers):
 
 def resolve_model(path):
     """A trained classifier from a ``TextClassifier.save`` folder or an export that carries one."""
-    from kerasllm.models.classifier import CONFIG_FILE, load_classifier
+    from kerasllm.models.classifier import CONFIG_FILE, EXPORT_KERAS_DIR, load_classifier
 
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
@@ -44,9 +41,9 @@ def resolve_model(path):
     from kerasllm.export.layout import resolve_version
 
     version_dir = resolve_version(path)
-    if (version_dir / KERAS_DIR / CONFIG_FILE).is_file():
-        return load_classifier(version_dir / KERAS_DIR)
-    raise ValueError(f"--model: {version_dir} holds no trainable model ({KERAS_DIR}/{CONFIG_FILE}); compression "
+    if (version_dir / EXPORT_KERAS_DIR / CONFIG_FILE).is_file():
+        return load_classifier(version_dir / EXPORT_KERAS_DIR)
+    raise ValueError(f"--model: {version_dir} holds no trainable model ({EXPORT_KERAS_DIR}/{CONFIG_FILE}); compression "
                      "fine-tunes the Keras model, so give a folder written by TextClassifier.save or an export "
                      "made by a kerasllm version that includes it")
 

@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 # requested mode -> modes tried in order (None: plain float32)
 FALLBACKS = {
     "int8": ("int8", "dynamic", "float16", None),
@@ -59,7 +61,25 @@ def convert_here(clf, mode, representative_texts=None, buckets=None, model=None)
     from kerasllm.export.classifier import tflite_bytes
     from kerasllm.export.flatbuffer import compact
 
-    return compact(tflite_bytes(clf, mode, representative_texts, model=model, buckets=buckets))
+    flatbuffer = compact(tflite_bytes(clf, mode, representative_texts, model=model, buckets=buckets))
+    smoke_test(clf, flatbuffer, mode, representative_texts, buckets, model)
+    return flatbuffer
+
+
+def smoke_test(clf, flatbuffer, mode, texts, buckets=None, model=None):
+    """Run the converted model through the classifier runtime on an empty text, one text and a
+    batch: some quantized kernels only fail when invoked (e.g. an int8 divide by a value that
+    rounded to zero). A failure here makes ``convert_with_fallback`` try the next mode."""
+    from kerasllm.export.classifier import write_tflite
+    from kerasllm.runtime.classifier import TFLiteClassifier
+
+    with tempfile.TemporaryDirectory(prefix="kerasllm-smoke-") as tmp:
+        write_tflite(clf, tmp, mode, model=model, buckets=buckets, flatbuffer=flatbuffer)
+        runtime = TFLiteClassifier(Path(tmp) / "model.tflite")
+        sample = list(texts or [])[:8] or ["a b c"]
+        for probs in (runtime.predict_proba([""]), runtime.predict_proba(sample[:1]), runtime.predict_proba(sample)):
+            if not np.all(np.isfinite(probs)):
+                raise RuntimeError(f"the {mode_name(mode)} model gives non-finite probabilities")
 
 
 def convert_in_subprocess(clf, mode, representative_texts=None, buckets=None, model=None, timeout=900):

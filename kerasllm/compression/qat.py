@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kerasllm.compression.training import (encode_labelled, fine_tune, inner_layers, own_model_scope,
-                                            refold, restore_masks, with_model)
+from kerasllm.compression.training import (encode_labelled, fine_tune, own_model_scope, refold, restore_masks,
+                                            with_model)
 
 
 def _embedding_config_class():
@@ -154,11 +154,11 @@ def qat_classifier(clf, texts, labels, epochs=2, learning_rate=None, keep_zeros=
 def _KeepZeros(model, keras):
     """A callback that re-applies each weight's zero pattern after every batch."""
     masks = []
-    for layer in inner_layers(model).values():
-        for weight in layer.trainable_weights:
-            value = weight.numpy()
-            if value.ndim >= 2 and np.mean(value == 0) > 0.1:
-                masks.append((weight, (value != 0).astype(value.dtype)))
+    # the model's variables, not its layers': a quantize wrapper hides its layer's weights from that layer
+    for weight in model.trainable_weights:
+        value = weight.numpy()
+        if value.ndim >= 2 and np.mean(value == 0) > 0.1:
+            masks.append((weight, (value != 0).astype(value.dtype)))
 
     class KeepZeros(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
