@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from kerasllm.export.layout import write_json_atomic
 
 
@@ -80,31 +82,56 @@ class CompressionReport:
         return {"markdown": md, "json": directory / f"{stem}.json", "plot": self.plot(directory / f"{stem}.png")}
 
     def plot(self, path):
-        """Size (TFLite KB, log scale) against quality; marker area grows with p50 latency. Writes a PNG."""
+        """Two panels, TFLite KB and gzip KB (log scale), against validation quality; marker area grows
+        with p50 latency. Variants at the same point share one label. Writes a PNG; returns its path."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         scale = 100.0 if self.quality == "accuracy" else 1.0
         ylabel = ("validation accuracy (%)" if self.quality == "accuracy"
                   else f"validation {self.quality} (nats per token, lower is better)")
-        latencies = [max(r["p50_ms"], 1e-3) for r in self.rows]
-        top = max(latencies)
-        fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-        for r, lat in zip(self.rows, latencies):
-            x, y = r["tflite_bytes"] / 1024, r[self.quality] * scale
-            ax.scatter([x], [y], s=60 + 900 * lat / top, alpha=0.55,
-                       color="black" if r["name"] == "float" else None, edgecolors="black")
-            ax.annotate(f"{r['name']}\n{lat:.2f} ms", (x, y), textcoords="offset points", xytext=(8, 6), fontsize=8)
-        ax.set_xscale("log")
-        ax.set_xlabel("TFLite model size (KB, log scale)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"Compression of {self.title}: size vs quality (marker area ∝ p50 latency, ms per input)")
-        ax.title.set_fontsize(10)
-        ax.grid(True, which="both", alpha=0.3)
+        latencies = [r["p50_ms"] for r in self.rows]
+        low, high = min(latencies), max(latencies)
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), dpi=120, sharey=True)
+        for ax, size, label in ((axes[0], "tflite_bytes", "TFLite file size (KB, log scale)"),
+                                (axes[1], "gzip_bytes", "gzip-compressed size (KB, log scale)")):
+            points = []  # [x, y, labels]: variants this close share one label
+            ys = [r[self.quality] * scale for r in self.rows]
+            near = 0.04 * ((max(ys) - min(ys)) or 1.0)
+            for i, r in enumerate(self.rows):
+                x, y = r[size] / 1024, r[self.quality] * scale
+                area = 80 + 700 * ((r["p50_ms"] - low) / (high - low) if high > low else 0.5)
+                ax.scatter([x], [y], s=area, alpha=0.5, edgecolors="black",
+                           color="black" if r["name"] == "float" else colors[i % len(colors)])
+                text = f"{r['name']} ({r['p50_ms']:.3f} ms)"
+                for point in points:
+                    if abs(np.log10(point[0] / x)) < 0.06 and abs(point[1] - y) < near:
+                        point[2].append(text)
+                        break
+                else:
+                    points.append([x, y, [text]])
+            for x, y, names in points:
+                # a neighbour just to the right at the same height: put this label above instead
+                crowded = any(x < px <= 3 * x and abs(py - y) < near for px, py, _ in points)
+                ax.annotate("\n".join(names), (x, y), textcoords="offset points", fontsize=7.5,
+                            xytext=(0, 14) if crowded else (10, -4), ha="center" if crowded else "left",
+                            va="bottom" if crowded else "top" if len(names) > 1 else "center")
+            sizes = [r[size] / 1024 for r in self.rows]
+            ax.set_xlim(min(sizes) / 1.4, max(sizes) * 3.0)  # room for the labels on the right
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
+            ax.set_xlabel(label)
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].set_ylabel(ylabel)
+        fig.suptitle(f"Compression of {self.title}: size vs quality "
+                     f"(marker area grows with p50 latency per input, {low:.3f}-{high:.3f} ms)", fontsize=10)
         fig.tight_layout()
         tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
         fig.savefig(tmp)
