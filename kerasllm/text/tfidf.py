@@ -1,0 +1,237 @@
+"""TF-IDF features: texts -> sparse rows (scipy.sparse CSR, float32, unit L2 norm).
+
+Tokens come from ``WordTokenizer.split`` (lower-case, punctuation and CJK split per character),
+so Chinese needs no spaces. Features are word n-grams (words joined by a space) and, as an
+option, character n-grams of each space-padded word (like scikit-learn's ``char_wb``), marked
+with a leading ``\\x1f`` so they never collide with a word (tokens never hold control characters).
+
+Weights: ``1 + ln(tf)`` (sublinear) or ``tf``, times the smoothed idf ``ln((1 + n) / (1 + df)) + 1``
+(scikit-learn's formula), then each row is scaled to unit length. The same rules run in-graph
+in ``kerasllm.text.tfidf_graph``; ``ids_and_weights`` gives the fixed-width input of the TFLite
+encoder.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import re
+
+import numpy as np
+
+from kerasllm.text.word import WordTokenizer, check_texts, default_classes, lower, python_class
+
+CHAR_MARK = "\x1f"
+_CHUNK = 8192  # documents per chunk: keeps Python lists of feature ids short for million-doc corpora
+MIN_WIDTH = 8
+
+
+def bucket_width(longest):
+    """Padded width of the encoders' inputs for rows of at most ``longest`` features: a power of
+    two (at least MIN_WIDTH), so compiled encoders see few distinct shapes."""
+    width = MIN_WIDTH
+    while width < longest:
+        width *= 2
+    return width
+
+
+def _ascii_token_re(split_ranges, separator_ranges):
+    def cut(ranges):
+        return [[lo, min(hi, 127)] for lo, hi in ranges if lo <= 127]
+
+    split, sep = cut(split_ranges), cut(separator_ranges)
+    split_class = python_class(split) if split else "(?!)"
+    other = "[^" + (python_class(split)[1:-1] if split else "") + python_class(sep)[1:-1] + "]"
+    return re.compile(f"{split_class}|{other}+")
+
+
+def _check_range(value, name):
+    try:
+        lo, hi = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair (min_n, max_n) of positive integers, got {value!r}") from None
+    if not 1 <= lo <= hi:
+        raise ValueError(f"{name} must satisfy 1 <= min_n <= max_n, got {value!r}")
+    return lo, hi
+
+
+class TfidfFeatures:
+    """Word (and optional character) n-gram TF-IDF, fitted on a corpus.
+
+    Args:
+        ngram_range: (min_n, max_n) word n-grams; (1, 2) is words and word pairs.
+        char_ngram_range: None, or (min_n, max_n) character n-grams inside each space-padded word.
+        min_df: a feature is kept when at least this many documents hold it (int) or this share (float).
+        max_df: ... and at most this many documents (int) or this share (float in (0, 1]).
+        max_features: keep only the features found in the most documents (None: no cap).
+        sublinear_tf: use ``1 + ln(count)`` instead of the raw count.
+    """
+
+    def __init__(self, ngram_range=(1, 1), char_ngram_range=None, min_df=1, max_df=1.0, max_features=None,
+                 sublinear_tf=True, split_ranges=None, separator_ranges=None, vocabulary=None, idf=None):
+        self.ngram_range = _check_range(ngram_range, "ngram_range")
+        self.char_ngram_range = None if char_ngram_range is None else _check_range(char_ngram_range, "char_ngram_range")
+        for name, value in (("min_df", min_df), ("max_df", max_df)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or \
+                    (isinstance(value, float) and value > 1):
+                raise ValueError(f"{name} must be a positive int (documents) or a float in (0, 1] (share), got {value!r}")
+        self.min_df, self.max_df = min_df, max_df
+        if max_features is not None and (isinstance(max_features, bool) or not isinstance(max_features, int)
+                                         or max_features < 1):
+            raise ValueError(f"max_features must be None or a positive int, got {max_features!r}")
+        self.max_features = max_features
+        self.sublinear_tf = bool(sublinear_tf)
+        if split_ranges is None or separator_ranges is None:
+            split_ranges, separator_ranges = default_classes()
+        self.tokenizer = WordTokenizer(split_ranges=split_ranges, separator_ranges=separator_ranges)
+        self._ascii_re = _ascii_token_re(self.tokenizer.split_ranges, self.tokenizer.separator_ranges)
+        self.vocabulary = None if vocabulary is None else list(vocabulary)
+        self._index = None if vocabulary is None else {f: i for i, f in enumerate(self.vocabulary)}
+        self.idf = None if idf is None else np.asarray(idf, dtype=np.float32)
+
+    # -- features ---------------------------------------------------------------------------
+    def split(self, text):
+        """``WordTokenizer.split``, with a small regex for ASCII text (same classes, cut to ASCII):
+        the full Unicode classes make Python's ``re`` several times slower."""
+        if text.isascii():
+            return self._ascii_re.findall(text.lower())
+        return self.tokenizer._token_re.findall(lower(text))
+
+    def features(self, text):
+        """The list of feature strings of one text (with repeats)."""
+        tokens = self.split(text)
+        lo, hi = self.ngram_range
+        out = list(tokens) if lo == 1 else []
+        for n in range(max(lo, 2), hi + 1):
+            out += [" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+        if self.char_ngram_range is not None:
+            clo, chi = self.char_ngram_range
+            for token in tokens:
+                word = f" {token} "
+                for n in range(clo, chi + 1):
+                    out += [CHAR_MARK + word[i:i + n] for i in range(len(word) - n + 1)]
+        return out
+
+    @property
+    def n_features(self):
+        self._require_fit()
+        return len(self.vocabulary)
+
+    def _require_fit(self):
+        if self.vocabulary is None:
+            raise RuntimeError("the TF-IDF features are not fitted yet: call fit(texts) first")
+
+    # -- fitting ----------------------------------------------------------------------------
+    def fit_transform(self, texts):
+        """Learn the vocabulary and idf from ``texts``; returns their TF-IDF rows."""
+        texts = check_texts(texts)
+        if not texts:
+            raise ValueError("texts is empty: TF-IDF needs at least one document to fit")
+        vocabulary = defaultdict()
+        vocabulary.default_factory = vocabulary.__len__  # a new feature gets the next id
+        counts = self._counts(texts, lambda feats: [vocabulary[f] for f in feats], lambda: len(vocabulary))
+        n_docs = counts.shape[0]
+        df = np.bincount(counts.indices, minlength=counts.shape[1])
+        low = self.min_df if isinstance(self.min_df, int) else int(np.ceil(self.min_df * n_docs))
+        high = self.max_df if isinstance(self.max_df, int) else int(np.floor(self.max_df * n_docs))
+        keep = (df >= low) & (df <= high)
+        if self.max_features is not None and keep.sum() > self.max_features:
+            kept = np.flatnonzero(keep)
+            order = np.argsort(-df[kept], kind="stable")  # ties: first seen first
+            keep = np.zeros_like(keep)
+            keep[kept[order[: self.max_features]]] = True
+        if not keep.any():
+            raise ValueError(f"no feature is in at least min_df={self.min_df} and at most max_df={self.max_df} of the "
+                             f"{n_docs} documents: lower min_df or raise max_df")
+        features = list(vocabulary)
+        self.vocabulary = [f for f, k in zip(features, keep) if k]
+        self._index = {f: i for i, f in enumerate(self.vocabulary)}
+        df = df[keep]
+        self.idf = (np.log((1.0 + n_docs) / (1.0 + df)) + 1.0).astype(np.float32)
+        return self._weigh(counts[:, keep])
+
+    def fit(self, texts):
+        self.fit_transform(texts)
+        return self
+
+    # -- transforming -----------------------------------------------------------------------
+    def transform(self, texts):
+        """TF-IDF rows of ``texts`` (unknown features are dropped; a text with none gets an empty row)."""
+        self._require_fit()
+        texts = check_texts(texts)
+        get = self._index.get
+        counts = self._counts(texts, lambda feats: [i for i in map(get, feats) if i is not None],
+                              lambda: len(self.vocabulary))
+        return self._weigh(counts)
+
+    def ids_and_weights(self, texts, width=None):
+        """The fixed-width input of the exported encoders: (ids int32 [n, width], weights float32 [n, width]).
+
+        Row i holds the features of text i with their unit-normalised TF-IDF weights, padded with
+        id 0 and weight 0 (a zero weight adds nothing). ``width`` defaults to the longest row (at least 1).
+        """
+        x = self.transform(texts)
+        lengths = np.diff(x.indptr)
+        longest = int(lengths.max()) if len(lengths) else 0
+        width = max(longest, 1) if width is None else int(width)
+        if width < longest:
+            raise ValueError(f"width={width} is too small: a text has {longest} distinct features")
+        ids = np.zeros((x.shape[0], width), np.int32)
+        weights = np.zeros((x.shape[0], width), np.float32)
+        cols = np.arange(x.nnz) - np.repeat(x.indptr[:-1], lengths)
+        rows = np.repeat(np.arange(x.shape[0]), lengths)
+        ids[rows, cols] = x.indices
+        weights[rows, cols] = x.data
+        return ids, weights
+
+    def _counts(self, texts, to_ids, n_columns):
+        """CSR matrix of feature counts, built chunk by chunk (int32 arrays, not Python lists)."""
+        import scipy.sparse as sp
+
+        indices, indptr = [], [np.zeros(1, np.int64)]
+        offset = 0
+        features = self.features
+        for start in range(0, len(texts), _CHUNK):
+            rows = [to_ids(features(t)) for t in texts[start:start + _CHUNK]]
+            lengths = np.fromiter((len(r) for r in rows), np.int64, len(rows))
+            flat = [i for r in rows for i in r]
+            indices.append(np.array(flat, dtype=np.int32))
+            indptr.append(offset + np.cumsum(lengths))
+            offset += int(lengths.sum())
+        indices = np.concatenate(indices) if indices else np.zeros(0, np.int32)
+        indptr = np.concatenate(indptr)
+        data = np.ones(len(indices), np.float32)
+        counts = sp.csr_matrix((data, indices, indptr), shape=(len(texts), n_columns()))
+        counts.sum_duplicates()  # repeats of a feature in a row become one entry holding its count
+        return counts
+
+    def _weigh(self, counts):
+        x = counts.astype(np.float32)
+        if self.sublinear_tf:
+            np.log(x.data, out=x.data)
+            x.data += 1.0
+        x.data *= self.idf[x.indices]
+        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+        norms[norms == 0] = 1.0
+        x.data /= np.repeat(norms, np.diff(x.indptr)).astype(np.float32)
+        return x
+
+    # -- persistence ------------------------------------------------------------------------
+    def get_config(self):
+        """Settings and the split classes (JSON); the vocabulary and idf are saved apart (they are large)."""
+        return {
+            "ngram_range": list(self.ngram_range),
+            "char_ngram_range": None if self.char_ngram_range is None else list(self.char_ngram_range),
+            "min_df": self.min_df,
+            "max_df": self.max_df,
+            "max_features": self.max_features,
+            "sublinear_tf": self.sublinear_tf,
+            "split_ranges": self.tokenizer.split_ranges,
+            "separator_ranges": self.tokenizer.separator_ranges,
+        }
+
+    @classmethod
+    def from_config(cls, config, vocabulary=None, idf=None):
+        features = cls(**config, vocabulary=vocabulary, idf=idf)
+        if (vocabulary is None) != (idf is None) or (idf is not None and len(features.idf) != len(vocabulary)):
+            raise ValueError("vocabulary and idf must be given together and have the same length")
+        return features
