@@ -274,3 +274,21 @@ def test_precision_at_10_on_sms_is_at_least_scikit_learn_lsa():
     query_vectors = normalize(svd.transform(vectorizer.transform(test)))
     theirs = precision(np.argsort(-(query_vectors @ doc_vectors.T), axis=1)[:, :10])
     assert ours >= theirs
+
+
+# -- command line -----------------------------------------------------------------------------
+def test_cli_build_and_query(tmp_path, capsys):
+    from kerasllm.cli_similarity import main
+
+    data = tmp_path / "docs.csv"
+    data.write_text("id,body\na1,The cat sat on the mat\na2,Dogs chase cats in the park\n"
+                    "a3,Stock markets fell sharply today\na4,The market for cat food grew\n", encoding="utf-8")
+    out = tmp_path / "idx"
+    assert main(["similar", "build", "--data", str(data), "--text-column", "body", "--id-column", "id",
+                 "--out", str(out), "--components", "3"]) == 0
+    assert "indexed 4 documents" in capsys.readouterr().out
+    assert main(["similar", "query", "--index", str(out), "--json", "-k", "2", "dogs chase cats"]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["text"] == "dogs chase cats" and line["results"][0]["id"] == "a2" and len(line["results"]) == 2
+    assert main(["similar", "query", "--index", str(tmp_path), "cats"]) == 2
+    assert "not a kerasllm similarity index" in capsys.readouterr().err

@@ -105,7 +105,7 @@ class SimilarityIndex:
         self.vectors = None  # [n_docs, k] unit rows (float32 or float16; maybe memory-mapped)
         self.ids = []
         self.texts = None
-        self._id_set = None
+        self._positions = None  # id -> row, built when first needed
 
     # -- fitting ----------------------------------------------------------------------------
     def fit(self, docs, ids=None):
@@ -130,7 +130,7 @@ class SimilarityIndex:
         self.singular_values = s.astype(np.float32)
         self.vectors = self._project(x).astype(self.dtype, copy=False)
         self.ids = ids
-        self._id_set = None
+        self._positions = None
         self.texts = list(docs) if self.keep_texts else None
         return self
 
@@ -154,24 +154,32 @@ class SimilarityIndex:
         new = np.concatenate([self._project(self.features.transform(docs[i:i + _EMBED_CHUNK]))
                               for i in range(0, len(docs), _EMBED_CHUNK)]).astype(self.dtype, copy=False)
         self.vectors = np.concatenate([np.asarray(self.vectors), new])
+        if self._positions is not None:
+            self._positions.update((value, start + i) for i, value in enumerate(ids))
         self.ids = self.ids + ids
-        if self._id_set is not None:
-            self._id_set.update(ids)
         if self.texts is not None:
             self.texts = self.texts + docs
         return self
 
     def _check_unique(self, ids, existing):
-        seen = set(self.ids_set() if existing else ())
+        used = self._id_positions() if existing else {}
+        seen = set()
         for i, value in enumerate(ids):
-            if value in seen:
+            if value in used or value in seen:
                 raise ValueError(f"ids[{i}] = {value!r} is already used: ids must be unique")
             seen.add(value)
 
-    def ids_set(self):
-        if self._id_set is None:
-            self._id_set = set(self.ids)
-        return self._id_set
+    def _id_positions(self):
+        if self._positions is None:
+            self._positions = {value: row for row, value in enumerate(self.ids)}
+        return self._positions
+
+    def ids_position(self, doc_id):
+        """The row of document ``doc_id`` (in ``ids``, ``vectors`` and ``texts``)."""
+        try:
+            return self._id_positions()[doc_id]
+        except KeyError:
+            raise KeyError(f"no document with id {doc_id!r} in the index") from None
 
     def _project(self, x):
         """TF-IDF rows -> unit vectors in the SVD space (float32)."""
