@@ -141,6 +141,45 @@ def test_top_k_matches_a_full_sort_across_blocks(monkeypatch, dtype):
         np.testing.assert_allclose(scores, np.take_along_axis(full, expected, axis=1), rtol=1e-5, atol=1e-5)
 
 
+def test_int8_first_pass_bounds_hold_and_answers_stay_exact():
+    from kerasllm.runtime.int8_scores import Int8Scores
+
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((3000, 32)).astype(np.float32) * rng.random((3000, 32)).astype(np.float32) ** 4
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[7] = 0.0  # an empty document
+    queries = vectors[:20] + 0.3 * rng.standard_normal((20, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    scorer = Int8Scores(vectors[:2000]).extend(vectors)  # grown like an index that had documents added
+    approx, bound = scorer(queries)
+    exact = queries @ vectors.T
+    assert approx.shape == exact.shape and np.all(np.abs(approx - exact) <= bound)
+    assert np.abs(approx - exact).max() > 0  # it is approximate: the rescoring matters
+    idx, scores = top_k(vectors, queries, 10, scorer)
+    plain_idx, plain_scores = top_k(vectors, queries, 10)
+    np.testing.assert_array_equal(idx, plain_idx)
+    np.testing.assert_allclose(scores, plain_scores, atol=1e-6)
+
+
+def test_large_index_uses_the_int8_pass_and_answers_as_the_plain_scan(monkeypatch, docs):
+    from kerasllm.models import similarity
+
+    monkeypatch.setattr(similarity, "INT8_MIN_DOCS", 100)
+    index = SimilarityIndex(n_components=32).fit(docs[:250])
+    assert index._int8 is not None and index._int8.n == 250
+    index.add(docs[250:300])
+    assert index._int8.n == 300
+    queries = index.embed(docs[:40] + ["", "zzzz"])
+    expected = similarity.search(index.vectors, index.ids, queries, 10)
+    got = index.query(docs[:40] + ["", "zzzz"], k=10)
+    full = queries @ index.vectors.T
+    for row, (g, e) in enumerate(zip(got, expected)):
+        # the same scores (ids may swap places only between equal scores: some paragraphs repeat)
+        np.testing.assert_allclose([s for _, s in g], [s for _, s in e], atol=1e-6)
+        np.testing.assert_allclose([full[row, i] for i, _ in g], [s for _, s in g], atol=1e-6)
+    assert [i for i, _ in got[-1]] == list(range(10))  # no known feature: index order, score 0
+
+
 # -- save / load ------------------------------------------------------------------------------
 @pytest.mark.parametrize("mmap", [False, True])
 def test_save_load_query_gives_identical_results(rich_index, docs, tmp_path, mmap):

@@ -30,6 +30,7 @@ FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
 _FEATURE_OPTIONS = ("ngram_range", "char_ngram_range", "min_df", "max_df", "max_features", "sublinear_tf")
 _EMBED_CHUNK = 16384  # texts embedded at once when folding documents in
+INT8_MIN_DOCS = 20_000  # below this a float32 scan is as fast as the int8 first pass
 
 
 def _check_ids(ids, n, name="ids"):
@@ -73,13 +74,15 @@ class SimilarityIndex:
         dtype: "float32" or "float16" for the stored document vectors (half the memory; scores
             are still computed in float32).
         keep_texts: keep the documents' texts (saved with the index) so ``refit()`` needs no arguments.
+        int8_search: for indexes of INT8_MIN_DOCS documents or more, keep an int8 copy of the vectors
+            that LiteRT scores fast; candidates are rescored in float32, so answers stay exact.
     """
 
     kind = "similarity_index"
 
     def __init__(self, n_components=256, seed=0, ngram_range=(1, 1), char_ngram_range=None, min_df=1, max_df=1.0,
                  max_features=None, sublinear_tf=True, n_iter=2, max_fit_docs=200_000, dtype="float32",
-                 keep_texts=True):
+                 keep_texts=True, int8_search=True):
         if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)) or n_components < 1:
             raise ValueError(f"n_components must be a positive int, got {n_components!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -96,6 +99,8 @@ class SimilarityIndex:
         self.max_fit_docs = int(max_fit_docs)
         self.dtype = dtype
         self.keep_texts = bool(keep_texts)
+        self.int8_search = bool(int8_search)
+        self._int8 = None
         self.feature_options = dict(ngram_range=ngram_range, char_ngram_range=char_ngram_range, min_df=min_df,
                                     max_df=max_df, max_features=max_features, sublinear_tf=sublinear_tf)
         TfidfFeatures(**self.feature_options)  # validate the settings now, not at fit time
@@ -132,6 +137,8 @@ class SimilarityIndex:
         self.ids = ids
         self._positions = None
         self.texts = list(docs) if self.keep_texts else None
+        self._int8 = None
+        self._update_int8()
         return self
 
     def refit(self, docs=None, ids=None):
@@ -159,7 +166,16 @@ class SimilarityIndex:
         self.ids = self.ids + ids
         if self.texts is not None:
             self.texts = self.texts + docs
+        self._update_int8()
         return self
+
+    def _update_int8(self):
+        if not self.int8_search or len(self.ids) < INT8_MIN_DOCS:
+            self._int8 = None
+            return
+        from kerasllm.runtime.int8_scores import Int8Scores
+
+        self._int8 = Int8Scores(self.vectors) if self._int8 is None else self._int8.extend(self.vectors)
 
     def _check_unique(self, ids, existing):
         used = self._id_positions() if existing else {}
@@ -214,12 +230,13 @@ class SimilarityIndex:
         self._require_fit()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
-        return search(self.vectors, self.ids, self.embed(texts), k)
+        return search(self.vectors, self.ids, self.embed(texts), k, self._int8)
 
     # -- persistence ------------------------------------------------------------------------
     def get_config(self):
         return {"n_components": self.n_components, "seed": self.seed, "n_iter": self.n_iter,
                 "max_fit_docs": self.max_fit_docs, "dtype": self.dtype, "keep_texts": self.keep_texts,
+                "int8_search": self.int8_search,
                 **{k: (list(v) if isinstance(v, tuple) else v) for k, v in self.feature_options.items()}}
 
     def save(self, path):
@@ -302,6 +319,7 @@ class SimilarityIndex:
                 raise ValueError(f"{path} is damaged: {name}.npy has shape {arrays[name].shape}, expected {shape}")
         if len(index.features.vocabulary) != f or (index.texts is not None and len(index.texts) != n):
             raise ValueError(f"{path} is damaged: vocabulary.json or texts.json has the wrong length")
+        index._update_int8()
         return index
 
     # -- export -----------------------------------------------------------------------------
@@ -312,9 +330,9 @@ class SimilarityIndex:
         return write_artifacts(self, directory, formats, **options)
 
 
-def search(vectors, ids, queries, k):
+def search(vectors, ids, queries, k, int8_scores=None):
     """``top_k`` as lists of (id, score) pairs."""
-    idx, scores = top_k(vectors, queries, k)
+    idx, scores = top_k(vectors, queries, k, int8_scores)
     return [[(ids[i], s) for i, s in zip(row_idx, row_scores)] for row_idx, row_scores in
             zip(idx.tolist(), scores.tolist())]
 

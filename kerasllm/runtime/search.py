@@ -13,13 +13,15 @@ _SCORE_BUDGET = 1 << 22
 _MAX_DOC_BLOCK = 1 << 17
 
 
-def top_k(vectors, queries, k):
+def top_k(vectors, queries, k, int8_scores=None):
     """The ``k`` best rows of ``vectors`` for each query, by inner product.
 
     Args:
         vectors: [n, d] float32 or float16 array (may be a np.memmap).
         queries: [q, d] float32 array.
         k: how many to return; more than ``n`` returns all ``n``.
+        int8_scores: optional ``kerasllm.runtime.int8_scores.Int8Scores`` of ``vectors``: candidates
+            come from its fast approximate scores and bounds, and are rescored exactly.
 
     Returns (indices int64 [q, min(k, n)], scores float32 [q, min(k, n)]), best first (equal scores
     in index order).
@@ -32,6 +34,16 @@ def top_k(vectors, queries, k):
     best_score = np.zeros((n_queries, k), np.float32)
     if k == 0 or n_queries == 0:
         return best_idx, best_score
+    zero = ~queries.any(axis=1)
+    if zero.any():  # no feature: every score is 0, so the first k documents in index order
+        best_idx[zero] = np.arange(k)
+        if zero.all():
+            return best_idx, best_score
+        idx, scores = top_k(vectors, queries[~zero], k, int8_scores)
+        best_idx[~zero], best_score[~zero] = idx, scores
+        return best_idx, best_score
+    if int8_scores is not None and n > 4 * k:
+        return _top_k_int8(vectors, queries, k, int8_scores, best_idx, best_score)
     doc_block = int(min(n, _MAX_DOC_BLOCK, max(_SCORE_BUDGET // n_queries, 4 * k, 1024)))
     query_block = max(1, _SCORE_BUDGET // doc_block)
     convert = vectors.dtype != np.float32
@@ -59,6 +71,28 @@ def top_k(vectors, queries, k):
             order = np.lexsort((cand_idx[row], -cand_score[row]))
             best_idx[q0 + row] = cand_idx[row, order]
             best_score[q0 + row] = cand_score[row, order]
+    return best_idx, best_score
+
+
+def _top_k_int8(vectors, queries, k, int8_scores, best_idx, best_score):
+    n = vectors.shape[0]
+    chunk = max(1, _SCORE_BUDGET // n)
+    for q0 in range(0, len(queries), chunk):
+        q = queries[q0:q0 + chunk]
+        approx, bound = int8_scores(q)
+        for row in range(len(q)):
+            lower = approx[row] - bound[row]
+            kth = np.partition(lower, n - k)[n - k]  # the k-th best score is at least this
+            candidates = np.flatnonzero(approx[row] + bound[row] >= kth)
+            if len(candidates) > n // 8:  # bounds too loose (e.g. a zero query): score every document
+                idx, sc = top_k(vectors, q[row:row + 1], k)
+                best_idx[q0 + row], best_score[q0 + row] = idx[0], sc[0]
+                continue
+            exact = np.asarray(vectors[candidates], dtype=np.float32) @ q[row]
+            keep = _top_columns(exact[None, :], k)[0]
+            order = np.lexsort((candidates[keep], -exact[keep]))
+            best_idx[q0 + row] = candidates[keep][order]
+            best_score[q0 + row] = exact[keep][order]
     return best_idx, best_score
 
 

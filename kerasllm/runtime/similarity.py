@@ -74,7 +74,7 @@ class SimilarityPredictor:
         """For each text, ``min(k, len(index))`` (id, cosine) pairs, best first."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
-        return search(self.index.vectors, self.index.ids, self.embed(texts), k)
+        return search(self.index.vectors, self.index.ids, self.embed(texts), k, self.index._int8)
 
     def similarity(self, texts_a, texts_b):
         return self.embed(check_texts(texts_a, "texts_a")) @ self.embed(check_texts(texts_b, "texts_b")).T
