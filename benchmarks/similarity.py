@@ -138,8 +138,9 @@ def topics_data():
 
 
 # -- part 2: growth on synthetic documents -------------------------------------------------
-def synthetic_documents(n, seed=0, n_topics=200, vocabulary=30000):
-    """Sentences of made-up words: each document mixes one topic's words (Zipf) with common words."""
+def synthetic_documents(n, seed=0, n_topics=200, vocabulary=30000, chunk=50_000):
+    """Sentences of made-up words: each document mixes one topic's words (Zipf) with common words.
+    Made in chunks, so the generator's own arrays stay small next to the index being measured."""
     rng = np.random.default_rng(seed)
     syllables = np.array(["ka", "lo", "mi", "ne", "ru", "ta", "vo", "zi", "pe", "su", "da", "fo", "gi", "ha", "ju"])
     parts = rng.integers(0, len(syllables), size=(vocabulary, 3))
@@ -147,6 +148,14 @@ def synthetic_documents(n, seed=0, n_topics=200, vocabulary=30000):
     zipf = 1.0 / np.arange(1, 301) ** 1.1
     zipf /= zipf.sum()
     topic_words = rng.integers(0, vocabulary, size=(n_topics, 300))
+    docs = []
+    for start in range(0, n, chunk):
+        docs += _synthetic_chunk(rng, min(chunk, n - start), words, zipf, topic_words)
+    return docs
+
+
+def _synthetic_chunk(rng, n, words, zipf, topic_words):
+    vocabulary, n_topics = len(words), len(topic_words)
     lengths = rng.integers(8, 30, size=n)
     topics = rng.integers(0, n_topics, size=n)
     total = int(lengths.sum())
@@ -210,6 +219,8 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    import scipy.linalg  # noqa: F401  (load every BLAS first, so the limit below reaches them all)
+    import sklearn.utils.extmath  # noqa: F401
     from threadpoolctl import threadpool_info, threadpool_limits
 
     threadpool_limits(args.threads)

@@ -29,7 +29,7 @@ FORMAT = "kerasllm.similarity_index"
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
 _FEATURE_OPTIONS = ("ngram_range", "char_ngram_range", "min_df", "max_df", "max_features", "sublinear_tf")
-_EMBED_CHUNK = 16384  # texts embedded at once when folding documents in
+_EMBED_CHUNK = 65536  # rows projected at once
 INT8_MIN_DOCS = 20_000  # below this a float32 scan is as fast as the int8 first pass
 
 
@@ -54,9 +54,9 @@ def _check_ids(ids, n, name="ids"):
 
 
 def _normalize_rows(x):
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))  # no [n, k] temporary (a million rows is 1 GB)
     norms[norms == 0] = 1.0  # an empty text stays the zero vector (cosine 0 with everything)
-    x /= norms
+    x /= norms[:, None]
     return x
 
 
@@ -133,7 +133,7 @@ class SimilarityIndex:
         self.features = features
         self.components = np.ascontiguousarray(vt.T, dtype=np.float32)
         self.singular_values = s.astype(np.float32)
-        self.vectors = self._project(x).astype(self.dtype, copy=False)
+        self.vectors = self._project_rows(x)
         self.ids = ids
         self._positions = None
         self.texts = list(docs) if self.keep_texts else None
@@ -158,8 +158,7 @@ class SimilarityIndex:
         self._check_unique(ids, existing=True)
         if not docs:
             return self
-        new = np.concatenate([self._project(self.features.transform(docs[i:i + _EMBED_CHUNK]))
-                              for i in range(0, len(docs), _EMBED_CHUNK)]).astype(self.dtype, copy=False)
+        new = self._project_rows(self.features.transform(docs))
         self.vectors = np.concatenate([np.asarray(self.vectors), new])
         if self._positions is not None:
             self._positions.update((value, start + i) for i, value in enumerate(ids))
@@ -196,6 +195,13 @@ class SimilarityIndex:
             return self._id_positions()[doc_id]
         except KeyError:
             raise KeyError(f"no document with id {doc_id!r} in the index") from None
+
+    def _project_rows(self, x):
+        """Document vectors in the stored dtype, a chunk at a time (no second full-size float32 copy)."""
+        out = np.empty((x.shape[0], self.components.shape[1]), self.dtype)
+        for start in range(0, x.shape[0], _EMBED_CHUNK):
+            out[start:start + _EMBED_CHUNK] = self._project(x[start:start + _EMBED_CHUNK])
+        return out
 
     def _project(self, x):
         """TF-IDF rows -> unit vectors in the SVD space (float32)."""
