@@ -73,6 +73,23 @@ def test_cjk_is_split_per_character(index):
     assert {i for i, _ in best} == {300, 302}  # the two documents about apples and bananas
 
 
+def test_feature_split_is_the_word_tokenizer_split(docs):
+    import random
+
+    from kerasllm.text.tfidf import TfidfFeatures
+    from kerasllm.text.word import WordTokenizer
+
+    rng = random.Random(0)
+    pool = [chr(c) for c in [*range(0, 0x250), *range(0x3000, 0x3100), *range(0x4E00, 0x4E40), 0x1F600, 0x2028,
+                             0x85, 0xA0, 0x2C2F, 0x10570, 0x1D400, 0xFF01, 0x2E80, 0xD7FF]]
+    texts = docs + ["".join(rng.choice(pool) for _ in range(rng.randint(0, 40))) for _ in range(2000)]
+    words = WordTokenizer()
+    lazy = TfidfFeatures()  # this Python's classes, one character at a time
+    assert [lazy.split(t) for t in texts] == [words.split(t) for t in texts]
+    stored = TfidfFeatures(split_ranges=words.split_ranges, separator_ranges=words.separator_ranges)
+    assert [stored.split(t) for t in texts] == [words.split(t) for t in texts]
+
+
 def test_empty_texts_and_k_larger_than_the_index(index, docs):
     vectors = index.embed(["", "   "])
     assert not vectors.any()  # no feature: the zero vector, cosine 0 with everything

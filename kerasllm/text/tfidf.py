@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections import defaultdict
 
 import re
+import unicodedata
+from functools import lru_cache
 
 import numpy as np
 
-from kerasllm.text.word import WordTokenizer, check_texts, default_classes, lower, python_class
+from kerasllm.text.word import CJK_RANGES, WordTokenizer, _to_ranges, check_texts, default_classes, lower, python_class
 
 CHAR_MARK = "\x1f"
 _CHUNK = 8192  # documents per chunk: keeps Python lists of feature ids short for million-doc corpora
@@ -32,6 +34,50 @@ def bucket_width(longest):
     while width < longest:
         width *= 2
     return width
+
+
+_CJK = [(lo, hi) for lo, hi in CJK_RANGES]
+OTHER, SPLIT, SEPARATOR = 0, 1, 2
+
+
+@lru_cache(maxsize=1 << 16)
+def _char_class(ch):
+    """The class ``default_classes`` gives one character (same rules, without tabulating Unicode)."""
+    c = ord(ch)
+    if 0xD800 <= c <= 0xDFFF:
+        return OTHER
+    category = unicodedata.category(ch)
+    if ch.isspace() or category == "Cc":
+        return SEPARATOR
+    if category[0] in "PS" or any(lo <= c <= hi for lo, hi in _CJK):
+        return SPLIT
+    return OTHER
+
+
+def _classes_of(codepoints):
+    """(split_ranges, separator_ranges) of some code points, as ``default_classes`` would list them."""
+    split = [c for c in codepoints if _char_class(chr(c)) == SPLIT]
+    separators = [c for c in codepoints if _char_class(chr(c)) == SEPARATOR]
+    return _to_ranges(split), _to_ranges(separators)
+
+
+def _split_by_character(text):
+    """``WordTokenizer.split`` of lower-cased text, classifying characters one at a time."""
+    tokens, start = [], None
+    for i, ch in enumerate(text):
+        kind = _char_class(ch)
+        if kind == OTHER:
+            if start is None:
+                start = i
+            continue
+        if start is not None:
+            tokens.append(text[start:i])
+            start = None
+        if kind == SPLIT:
+            tokens.append(ch)
+    if start is not None:
+        tokens.append(text[start:])
+    return tokens
 
 
 def _ascii_token_re(split_ranges, separator_ranges):
@@ -81,20 +127,34 @@ class TfidfFeatures:
         self.max_features = max_features
         self.sublinear_tf = bool(sublinear_tf)
         if split_ranges is None or separator_ranges is None:
-            split_ranges, separator_ranges = default_classes()
-        self.tokenizer = WordTokenizer(split_ranges=split_ranges, separator_ranges=separator_ranges)
-        self._ascii_re = _ascii_token_re(self.tokenizer.split_ranges, self.tokenizer.separator_ranges)
+            # This Python's Unicode classes: tabulating all of Unicode takes a third of a second, so
+            # it waits until a config is written; meanwhile characters are classified one by one.
+            self._tokenizer = None
+            self._ascii_re = _ascii_token_re(*_classes_of(range(128)))
+        else:
+            self._tokenizer = WordTokenizer(split_ranges=split_ranges, separator_ranges=separator_ranges)
+            self._ascii_re = _ascii_token_re(self._tokenizer.split_ranges, self._tokenizer.separator_ranges)
         self.vocabulary = None if vocabulary is None else list(vocabulary)
         self._index = None if vocabulary is None else {f: i for i, f in enumerate(self.vocabulary)}
         self.idf = None if idf is None else np.asarray(idf, dtype=np.float32)
 
     # -- features ---------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """The ``WordTokenizer`` whose rules (and stored character classes) this uses."""
+        if self._tokenizer is None:
+            split, separators = default_classes()
+            self._tokenizer = WordTokenizer(split_ranges=split, separator_ranges=separators)
+        return self._tokenizer
+
     def split(self, text):
         """``WordTokenizer.split``, with a small regex for ASCII text (same classes, cut to ASCII):
         the full Unicode classes make Python's ``re`` several times slower."""
         if text.isascii():
             return self._ascii_re.findall(text.lower())
-        return self.tokenizer._token_re.findall(lower(text))
+        if self._tokenizer is None:
+            return _split_by_character(lower(text))
+        return self._tokenizer._token_re.findall(lower(text))
 
     def features(self, text):
         """The list of feature strings of one text (with repeats)."""
