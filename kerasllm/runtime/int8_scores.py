@@ -119,9 +119,10 @@ class Int8Scores:
             scores = interpreter.get_tensor(outp)
             out[:, start:start + scores.shape[1]] = scores
             start += scores.shape[1]
-        # The kernel quantizes each query row to int8 (asymmetric): each element moves by at most
-        # half its step. |q.v - q'.v'| <= step/2 * |v|_1 + |q'|_2 * |v - v'|_2.
+        # The kernel quantizes each query row to int8 (asymmetric, range widened to hold 0): each
+        # element moves by half a step, or a whole one if the zero point is nudged to an integer.
+        # |q.v - q'.v'| <= |q - q'|_inf * |v|_1 + |q'|_2 * |v - v'|_2.
         step = (np.maximum(queries.max(axis=1), 0) - np.minimum(queries.min(axis=1), 0)) / 255.0
-        q_norm = np.linalg.norm(queries, axis=1) + np.sqrt(self.dimensions) * step / 2
-        bound = ((step / 2)[:, None] * self.l1[None, :] + q_norm[:, None] * self.error[None, :]) * 1.001 + 1e-5
+        q_norm = np.linalg.norm(queries, axis=1) + np.sqrt(self.dimensions) * step
+        bound = (step[:, None] * self.l1[None, :] + q_norm[:, None] * self.error[None, :]) * 1.001 + 1e-5
         return out, bound.astype(np.float32)
