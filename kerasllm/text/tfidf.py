@@ -20,7 +20,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from kerasllm.text.word import CJK_RANGES, WordTokenizer, _to_ranges, check_texts, default_classes, lower, python_class
+from kerasllm.text.word import (_TF_UNLOWERED, CJK_RANGES, WordTokenizer, _to_ranges, check_texts, default_classes,
+                                 lower, python_class)
 
 CHAR_MARK = "\x1f"
 _CHUNK = 8192  # documents per chunk: keeps Python lists of feature ids short for million-doc corpora
@@ -61,23 +62,20 @@ def _classes_of(codepoints):
     return _to_ranges(split), _to_ranges(separators)
 
 
-def _split_by_character(text):
-    """``WordTokenizer.split`` of lower-cased text, classifying characters one at a time."""
-    tokens, start = [], None
-    for i, ch in enumerate(text):
-        kind = _char_class(ch)
-        if kind == OTHER:
-            if start is None:
-                start = i
-            continue
-        if start is not None:
-            tokens.append(text[start:i])
-            start = None
-        if kind == SPLIT:
-            tokens.append(ch)
-    if start is not None:
-        tokens.append(text[start:])
-    return tokens
+class _Padding(dict):
+    """``str.translate`` table, filled on demand: a separator becomes a space and a split character
+    is padded with spaces, so the ASCII regex then splits any text as the full classes would."""
+
+    def __missing__(self, code):
+        ch = chr(code)
+        kind = OTHER if code < 128 else _char_class(ch)
+        value = " " if kind == SEPARATOR else f" {ch} " if kind == SPLIT else ch
+        self[code] = value
+        return value
+
+
+_PADDING = _Padding()
+_UNLOWERED = frozenset(_TF_UNLOWERED)
 
 
 def _ascii_token_re(split_ranges, separator_ranges):
@@ -152,9 +150,11 @@ class TfidfFeatures:
         the full Unicode classes make Python's ``re`` several times slower."""
         if text.isascii():
             return self._ascii_re.findall(text.lower())
+        # ``lower`` keeps a few characters TensorFlow cannot lower-case; a set test skips its regex.
+        text = text.lower() if _UNLOWERED.isdisjoint(text) else lower(text)
         if self._tokenizer is None:
-            return _split_by_character(lower(text))
-        return self._tokenizer._token_re.findall(lower(text))
+            return self._ascii_re.findall(text.translate(_PADDING))
+        return self._tokenizer._token_re.findall(text)
 
     def features(self, text):
         """The list of feature strings of one text (with repeats)."""
