@@ -15,7 +15,8 @@ def add_similarity_commands(subparsers):
     commands.required = True
 
     build = commands.add_parser("build", help="build an index from a data file and save it",
-                                description="Build a TF-IDF + truncated-SVD index from .txt/.csv/.tsv/.jsonl documents.")
+                                description="Build a TF-IDF + truncated-SVD index from .txt/.csv/.tsv/.jsonl "
+                                            "documents.")
     build.add_argument("--data", required=True, help="documents: .txt (one per line), .csv, .tsv or .jsonl")
     build.add_argument("--text-column", default="text", help="column holding the text (default: text)")
     build.add_argument("--id-column", default=None, help="column holding document ids (default: row numbers)")

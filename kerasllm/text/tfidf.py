@@ -117,7 +117,8 @@ class TfidfFeatures:
         for name, value in (("min_df", min_df), ("max_df", max_df)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or \
                     (isinstance(value, float) and value > 1):
-                raise ValueError(f"{name} must be a positive int (documents) or a float in (0, 1] (share), got {value!r}")
+                raise ValueError(f"{name} must be a positive int (documents) or a float in (0, 1] (share), "
+                                 f"got {value!r}")
         self.min_df, self.max_df = min_df, max_df
         if max_features is not None and (isinstance(max_features, bool) or not isinstance(max_features, int)
                                          or max_features < 1):
