@@ -3,6 +3,10 @@
 Scores come from blocked matrix products (BLAS) and ``np.argpartition``, so memory stays
 bounded (no [queries x documents] matrix for a million documents) and a float16 or memory-mapped
 matrix is read one block at a time, converted to float32 as it is read.
+
+With an ``Int8Scores`` of the vectors (large indexes), a fast int8 pass gives approximate scores
+with a proven error bound; only the documents whose bound reaches the k-th best are rescored in
+float32, so the answers are the same as the full scan's (up to float rounding among equal scores).
 """
 from __future__ import annotations
 
