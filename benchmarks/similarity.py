@@ -198,7 +198,7 @@ def child(size, k, dtype):
 
 
 def table(rows, columns):
-    widths = [max(len(c), *(len(fmt(r.get(c))) for r in rows)) for c in columns]
+    widths = [max([len(c)] + [len(fmt(r.get(c))) for r in rows]) for c in columns]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(fmt(r.get(c)).rjust(w) for c, w in zip(columns, widths)) for r in rows]
     return "\n".join(lines)
@@ -261,6 +261,8 @@ def main():
                      **{c: ours[c] / theirs[c] for c in ("fit_s", "embed_1000_s", "search_ms", "p@10")}})
     print("\nPart 1: same texts, same k (search: one query, top-10, median over 200 queries)")
     print(table(rows, ["data", "system", "docs", "k", "fit_s", "embed_1000_s", "search_ms", "p@10"]))
+    if not growth:
+        return
     print("\nPart 2: synthetic documents (each size in its own process; search: one query, top-10)")
     print(table(growth, ["docs", "k", "dtype", "features", "fit_s", "embed_ms", "int8", "search_ms", "search_f32_ms",
                          "query_ms", "index_mb", "peak_rss_mb"]))

@@ -17,6 +17,7 @@ from collections import defaultdict
 import re
 import unicodedata
 from functools import lru_cache
+from itertools import chain, repeat
 
 import numpy as np
 
@@ -161,6 +162,8 @@ class TfidfFeatures:
         """The list of feature strings of one text (with repeats)."""
         tokens = self.split(text)
         lo, hi = self.ngram_range
+        if hi == 1 and self.char_ngram_range is None:
+            return tokens
         out = list(tokens) if lo == 1 else []
         for n in range(max(lo, 2), hi + 1):
             out += [" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
@@ -189,7 +192,7 @@ class TfidfFeatures:
             raise ValueError("texts is empty: TF-IDF needs at least one document to fit")
         vocabulary = defaultdict()
         vocabulary.default_factory = vocabulary.__len__  # a new feature gets the next id
-        counts = self._counts(texts, lambda feats: [vocabulary[f] for f in feats], lambda: len(vocabulary))
+        counts = self._counts(texts, lambda feats: list(map(vocabulary.__getitem__, feats)), lambda: len(vocabulary))
         n_docs = counts.shape[0]
         df = np.bincount(counts.indices, minlength=counts.shape[1])
         low = self.min_df if isinstance(self.min_df, int) else int(np.ceil(self.min_df * n_docs))
@@ -220,7 +223,7 @@ class TfidfFeatures:
         self._require_fit()
         texts = check_texts(texts)
         get = self._index.get
-        counts = self._counts(texts, lambda feats: [i for i in map(get, feats) if i is not None],
+        counts = self._counts(texts, lambda feats: list(map(get, feats, repeat(-1))),  # -1: unknown
                               lambda: len(self.vocabulary))
         return self._weigh(counts)
 
@@ -253,9 +256,13 @@ class TfidfFeatures:
         features = self.features
         for start in range(0, len(texts), _CHUNK):
             rows = [to_ids(features(t)) for t in texts[start:start + _CHUNK]]
-            lengths = np.fromiter((len(r) for r in rows), np.int64, len(rows))
-            flat = [i for r in rows for i in r]
-            indices.append(np.array(flat, dtype=np.int32))
+            lengths = np.fromiter(map(len, rows), np.int64, len(rows))
+            flat = np.fromiter(chain.from_iterable(rows), np.int32, int(lengths.sum()))
+            known = flat >= 0
+            if not known.all():  # drop unknown features and shorten their rows
+                lengths = np.bincount(np.repeat(np.arange(len(rows)), lengths)[known], minlength=len(rows))
+                flat = flat[known]
+            indices.append(flat)
             indptr.append(offset + np.cumsum(lengths))
             offset += int(lengths.sum())
         indices = np.concatenate(indices) if indices else np.zeros(0, np.int32)
