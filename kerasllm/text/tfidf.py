@@ -12,10 +12,9 @@ encoder.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-
 import re
 import unicodedata
+from collections import defaultdict
 from functools import lru_cache
 from itertools import chain, repeat
 
@@ -38,7 +37,6 @@ def bucket_width(longest):
     return width
 
 
-_CJK = [(lo, hi) for lo, hi in CJK_RANGES]
 OTHER, SPLIT, SEPARATOR = 0, 1, 2
 
 
@@ -51,7 +49,7 @@ def _char_class(ch):
     category = unicodedata.category(ch)
     if ch.isspace() or category == "Cc":
         return SEPARATOR
-    if category[0] in "PS" or any(lo <= c <= hi for lo, hi in _CJK):
+    if category[0] in "PS" or any(lo <= c <= hi for lo, hi in CJK_RANGES):
         return SPLIT
     return OTHER
 
