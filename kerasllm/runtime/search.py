@@ -15,6 +15,19 @@ import numpy as np
 # Scores held at once (query rows x document rows): 4M floats = 16 MB.
 _SCORE_BUDGET = 1 << 22
 _MAX_DOC_BLOCK = 1 << 17
+# Below this much work (multiply-adds), BLAS runs on one thread: small products gain little from a
+# second thread, and on a busy machine waiting for one costs a scheduler time slice (~16 ms).
+_ONE_THREAD_WORK = 1 << 28
+_controller = None
+
+
+def _one_blas_thread():
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
 
 
 def top_k(vectors, queries, k, int8_scores=None):
@@ -31,6 +44,13 @@ def top_k(vectors, queries, k, int8_scores=None):
     in index order).
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.shape[0] * vectors.shape[0] * vectors.shape[1] < _ONE_THREAD_WORK or int8_scores is not None:
+        with _one_blas_thread():
+            return _top_k(vectors, queries, k, int8_scores)
+    return _top_k(vectors, queries, k, int8_scores)
+
+
+def _top_k(vectors, queries, k, int8_scores):
     n = vectors.shape[0]
     k = min(int(k), n)
     n_queries = queries.shape[0]
@@ -43,7 +63,7 @@ def top_k(vectors, queries, k, int8_scores=None):
         best_idx[zero] = np.arange(k)
         if zero.all():
             return best_idx, best_score
-        idx, scores = top_k(vectors, queries[~zero], k, int8_scores)
+        idx, scores = _top_k(vectors, queries[~zero], k, int8_scores)
         best_idx[~zero], best_score[~zero] = idx, scores
         return best_idx, best_score
     if int8_scores is not None and n > 4 * k:
@@ -89,7 +109,7 @@ def _top_k_int8(vectors, queries, k, int8_scores, best_idx, best_score):
             kth = np.partition(lower, n - k)[n - k]  # the k-th best score is at least this
             candidates = np.flatnonzero(approx[row] + bound[row] >= kth)
             if len(candidates) > n // 8:  # bounds too loose (e.g. a zero query): score every document
-                idx, sc = top_k(vectors, q[row:row + 1], k)
+                idx, sc = _top_k(vectors, q[row:row + 1], k, None)
                 best_idx[q0 + row], best_score[q0 + row] = idx[0], sc[0]
                 continue
             exact = np.asarray(vectors[candidates], dtype=np.float32) @ q[row]
