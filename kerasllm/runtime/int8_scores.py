@@ -97,6 +97,7 @@ class Int8Scores:
             interpreter = self._interpreter_class(model_content=fully_connected_model(q, scales),
                                                   num_threads=self.num_threads)
             interpreter.allocate_tensors()
+            interpreter.invoke()  # the first run prepares the kernels (ms): not in the first query
             self._blocks.append([interpreter, interpreter.get_input_details()[0]["index"],
                                  interpreter.get_output_details()[0]["index"], 1])
         self.l1, self.error = np.concatenate(l1), np.concatenate(error)

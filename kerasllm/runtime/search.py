@@ -11,6 +11,7 @@ float32, so the answers are the same as the full scan's (up to float rounding am
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 # Scores held at once (query rows x document rows): 4M floats = 16 MB.
 _SCORE_BUDGET = 1 << 22
@@ -18,15 +19,10 @@ _MAX_DOC_BLOCK = 1 << 17
 # Below this much work (multiply-adds), BLAS runs on one thread: small products gain little from a
 # second thread, and on a busy machine waiting for one costs a scheduler time slice (~16 ms).
 _ONE_THREAD_WORK = 1 << 28
-_controller = None
+_controller = ThreadpoolController()  # finds NumPy's BLAS once (ms), not in the first query
 
 
 def _one_blas_thread():
-    global _controller
-    if _controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _controller = ThreadpoolController()
     return _controller.limit(limits=1, user_api="blas")
 
 

@@ -19,6 +19,7 @@ from functools import lru_cache
 from itertools import chain, repeat
 
 import numpy as np
+import scipy.sparse as sp
 
 from kerasllm.text.word import (_TF_UNLOWERED, CJK_RANGES, WordTokenizer, _to_ranges, check_texts, default_classes,
                                  lower, python_class)
@@ -247,8 +248,6 @@ class TfidfFeatures:
 
     def _counts(self, texts, to_ids, n_columns):
         """CSR matrix of feature counts, built chunk by chunk (int32 arrays, not Python lists)."""
-        import scipy.sparse as sp
-
         indices, indptr = [], [np.zeros(1, np.int64)]
         offset = 0
         features = self.features
