@@ -281,6 +281,8 @@ def test_exported_encoders_match_python(exported, rich_index, docs, prefer):
     cosines = np.sum(got * expected, axis=1)
     assert np.all(cosines[nonzero] >= 0.9999)
     assert not got[~nonzero].any()  # empty and unknown texts stay zero
+    many = docs[:300]  # more than one encoder batch
+    assert np.all(np.sum(model.embed(many) * rich_index.embed(many), axis=1) >= 0.9999)
     assert [[i for i, _ in r] for r in model.query(texts[:4], k=5)] == \
            [[i for i, _ in r] for r in rich_index.query(texts[:4], k=5)]
 

@@ -16,6 +16,9 @@ from kerasllm.text.tfidf import bucket_width
 from kerasllm.text.word import check_texts
 
 
+_BATCH = 256
+
+
 def load(version_dir, manifest, prefer="tflite"):
     return SimilarityPredictor(version_dir, manifest, prefer)
 
@@ -51,8 +54,11 @@ class SimilarityPredictor:
     def embed(self, texts):
         """float32 [len(texts), k] unit vectors, computed by the exported encoder."""
         texts = check_texts(texts)
-        if not texts:
-            return np.zeros((0, self.index.dimensions), np.float32)
+        # Batches bound the encoder's [batch, width, k] gather.
+        parts = [self._embed_batch(texts[i:i + _BATCH]) for i in range(0, len(texts), _BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.index.dimensions), np.float32)
+
+    def _embed_batch(self, texts):
         if self.backend == "saved_model":
             return self._embed(texts=self._tf.constant(texts))["embedding"].numpy()
         ids, weights = self.features.ids_and_weights(texts)
