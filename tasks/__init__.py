@@ -6,5 +6,6 @@ from tasks.classify import train_classifier
 from tasks.export import export
 from tasks.quickstart import quickstart
 from tasks.serve import serve
+from tasks.similarity import build_similarity_index
 
-__all__ = ["train_classifier", "export", "serve", "quickstart"]
+__all__ = ["train_classifier", "build_similarity_index", "export", "serve", "quickstart"]
