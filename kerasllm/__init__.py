@@ -11,8 +11,9 @@ _LAZY = {
     "load": "kerasllm.runtime:load",
     "load_classifier": "kerasllm.models.classifier:load_classifier",
     "TextClassifier": "kerasllm.models.classifier:TextClassifier",
+    "load_similarity_index": "kerasllm.models.similarity:load_similarity_index",
+    "SimilarityIndex": "kerasllm.models.similarity:SimilarityIndex",
     "WordTokenizer": "kerasllm.text.word:WordTokenizer",
-    "export": "kerasllm.export:export",
     "Client": "kerasllm.serving.client:Client",
 }
 

@@ -6,5 +6,7 @@ from tasks.classify import train_classifier
 from tasks.compress import compress
 from tasks.export import export
 from tasks.quickstart import quickstart
+from tasks.serve import serve
+from tasks.similarity import build_similarity_index
 
-__all__ = ["train_classifier", "compress", "export", "quickstart"]
+__all__ = ["train_classifier", "build_similarity_index", "compress", "export", "serve", "quickstart"]
