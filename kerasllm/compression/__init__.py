@@ -52,7 +52,8 @@ def compress(model, train_texts, train_labels=None, validation=None, methods=DEF
     kind = getattr(model, "kind", None)
     target = COMPRESSORS.get(kind)
     if target is None:
-        raise TypeError(f"cannot compress {type(model).__name__} (kind {kind!r}); supported kinds: {sorted(COMPRESSORS)}")
+        raise TypeError(f"cannot compress {type(model).__name__} (kind {kind!r}); "
+                        f"supported kinds: {sorted(COMPRESSORS)}")
     module, function = target.split(":")
     return getattr(importlib.import_module(module), function)(
         model, train_texts, train_labels=train_labels, validation=validation, methods=methods, **options)

@@ -61,7 +61,8 @@ def distill_classifier(teacher, texts, labels=None, temperature=2.0, alpha=0.5, 
     fine_tune(out.model, x, targets, epochs, learning_rate or teacher.config.learning_rate,
               teacher.config.batch_size, loss=loss, seed=seed)
     out._refolded = False
-    return out, {"teacher_parameters": count_parameters(teacher.model), "student_parameters": count_parameters(out.model),
+    return out, {"teacher_parameters": count_parameters(teacher.model),
+                 "student_parameters": count_parameters(out.model),
                  "temperature": temperature, "alpha": alpha,
                  "student": {k: getattr(out.config, k) for k in ("embedding_dim", "units", "bigram_buckets")}}
 
