@@ -32,7 +32,8 @@ def rename_signatures(flatbuffer: bytes, names: dict) -> bytes:
 
 
 def compact(flatbuffer: bytes) -> bytes:
-    """``flatbuffer`` with tensor names shortened to their index and duplicate buffers shared."""
+    """``flatbuffer`` with tensor names shortened to their index, duplicate constant buffers stored
+    once and empty buffers shared."""
     import numpy as np
 
     model = _unpack(flatbuffer)
@@ -48,9 +49,23 @@ def compact(flatbuffer: bytes) -> bytes:
             buffer.data = None  # emptied; tensors point at the first copy
         else:
             first[key] = i
+    # every tensor without data (activations, emptied duplicates) shares buffer 0, the schema's empty buffer
+    keep, index_of = [0], {0: 0}
+    for i, buffer in enumerate(model.buffers[1:], start=1):
+        data = getattr(buffer, "data", None)
+        if i in remap or data is None or len(data) == 0 and not getattr(buffer, "offset", 0):
+            continue
+        index_of[i] = len(keep)
+        keep.append(i)
+    used_by_metadata = {m.buffer for m in model.metadata or []}
+    for i in sorted(used_by_metadata - set(index_of)):  # metadata keeps its own buffers
+        index_of[i] = len(keep)
+        keep.append(i)
+    model.buffers = [model.buffers[i] for i in keep]
     for subgraph in model.subgraphs:
         for index, tensor in enumerate(subgraph.tensors):
             tensor.name = str(index).encode()
-            if tensor.buffer in remap:
-                tensor.buffer = remap[tensor.buffer]
+            tensor.buffer = index_of.get(remap.get(tensor.buffer, tensor.buffer), 0)
+    for metadata in model.metadata or []:
+        metadata.buffer = index_of[metadata.buffer]
     return _pack(model, len(flatbuffer))
