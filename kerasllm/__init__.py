@@ -13,6 +13,11 @@ _LAZY = {
     "TextClassifier": "kerasllm.models.classifier:TextClassifier",
     "WordTokenizer": "kerasllm.text.word:WordTokenizer",
     "export": "kerasllm.export:export",
+    "LanguageModel": "kerasllm.models.language_model:LanguageModel",
+    "load_language_model": "kerasllm.models.language_model:load_language_model",
+    "language_model_from_config": "kerasllm.models.language_model:language_model_from_config",
+    "CharTokenizer": "kerasllm.text.char:CharTokenizer",
+    "SubwordTokenizer": "kerasllm.text.subword:SubwordTokenizer",
 }
 
 

@@ -3,5 +3,6 @@
 Each task module imports TensorFlow only inside its functions, so ``import tasks`` is cheap.
 """
 from tasks.export import export
+from tasks.language_model import train_language_model
 
-__all__ = ["export"]
+__all__ = ["export", "train_language_model"]
