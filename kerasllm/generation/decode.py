@@ -18,8 +18,9 @@ def _round_up(n, m):
     return -(-n // m) * m
 
 
-def _loop(model, logits, cache, pos0, pad, n_new, step0, buffer, key, temperature, top_k, top_p, seed):
-    """Sample ``n_new`` tokens; each is fed back through ``model.decode``. Returns (tokens [B, N], logits, cache)."""
+def _loop(model, logits, cache, pos0, pad, n_new, step0, buffer, key, temperature, top_k, top_p, seed, sampler=None):
+    """Sample ``n_new`` tokens; each is fed back through ``model.decode``. Returns (tokens [B, N], logits, cache).
+    ``sampler`` (default ``next_token``) has ``next_token``'s signature."""
     from kerasllm._tf import tf
     from kerasllm.models.ops import dynamic_update_slice
 
@@ -27,7 +28,7 @@ def _loop(model, logits, cache, pos0, pad, n_new, step0, buffer, key, temperatur
     constants = model.decode_constants()
 
     def body(i, logits, cache, out):
-        token = next_token(logits, step0 + i, key, temperature, top_k, top_p, seed)
+        token = (sampler or next_token)(logits, step0 + i, key, temperature, top_k, top_p, seed)
         out = dynamic_update_slice(out, token[:, None], [0, i])
         logits, cache = model.decode(token, pos0 + i, pad, cache, constants)
         return i + 1, logits, cache, out

@@ -8,6 +8,7 @@ from kerasllm.export.layout import read_manifest, resolve_version
 # kind -> "module:function(version_dir, manifest, prefer)"; imported only when that kind is loaded.
 LOADERS = {
     "classifier": "kerasllm.runtime.classifier:load",
+    "language_model": "kerasllm.runtime.language_model:load",
 }
 
 
