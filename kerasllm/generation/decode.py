@@ -132,17 +132,28 @@ class Decoder:
 
 
 def generate_uncached(model, tokens, max_new_tokens, context_length=None):
-    """Greedy reference: recompute the whole (cropped) sequence for every new token. Slow; for tests
-    and the benchmark's naive row."""
+    """Greedy reference without a cache: run the whole sequence again for every new token.
+
+    While everything fits the context, the sequence sits in a fixed-size buffer (zeros after the
+    current length; causal attention never looks at them), so one compiled forward pass serves
+    every step; past the context the input is cropped to the last ``context_length`` tokens."""
     from kerasllm._tf import tf
 
     @tf.function(jit_compile=True, reduce_retracing=True)
-    def last_logits(x):
-        return model(x)[:, -1]
+    def logits_at(x, index):
+        return tf.gather(model(x), index, axis=1)
 
     seq = np.asarray(tokens, np.int32)
+    batch, prompt_len = seq.shape
+    total = prompt_len + max_new_tokens
+    if context_length is None or total <= context_length:
+        buffer = np.zeros((batch, total), np.int32)
+        buffer[:, :prompt_len] = seq
+        for t in range(prompt_len, total):
+            buffer[:, t] = np.argmax(logits_at(buffer, np.int32(t - 1)).numpy(), axis=-1)
+        return buffer
     for _ in range(max_new_tokens):
-        window = seq if context_length is None else seq[:, -context_length:]
-        nxt = np.argmax(last_logits(window).numpy(), axis=-1).astype(np.int32)
+        window = seq[:, -context_length:]
+        nxt = np.argmax(logits_at(window, np.int32(window.shape[1] - 1)).numpy(), axis=-1).astype(np.int32)
         seq = np.concatenate([seq, nxt[:, None]], axis=1)
     return seq
