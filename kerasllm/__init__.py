@@ -15,6 +15,11 @@ _LAZY = {
     "SimilarityIndex": "kerasllm.models.similarity:SimilarityIndex",
     "WordTokenizer": "kerasllm.text.word:WordTokenizer",
     "Client": "kerasllm.serving.client:Client",
+    "LanguageModel": "kerasllm.models.language_model:LanguageModel",
+    "load_language_model": "kerasllm.models.language_model:load_language_model",
+    "language_model_from_config": "kerasllm.models.language_model:language_model_from_config",
+    "CharTokenizer": "kerasllm.text.char:CharTokenizer",
+    "SubwordTokenizer": "kerasllm.text.subword:SubwordTokenizer",
 }
 
 
