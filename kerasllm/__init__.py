@@ -14,6 +14,8 @@ _LAZY = {
     "load_similarity_index": "kerasllm.models.similarity:load_similarity_index",
     "SimilarityIndex": "kerasllm.models.similarity:SimilarityIndex",
     "WordTokenizer": "kerasllm.text.word:WordTokenizer",
+    "compress": "kerasllm.compression:compress",
+    "CompressionReport": "kerasllm.compression.report:CompressionReport",
     "Client": "kerasllm.serving.client:Client",
     "LanguageModel": "kerasllm.models.language_model:LanguageModel",
     "load_language_model": "kerasllm.models.language_model:load_language_model",

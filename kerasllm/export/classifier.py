@@ -55,24 +55,27 @@ def bucket_grams(config, n_words):
     return -(-config.max_char_grams * n_words // config.max_length) if config.char_ngrams else 0
 
 
-def tflite_bytes(clf, quantization=None, representative_texts=None, model=None):
+def tflite_bytes(clf, quantization=None, representative_texts=None, model=None, buckets=None):
     """TFLite bytes with one signature per length bucket, ``predict_<words>``: token_ids in,
     probabilities out. The bucket models share the trained layers, so the weights are stored once.
 
     ``model``: convert this Keras model (same input as ``clf.model``) as one full-length
     signature instead, e.g. a compressed variant whose layers differ.
+    ``buckets``: the (words, char grams) buckets to convert; default ``length_buckets(clf.config)``.
+    With a single signature the converter names it ``serving_default``.
     """
     cfg = clf.config
+    buckets = length_buckets(cfg) if buckets is None else [tuple(b) for b in buckets]
     holder = tf.Module()
     holder.model = clf.model if model is None else model
     if model is not None:
         twins = {f"predict_{cfg.max_length}": (model, cfg.max_length, cfg.max_char_grams)}
     elif FoldedSimpleRNN.applies(cfg):
         holder.folded = FoldedSimpleRNN(clf.model, cfg)
-        twins = {f"predict_{n}": (lambda ids, n=n: holder.folded(ids, n), n, g) for n, g in length_buckets(cfg)}
+        twins = {f"predict_{n}": (lambda ids, n=n: holder.folded(ids, n), n, g) for n, g in buckets}
     else:
         twins = {}
-        for n_words, n_grams in length_buckets(cfg):
+        for n_words, n_grams in buckets:
             twin = build_model(cfg, unroll=True, max_length=n_words, max_char_grams=n_grams, share=clf.model)
             twins[f"predict_{n_words}"] = (twin, n_words, n_grams)
         holder.twins = [twin for twin, _, _ in twins.values()]
@@ -96,8 +99,14 @@ def tflite_bytes(clf, quantization=None, representative_texts=None, model=None):
                 row = np.zeros((1, input_width(cfg, n_words, n_grams)), np.int32)
                 for words, grams in sample:
                     fill_row(row[0], words[:n_words], grams[:n_grams], n_words)
-                    yield key, {"token_ids": row.copy()}
-    return tflite_lib.convert(functions, holder, quantization, representative)
+                    # one function converts to one signature named serving_default
+                    yield key if len(twins) > 1 else "serving_default", {"token_ids": row.copy()}
+    flatbuffer = tflite_lib.convert(functions, holder, quantization, representative)
+    if len(twins) == 1:
+        from kerasllm.export.flatbuffer import rename_signatures
+
+        flatbuffer = rename_signatures(flatbuffer, {"serving_default": next(iter(twins))})
+    return flatbuffer
 
 
 class FoldedSimpleRNN(tf.Module):
@@ -143,13 +152,21 @@ class FoldedSimpleRNN(tf.Module):
         return tf.nn.softmax(logits)
 
 
-def write_tflite(clf, directory, quantization=None, representative_texts=None, model=None):
-    flatbuffer = tflite_bytes(clf, quantization, representative_texts, model)
-    config = {"kind": "classifier", "labels": clf.classes, "tokenizer": clf.tokenizer.get_config(),
-              "quantization": quantization,
-              "buckets": [[n, g] for n, g in length_buckets(clf.config)] if model is None
-              else [[clf.config.max_length, clf.config.max_char_grams if clf.config.char_ngrams else 0]]}
+def tflite_config(clf, quantization=None, model=None, buckets=None):
+    """The config attached to the classifier's .tflite (what ``TFLiteClassifier`` reads)."""
+    if buckets is None:
+        buckets = length_buckets(clf.config) if model is None else [
+            (clf.config.max_length, clf.config.max_char_grams if clf.config.char_ngrams else 0)]
+    return {"kind": "classifier", "labels": clf.classes, "tokenizer": clf.tokenizer.get_config(),
+            "quantization": quantization, "buckets": [[int(n), int(g)] for n, g in buckets]}
+
+
+def write_tflite(clf, directory, quantization=None, representative_texts=None, model=None, buckets=None,
+                 flatbuffer=None):
+    """``model.tflite`` in ``directory``; ``flatbuffer``: already converted bytes to write."""
+    if flatbuffer is None:
+        flatbuffer = tflite_bytes(clf, quantization, representative_texts, model, buckets)
     path = Path(directory) / TFLITE_FILE
-    path.write_bytes(tflite_lib.attach(flatbuffer, config))
+    path.write_bytes(tflite_lib.attach(flatbuffer, tflite_config(clf, quantization, model, buckets)))
     return quantization
 

@@ -27,6 +27,7 @@ ARCHITECTURES = ("simple_rnn", "lstm", "gru")
 POOLINGS = ("last", "average")
 CONFIG_FILE = "classifier.json"
 WEIGHTS_FILE = "weights.h5"
+EXPORT_KERAS_DIR = "keras"  # in an export's version folder: the trainable model, for fine-tuning and compression
 
 
 @dataclass
@@ -313,7 +314,8 @@ class TextClassifier:
         from kerasllm.export.classifier import write_saved_model, write_tflite
 
         self._require_model()
-        extra = {"labels": self.classes, "max_length": self.config.max_length}
+        extra = {"labels": self.classes, "max_length": self.config.max_length, "keras": EXPORT_KERAS_DIR}
+        self.save(Path(directory) / EXPORT_KERAS_DIR)
         if "saved_model" in formats:
             write_saved_model(self, directory)
         if "tflite" in formats:

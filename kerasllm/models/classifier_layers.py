@@ -41,6 +41,10 @@ class MaskedMean(keras.layers.Layer):
         weights = tf.cast(ids > 0, values.dtype)[:, :, None]
         total = tf.reduce_sum(values * weights, axis=1)
         count = tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+        if self.power == 0.5:
+            # a multiply, not a divide: in int8 TFLite a count of 1 can round to zero when long texts
+            # set the scale, and the int8 DIV kernel then refuses to run; rsqrt saturates instead.
+            return total * tf.math.rsqrt(count)
         return total / (count if self.power == 1.0 else tf.pow(count, self.power))
 
     def get_config(self):

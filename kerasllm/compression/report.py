@@ -1,0 +1,145 @@
+"""The compression report: one row per variant, a Markdown table, a size-vs-quality plot, and
+``best()`` to pick the smallest variant within a quality budget."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kerasllm.export.layout import write_json_atomic
+
+
+class CompressionReport:
+    """``rows``: one dict per variant, the first named "float" (the uncompressed model).
+
+    Each row has ``name``, ``quantization``, ``tflite_bytes``, ``gzip_bytes``, ``size_ratio`` and
+    ``gzip_ratio`` (to float), the quality metrics (classifier: ``accuracy``, ``macro_f1``;
+    language model: ``loss``), ``quality_drop`` and ``p50_ms`` (one input through the TFLite runtime),
+    and ``notes``. ``variants[name]`` is the exportable variant; ``details[name]`` what each method
+    reports about itself (sparsity per layer, quantized layers, student size).
+
+    ``quality``: the metric ``best()`` compares; ``higher_is_better`` False for a loss, whose
+    drop is then measured as a relative increase.
+    """
+
+    def __init__(self, rows, variants, quality="accuracy", higher_is_better=True, details=None, title="model"):
+        if not rows or rows[0]["name"] != "float":
+            raise ValueError("a compression report starts with the uncompressed 'float' row")
+        self.rows, self.variants = list(rows), dict(variants)
+        self.quality, self.higher_is_better = quality, higher_is_better
+        self.details, self.title = dict(details or {}), title
+
+    def __getitem__(self, name):
+        return self.variants[name]
+
+    def best(self, max_quality_drop=0.01, size="tflite_bytes"):
+        """The smallest variant (by ``size``: "tflite_bytes" or "gzip_bytes") whose quality drop is at
+        most ``max_quality_drop`` (accuracy: absolute, 0.01 = one point; loss: relative, 0.01 = 1%).
+        The float model qualifies, so there is always an answer."""
+        if size not in ("tflite_bytes", "gzip_bytes"):
+            raise ValueError(f"size must be 'tflite_bytes' or 'gzip_bytes', got {size!r}")
+        if max_quality_drop < 0:
+            raise ValueError(f"max_quality_drop must be >= 0, got {max_quality_drop}")
+        fits = [r for r in self.rows if r["quality_drop"] <= max_quality_drop + 1e-9]
+        return self.variants[min(fits, key=lambda r: (r[size], r["p50_ms"]))["name"]]
+
+    # -- presentation -------------------------------------------------------------------------
+    def _metrics(self):
+        return ["accuracy", "macro_f1"] if self.quality == "accuracy" else [self.quality]
+
+    def to_markdown(self):
+        metrics = self._metrics()
+        drop_unit = "points" if self.higher_is_better else "%"
+        head = (["variant", "quantization", "TFLite KB", "× float", "gzip KB", "× float"] + metrics
+                + [f"drop ({drop_unit})", "p50 ms"])
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in self.rows:
+            cells = [r["name"], r["quantization"], f"{r['tflite_bytes'] / 1024:.1f}", f"{r['size_ratio']:.3f}",
+                     f"{r['gzip_bytes'] / 1024:.1f}", f"{r['gzip_ratio']:.3f}"]
+            cells += [f"{r[m]:.4f}" for m in metrics]
+            cells += [f"{r['quality_drop'] * 100:+.2f}", f"{r['p50_ms']:.3f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        notes = [f"- **{r['name']}**: {note}" for r in self.rows for note in r.get("notes", [])]
+        for name, info in self.details.items():
+            notes.append(f"- **{name}**: " + "; ".join(f"{k}: {_short(v)}" for k, v in info.items()))
+        return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+    def to_dict(self):
+        return {"title": self.title, "quality": self.quality, "higher_is_better": self.higher_is_better,
+                "rows": self.rows, "details": self.details}
+
+    def save(self, directory, stem="report"):
+        """``<stem>.md``, ``<stem>.json`` and ``<stem>.png`` in ``directory``; returns their paths."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        md = directory / f"{stem}.md"
+        tmp = md.with_name(f".{md.name}.tmp-{os.getpid()}")
+        tmp.write_text(self.to_markdown(), encoding="utf-8")
+        os.replace(tmp, md)
+        write_json_atomic(directory / f"{stem}.json", json.loads(json.dumps(self.to_dict(), default=str)))
+        return {"markdown": md, "json": directory / f"{stem}.json", "plot": self.plot(directory / f"{stem}.png")}
+
+    def plot(self, path):
+        """Two panels, TFLite KB and gzip KB (log scale), against validation quality; marker area grows
+        with p50 latency. Variants at the same point share one label. Writes a PNG; returns its path."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scale = 100.0 if self.quality == "accuracy" else 1.0
+        ylabel = ("validation accuracy (%)" if self.quality == "accuracy"
+                  else f"validation {self.quality} (nats per token, lower is better)")
+        latencies = [r["p50_ms"] for r in self.rows]
+        low, high = min(latencies), max(latencies)
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), dpi=120, sharey=True)
+        for ax, size, label in ((axes[0], "tflite_bytes", "TFLite file size (KB, log scale)"),
+                                (axes[1], "gzip_bytes", "gzip-compressed size (KB, log scale)")):
+            points = []  # [x, y, labels]: variants this close share one label
+            ys = [r[self.quality] * scale for r in self.rows]
+            near = 0.04 * ((max(ys) - min(ys)) or 1.0)
+            for i, r in enumerate(self.rows):
+                x, y = r[size] / 1024, r[self.quality] * scale
+                area = 80 + 700 * ((r["p50_ms"] - low) / (high - low) if high > low else 0.5)
+                ax.scatter([x], [y], s=area, alpha=0.5, edgecolors="black",
+                           color="black" if r["name"] == "float" else colors[i % len(colors)])
+                text = f"{r['name']} ({r['p50_ms']:.3f} ms)"
+                for point in points:
+                    if abs(np.log10(point[0] / x)) < 0.06 and abs(point[1] - y) < near:
+                        point[2].append(text)
+                        break
+                else:
+                    points.append([x, y, [text]])
+            for x, y, names in points:
+                # a neighbour just to the right at the same height: put this label above instead
+                crowded = any(x < px <= 3 * x and abs(py - y) < near for px, py, _ in points)
+                ax.annotate("\n".join(names), (x, y), textcoords="offset points", fontsize=7.5,
+                            xytext=(0, 14) if crowded else (10, -4), ha="center" if crowded else "left",
+                            va="bottom" if crowded else "top" if len(names) > 1 else "center")
+            sizes = [r[size] / 1024 for r in self.rows]
+            ax.set_xlim(min(sizes) / 1.4, max(sizes) * 3.0)  # room for the labels on the right
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
+            ax.set_xlabel(label)
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].set_ylabel(ylabel)
+        fig.suptitle(f"Compression of {self.title}: size vs quality "
+                     f"(marker area grows with p50 latency per input, {low:.3f}-{high:.3f} ms)", fontsize=10)
+        fig.tight_layout()
+        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+        fig.savefig(tmp)
+        plt.close(fig)
+        os.replace(tmp, path)
+        return path
+
+
+def _short(value):
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 300 else text[:297] + "..."
