@@ -17,6 +17,11 @@ _LAZY = {
     "compress": "kerasllm.compression:compress",
     "CompressionReport": "kerasllm.compression.report:CompressionReport",
     "Client": "kerasllm.serving.client:Client",
+    "LanguageModel": "kerasllm.models.language_model:LanguageModel",
+    "load_language_model": "kerasllm.models.language_model:load_language_model",
+    "language_model_from_config": "kerasllm.models.language_model:language_model_from_config",
+    "CharTokenizer": "kerasllm.text.char:CharTokenizer",
+    "SubwordTokenizer": "kerasllm.text.subword:SubwordTokenizer",
 }
 
 

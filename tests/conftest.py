@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest_lm import lm_text, tiny_lm, tiny_lstm  # noqa: F401  (language-model fixtures)
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -9,6 +9,7 @@ from kerasllm.export.layout import read_manifest, resolve_version
 LOADERS = {
     "classifier": "kerasllm.runtime.classifier:load",
     "similarity_index": "kerasllm.runtime.similarity:load",
+    "language_model": "kerasllm.runtime.language_model:load",
 }
 
 

@@ -1,0 +1,165 @@
+"""Generation speed: new tokens per second for a 16-token prompt + 128 new tokens, batch 1 and 8.
+
+Variants, measured in one run on the same dimensions with random weights:
+  naive     kerasllm model, greedy, recomputing the whole sequence per token (no cache; XLA forward)
+  cached    kerasllm ``generate_tokens``: KV cache + the whole decode loop as one XLA function
+  tflite    kerasllm TFLite ``prefill``/``decode`` signatures driven from Python (cache as tensors)
+  keras-hub GPT2CausalLM.generate (greedy) in its own Keras 3 venv (benchmarks/keras_hub_peer.py),
+            both as keras-hub runs by default on CPU (jit_compile auto = off) and with jit_compile=True
+
+    python benchmarks/generation.py [--configs tiny,small] [--batches 1,8] [--threads 1] [--core 0]
+
+The keras-hub interpreter is $KERASHUB_PYTHON (default <repo>/.bench-venv/bin/python); without it the
+peer rows are skipped with a note. Pinned to one core and one thread by default (BENCHMARKING.md).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "tiny": dict(vocab_size=65, hidden=128, layers=4, heads=4, ff=512, context_length=256),
+    "small": dict(vocab_size=8192, hidden=256, layers=4, heads=4, ff=1024, context_length=256),
+}
+BANDWIDTH = 20e9  # bytes/s, this machine's memory bandwidth (BENCHMARKING.md)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default="tiny,small")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--core", type=int, default=0, help="CPU core to pin to; -1: no pinning")
+    p.add_argument("--variants", default="naive,cached,tflite,keras_hub,keras_hub_xla")
+    return p.parse_args()
+
+
+def peer(python, config, batch, args, jit):
+    cmd = [python, str(ROOT / "benchmarks" / "keras_hub_peer.py"), "--config", config, "--batch", str(batch),
+           "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--repeats",
+           str(args.repeats), "--threads", str(args.threads), "--jit-compile", jit]
+    if args.core >= 0:
+        cmd = ["taskset", "-c", str(args.core)] + cmd
+    # the peer is Keras 3: it must not inherit kerasllm's TF_USE_LEGACY_KERAS=1
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return None, (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return json.loads(lines[-1]), None
+
+
+def timed(fn, repeats):
+    fn()  # warm-up: XLA compiles, TFLite allocates
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    args = parse_args()
+    if args.core >= 0:
+        os.sched_setaffinity(0, {args.core})
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+
+    from kerasllm._tf import tf, keras
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    import kerasllm
+    import tasks
+
+    variants = args.variants.split(",")
+    python = os.environ.get("KERASHUB_PYTHON", str(ROOT / ".bench-venv" / "bin" / "python"))
+    have_peer = Path(python).exists() and (ROOT / "benchmarks" / "keras_hub_peer.py").exists()
+    notes, rows, peer_versions = [], [], {}
+    if not have_peer and any(v.startswith("keras_hub") for v in variants):
+        notes.append(f"keras-hub rows skipped: no interpreter at {python} (set KERASHUB_PYTHON) "
+                     f"or no benchmarks/keras_hub_peer.py")
+    n, p = args.new_tokens, args.prompt_len
+    for name in args.configs.split(","):
+        cfg = CONFIGS[name]
+        lm = kerasllm.language_model_from_config("transformer", seed=0, **cfg)
+        weight_bytes = lm.num_params * 4
+        tfl = None
+        if "tflite" in variants:
+            tmp = tempfile.mkdtemp(prefix="kerasllm-bench-")
+            path = tasks.export(lm, Path(tmp) / name, formats=("tflite",))["tflite"]
+            from kerasllm.runtime.language_model import load_tflite
+            tfl = load_tflite(path, num_threads=args.threads)
+        for batch in [int(b) for b in args.batches.split(",")]:
+            tokens = np.random.default_rng(0).integers(1, cfg["vocab_size"], (batch, p)).astype(np.int32)
+            results = {}
+            cached_out = lm.generate_tokens(tokens, max_new_tokens=n)
+            fns = {
+                "naive": (lambda: lm.generate_tokens_uncached(tokens, n), max(2, args.repeats // 2)),
+                "cached": (lambda: lm.generate_tokens(tokens, max_new_tokens=n), args.repeats),
+                "tflite": (lambda: tfl.generate_tokens(tokens, max_new_tokens=n), max(2, args.repeats // 2)),
+            }
+            for v in variants:
+                if v in fns and (v != "tflite" or tfl is not None):
+                    fn, reps = fns[v]
+                    results[v] = batch * n / timed(fn, reps)
+                elif v.startswith("keras_hub") and have_peer:
+                    out, err = peer(python, name, batch, args, "true" if v == "keras_hub_xla" else "auto")
+                    if out is None:
+                        notes.append(f"{v} {name} batch {batch} failed: {err}")
+                    else:
+                        results[v] = out["tokens_per_s"]
+                        peer_versions = {"keras_hub": out.get("keras_hub_version"),
+                                         "keras": out.get("keras_version")}
+            if "naive" in variants:  # sanity: the cached loop matches the naive decoder (greedy)
+                same = np.array_equal(cached_out, lm.generate_tokens_uncached(tokens, n))
+                if not same:
+                    notes.append(f"{name} batch {batch}: cached tokens differ from naive tokens")
+            if "cached" in variants and "cached" in results:  # second cached pass, alternating with the peer
+                results["cached"] = max(results["cached"], batch * n / timed(fns["cached"][0], args.repeats))
+            bound = batch * BANDWIDTH / weight_bytes
+            rows.append((name, batch, lm.num_params, bound, results))
+    print()
+    print(f"pinned to core {args.core if args.core >= 0 else 'none'}, {args.threads} thread(s), "
+          f"prompt {p} + {n} new tokens, greedy, random weights")
+    print(f"tensorflow {tf.__version__}, tf_keras {keras.__version__}, "
+          f"ai-edge-litert {_version('ai-edge-litert')}, keras-hub {peer_versions.get('keras_hub')}, "
+          f"keras {peer_versions.get('keras')}")
+    header = ["config", "batch", "variant", "tokens/s", "x keras-hub", "x keras-hub xla", "% of bw bound"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for name, batch, params, bound, results in rows:
+        kh, khx = results.get("keras_hub"), results.get("keras_hub_xla")
+        for v, tps in results.items():
+            print(f"| {name} | {batch} | {v} | {tps:,.0f} | {_ratio(tps, kh)} | {_ratio(tps, khx)} | "
+                  f"{100 * tps / bound:.0f}% |")
+        print(f"| {name} | {batch} | bandwidth bound ({params * 4 / 1e6:.1f} MB weights / 20 GB/s) | "
+              f"{bound:,.0f} | | | |")
+    for note in notes:
+        print("note:", note)
+
+
+def _ratio(a, b):
+    return f"{a / b:.2f}" if b else "-"
+
+
+def _version(dist):
+    try:
+        from importlib.metadata import version
+        return version(dist)
+    except Exception:
+        return "?"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Generation: samplers, the XLA-compiled decode loop, stop sequences and streaming."""

@@ -1,0 +1,82 @@
+"""LSTM language model: Embedding -> stacked LSTM -> Dense, in tf_keras.
+
+Same generation interface as ``TransformerLM`` (``init_cache``/``prefill``/``decode``); the
+"cache" is the carried (h, c) state of every layer, so there is no context limit when generating.
+Left padding is masked: a padded row keeps its zero state until its first real token.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from kerasllm._tf import keras, tf
+from kerasllm.models.transformer_lm import _check_positive
+
+
+@dataclass
+class LSTMConfig:
+    vocab_size: int
+    hidden: int = 256
+    layers: int = 2
+    context_length: int = 256  # training window length (generation is not limited)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden", "layers", "context_length"):
+            _check_positive(name, getattr(self, name))
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def num_params(self) -> int:
+        h, v = self.hidden, self.vocab_size
+        return v * h + self.layers * 4 * (2 * h * h + h) + h * v + v
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class LSTMLM(keras.Model):
+    architecture = "lstm"
+
+    def __init__(self, config: LSTMConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.embedding = keras.layers.Embedding(config.vocab_size, config.hidden, name="embedding")
+        self.lstms = [keras.layers.LSTM(config.hidden, return_sequences=True, return_state=True, name=f"lstm_{i}")
+                      for i in range(config.layers)]
+        self.drop = keras.layers.Dropout(config.dropout)
+        self.head = keras.layers.Dense(config.vocab_size, name="head")
+
+    def build_weights(self):
+        self(tf.zeros([1, 2], tf.int32))
+        return self
+
+    def call(self, tokens, training=False):
+        x = self.embedding(tokens)
+        for lstm in self.lstms:
+            x = self.drop(lstm(x, training=training)[0], training=training)
+        return self.head(x)
+
+    def init_cache(self, batch, length=None):
+        zeros = tf.zeros([batch, self.config.hidden])
+        return tuple((zeros, zeros) for _ in self.lstms)
+
+    def decode_constants(self):
+        return tf.zeros([])
+
+    def prefill(self, tokens, pad, cache):
+        mask = tf.range(tf.shape(tokens)[1])[None, :] >= pad[:, None]
+        x = self.embedding(tokens)
+        new_cache = []
+        for lstm, (h, c) in zip(self.lstms, cache):
+            x, h, c = lstm(x, mask=mask, initial_state=[h, c])
+            new_cache.append((h, c))
+        return self.head(x[:, -1]), tuple(new_cache)
+
+    def decode(self, token, pos, pad, cache, constants=None):
+        x = self.embedding(token)
+        new_cache = []
+        for lstm, (h, c) in zip(self.lstms, cache):
+            x, (h, c) = lstm.cell(x, [h, c])
+            new_cache.append((h, c))
+        return self.head(x), tuple(new_cache)

@@ -1,0 +1,105 @@
+"""Language-model task: train a character or subword Transformer/LSTM LM on your text."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+# Defaults per architecture (documented in train_language_model). The Transformer defaults reach
+# about 1.6-1.7 nats/char on tiny Shakespeare in 20 minutes on 2 CPU cores.
+MODEL_DEFAULTS = {
+    "transformer": {"hidden": 192, "layers": 4, "heads": 3, "ff": 768, "dropout": 0.0},
+    "lstm": {"hidden": 256, "layers": 2, "dropout": 0.0},
+}
+TRAIN_DEFAULTS = {"batch_size": 16, "learning_rate": 2e-3, "warmup_steps": 50, "weight_decay": 0.1,
+                  "clipnorm": 1.0, "min_lr_ratio": 0.1, "checkpoint_every": 250, "eval_every": None,
+                  "eval_max_batches": 8}
+OTHER = {"vocab_size": 2048, "validation_fraction": 0.1, "checkpoint_dir": None, "verbose": 1}
+DEFAULT_STEPS = 1000
+
+
+def _read(text_or_path):
+    from kerasllm.data import read_text
+
+    if isinstance(text_or_path, os.PathLike):
+        return read_text(text_or_path)
+    if not isinstance(text_or_path, str) or not text_or_path:
+        raise TypeError(f"text_or_path must be a non-empty str (text or a file path) or a Path, "
+                        f"got {type(text_or_path).__name__}")
+    if "\n" not in text_or_path and len(text_or_path) < 4096 and Path(text_or_path).is_file():
+        return read_text(text_or_path)
+    return text_or_path
+
+
+def train_language_model(text_or_path, architecture="transformer", tokenizer="char", context_length=256, steps=None,
+                         time_budget_s=None, seed=0, **hparams):
+    """Train a language model on a text (or a UTF-8 file) and return a ``LanguageModel``.
+
+    The last ``validation_fraction`` (10%) of the text is held out; the final validation loss is in
+    ``lm.history["final_val_loss"]``. Training stops after ``steps`` or ``time_budget_s`` seconds,
+    whichever comes first (1000 steps when neither is given). With ``checkpoint_dir`` a killed run
+    resumes from its last checkpoint.
+
+    hparams (defaults): model — transformer: hidden=192, layers=4, heads=3, ff=768, dropout=0.0;
+    lstm: hidden=256, layers=2, dropout=0.0. Training — batch_size=16, learning_rate=2e-3,
+    warmup_steps=50, weight_decay=0.1, clipnorm=1.0, min_lr_ratio=0.1, checkpoint_dir=None,
+    checkpoint_every=250, eval_every=None, eval_max_batches=8, verbose=1. Tokenizer — vocab_size=2048
+    (subword only), validation_fraction=0.1.
+
+    Tiny Shakespeare: ``train_language_model("../shared/data/tinyshakespeare.txt", time_budget_s=1140)``.
+    """
+    if architecture not in MODEL_DEFAULTS:
+        raise ValueError(f"architecture must be 'transformer' or 'lstm', got {architecture!r}")
+    if tokenizer not in ("char", "subword"):
+        raise ValueError(f"tokenizer must be 'char' or 'subword', got {tokenizer!r}")
+    if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 2:
+        raise ValueError(f"context_length must be an int >= 2, got {context_length!r}")
+    if not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    known = {**MODEL_DEFAULTS[architecture], **TRAIN_DEFAULTS, **OTHER}
+    unknown = sorted(set(hparams) - set(known))
+    if unknown:
+        raise TypeError(f"unknown hyperparameters {unknown} for architecture {architecture!r}; "
+                        f"expected some of {sorted(known)}")
+    hp = {**known, **hparams}
+    if steps is None and time_budget_s is None:
+        steps = DEFAULT_STEPS
+    frac = hp["validation_fraction"]
+    if not 0 <= frac < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {frac!r}")
+
+    text = _read(text_or_path)
+    split = int(len(text) * (1 - frac))
+    train_text, val_text = text[:split], text[split:]
+
+    from kerasllm.models.language_model import LanguageModel, build_model
+    from kerasllm.text.char import CharTokenizer
+    from kerasllm.text.subword import SubwordTokenizer, tokenizer_from_config
+    from kerasllm.training.lm import train
+
+    ckpt_dir = hp["checkpoint_dir"]
+    saved_tok = Path(ckpt_dir) / "tokenizer.json" if ckpt_dir else None
+    if saved_tok is not None and saved_tok.is_file():  # resuming: the ids must not change
+        tok = tokenizer_from_config(json.loads(saved_tok.read_text(encoding="utf-8")))
+    else:
+        tok = CharTokenizer().fit(train_text) if tokenizer == "char" else \
+            SubwordTokenizer(hp["vocab_size"]).fit(train_text)
+        if saved_tok is not None:
+            saved_tok.parent.mkdir(parents=True, exist_ok=True)
+            saved_tok.write_text(json.dumps(tok.get_config(), ensure_ascii=False), encoding="utf-8")
+    encode = getattr(tok, "encode_long", tok.encode)
+    train_ids = encode(train_text)
+    val_ids = encode(val_text) if val_text else None
+
+    model_cfg = {k: hp[k] for k in MODEL_DEFAULTS[architecture]}
+    model_cfg.update(vocab_size=tok.vocab_size, context_length=context_length)
+    model = build_model(architecture, model_cfg, seed)
+    if hp["verbose"]:
+        print(f"{architecture} LM, {model.config.num_params:,} parameters, {tokenizer} tokenizer "
+              f"(vocab {tok.vocab_size}), {len(train_ids):,} training tokens")
+    history = train(model, train_ids, val_ids, context_length=context_length, steps=steps,
+                    time_budget_s=time_budget_s, seed=seed, checkpoint_dir=ckpt_dir,
+                    **{k: hp[k] for k in TRAIN_DEFAULTS}, verbose=hp["verbose"])
+    lm = LanguageModel(model, tok)
+    lm.history = history
+    return lm
