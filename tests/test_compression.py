@@ -187,3 +187,23 @@ def test_cli_compress(classifier_export, topic_split, tmp_path):
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["float", "ptq_dynamic"]
     assert kerasllm.load(tmp_path / "small").predict(val[:3])
+
+
+def test_language_model_int8_weights(tiny_lm, lm_text, tmp_path):
+    import kerasllm
+    import tasks
+
+    validation = lm_text[-3000:]
+    report = tasks.compress(tiny_lm, lm_text, validation=validation, methods=("ptq_dynamic",), eval_tokens=300)
+    float_row, int8_row = report.rows
+    assert [float_row["name"], int8_row["name"]] == ["float", "ptq_dynamic"] and int8_row["tokens"] == 300
+    assert int8_row["quantization"] == "dynamic" and int8_row["tflite_bytes"] < 0.7 * float_row["tflite_bytes"]
+    dtypes = [d for d, _ in largest_tensors(report["ptq_dynamic"].flatbuffer, tmp_path, n=3)]
+    assert "int8" in dtypes
+    assert abs(int8_row["loss"] - float_row["loss"]) <= 0.02 * float_row["loss"]
+    # the TFLite decode path measures the same loss the Keras model reports (windows differ slightly)
+    assert abs(float_row["loss"] - tiny_lm.evaluate(validation)["loss"]) < 0.1 * float_row["loss"]
+    tasks.export(report.best(max_quality_drop=0.02), tmp_path / "lm", formats=("tflite",))
+    assert isinstance(kerasllm.load(tmp_path / "lm").generate("def ", max_new_tokens=5), str)
+    with pytest.raises(ValueError, match="not yet"):
+        tasks.compress(tiny_lm, lm_text, validation=validation, methods=("prune",))

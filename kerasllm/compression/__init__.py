@@ -12,6 +12,7 @@ import importlib
 # model kind -> "module:function(model, train_texts, train_labels, validation, methods, **options)"
 COMPRESSORS = {
     "classifier": "kerasllm.compression.classifier:compress_classifier",
+    "language_model": "kerasllm.compression.language_model:compress_language_model",
 }
 
 METHODS = ("prune", "qat", "ptq_int8", "ptq_dynamic", "ptq_float16", "ptq_16x8", "distill")
