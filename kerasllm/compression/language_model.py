@@ -154,4 +154,4 @@ def compress_language_model(model, train_texts=None, train_labels=None, validati
         r["quality_drop"] = (r["loss"] - rows[0]["loss"]) / rows[0]["loss"]
         r["decode_speedup"] = rows[0]["p50_ms"] / r["p50_ms"] if r["p50_ms"] else float("nan")
     return CompressionReport(rows, variants, quality="loss", higher_is_better=False,
-                             title=f"a {model.architecture} language model")
+                             title=f"a {model.architecture} language model", latency_unit="per decode step")

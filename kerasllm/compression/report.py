@@ -24,12 +24,13 @@ class CompressionReport:
     drop is then measured as a relative increase.
     """
 
-    def __init__(self, rows, variants, quality="accuracy", higher_is_better=True, details=None, title="model"):
+    def __init__(self, rows, variants, quality="accuracy", higher_is_better=True, details=None, title="model",
+                 latency_unit="per text"):
         if not rows or rows[0]["name"] != "float":
             raise ValueError("a compression report starts with the uncompressed 'float' row")
         self.rows, self.variants = list(rows), dict(variants)
         self.quality, self.higher_is_better = quality, higher_is_better
-        self.details, self.title = dict(details or {}), title
+        self.details, self.title, self.latency_unit = dict(details or {}), title, latency_unit
 
     def __getitem__(self, name):
         return self.variants[name]
@@ -88,7 +89,7 @@ class CompressionReport:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import FuncFormatter
+        from matplotlib.ticker import FuncFormatter, ScalarFormatter
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,10 +129,12 @@ class CompressionReport:
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
             ax.set_xlabel(label)
+            ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))  # full values, no "+1.42" offset
             ax.grid(True, which="both", alpha=0.3)
         axes[0].set_ylabel(ylabel)
         fig.suptitle(f"Compression of {self.title}: size vs quality "
-                     f"(marker area grows with p50 latency per input, {low:.3f}-{high:.3f} ms)", fontsize=10)
+                     f"(marker area grows with p50 latency {self.latency_unit}, {low:.3f}-{high:.3f} ms)",
+                     fontsize=10)
         fig.tight_layout()
         tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
         fig.savefig(tmp)
