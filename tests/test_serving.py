@@ -20,7 +20,7 @@ from kerasllm.serving.batching import Batcher, BatchingOptions, QueueFull
 from kerasllm.serving.client import Client, ClientError
 from kerasllm.serving.server import ModelServer
 
-from serving_models import LABELS, write_model
+from tests.serving_models import LABELS, write_model
 
 
 class ServerThread:

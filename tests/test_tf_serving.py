@@ -9,7 +9,7 @@ import pytest
 from kerasllm.export import tf_serving
 from kerasllm.export.tf_serving import read_warmup_requests, write_serving_bundle
 
-from serving_models import write_model
+from tests.serving_models import write_model
 
 
 @pytest.fixture(scope="module")
