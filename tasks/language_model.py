@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 # Defaults per architecture (documented in train_language_model). Small batches of many steps learn
-# most per CPU-second: with context_length=128 the Transformer defaults reached 1.61 nats/char on tiny
-# Shakespeare's last 10% after 19 minutes on this 2-core machine (benchmarks/shakespeare.py).
+# most per CPU-second: with context_length=128 the Transformer defaults reached 1.54-1.61 nats/char on
+# tiny Shakespeare's last 10% after 19 minutes on the shared 2-core machine (benchmarks/shakespeare.py).
 MODEL_DEFAULTS = {
     "transformer": {"hidden": 128, "layers": 4, "heads": 4, "ff": 512, "dropout": 0.0},
     "lstm": {"hidden": 256, "layers": 2, "dropout": 0.0},
@@ -47,7 +47,7 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
     checkpoint_every=250, eval_every=None, eval_max_batches=8, verbose=1. Tokenizer — vocab_size=2048
     (subword only), validation_fraction=0.1.
 
-    Tiny Shakespeare (1.61 nats/char on the last 10% after 1140 s on 2 shared CPU cores)::
+    Tiny Shakespeare (1.54-1.61 nats/char on the last 10% after 1140 s on 2 shared CPU cores)::
 
         train_language_model("../shared/data/tinyshakespeare.txt", context_length=128, time_budget_s=1140)
     """
