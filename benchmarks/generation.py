@@ -58,8 +58,10 @@ def peer(python, config, batch, args, jit):
     return json.loads(lines[-1]), None
 
 
-def timed(fn, repeats):
-    fn()  # warm-up: XLA compiles, TFLite allocates
+def timed(fn, repeats, outputs=None):
+    out = fn()  # warm-up: XLA compiles, TFLite allocates
+    if outputs is not None:
+        outputs.append(out)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -102,17 +104,18 @@ def main():
             tfl = load_tflite(path, num_threads=args.threads)
         for batch in [int(b) for b in args.batches.split(",")]:
             tokens = np.random.default_rng(0).integers(1, cfg["vocab_size"], (batch, p)).astype(np.int32)
-            results = {}
+            results, outputs = {}, {}
             cached_out = lm.generate_tokens(tokens, max_new_tokens=n)
             fns = {
-                "naive": (lambda: lm.generate_tokens_uncached(tokens, n), max(2, args.repeats // 2)),
+                "naive": (lambda: lm.generate_tokens_uncached(tokens, n), 1 if name == "small" else 2),
                 "cached": (lambda: lm.generate_tokens(tokens, max_new_tokens=n), args.repeats),
                 "tflite": (lambda: tfl.generate_tokens(tokens, max_new_tokens=n), max(2, args.repeats // 2)),
             }
             for v in variants:
                 if v in fns and (v != "tflite" or tfl is not None):
                     fn, reps = fns[v]
-                    results[v] = batch * n / timed(fn, reps)
+                    outputs[v] = []
+                    results[v] = batch * n / timed(fn, reps, outputs[v])
                 elif v.startswith("keras_hub") and have_peer:
                     out, err = peer(python, name, batch, args, "true" if v == "keras_hub_xla" else "auto")
                     if out is None:
@@ -121,10 +124,9 @@ def main():
                         results[v] = out["tokens_per_s"]
                         peer_versions = {"keras_hub": out.get("keras_hub_version"),
                                          "keras": out.get("keras_version")}
-            if "naive" in variants:  # sanity: the cached loop matches the naive decoder (greedy)
-                same = np.array_equal(cached_out, lm.generate_tokens_uncached(tokens, n))
-                if not same:
-                    notes.append(f"{name} batch {batch}: cached tokens differ from naive tokens")
+            for v in ("naive", "tflite"):  # sanity: every variant decodes the same greedy tokens
+                if outputs.get(v) and not np.array_equal(cached_out, outputs[v][0]):
+                    notes.append(f"{name} batch {batch}: {v} tokens differ from cached tokens")
             if "cached" in variants and "cached" in results:  # second cached pass, alternating with the peer
                 results["cached"] = max(results["cached"], batch * n / timed(fns["cached"][0], args.repeats))
             bound = batch * BANDWIDTH / weight_bytes

@@ -1,7 +1,10 @@
 """Train the character Transformer on tiny Shakespeare (first 90% train, last 10% validation)
 within a wall-clock budget and report the validation loss in nats per character.
 
-    python benchmarks/shakespeare.py --time-budget 1140 [--save runs/shakespeare_lm] [hparam=value ...]
+    python benchmarks/shakespeare.py --time-budget 1140 --context-length 128 [--save DIR] [hparam=value ...]
+
+Measured (library defaults, context 128, 2 shared cores): 1.5436 nats/char after 1140 s (15,868 steps,
+14.4k tok/s); 1.6104 on a busier machine (5,552 steps).
 """
 import argparse
 import ast
@@ -20,7 +23,7 @@ def main():
     parser.add_argument("--time-budget", type=float, default=1140.0)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--architecture", default="transformer")
-    parser.add_argument("--context-length", type=int, default=256)
+    parser.add_argument("--context-length", type=int, default=128)
     parser.add_argument("--save", default=None, help="save the trained model to this folder")
     parser.add_argument("hparams", nargs="*", help="extra hyperparameters, e.g. hidden=256 learning_rate=1e-3")
     args = parser.parse_args()

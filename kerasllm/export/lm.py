@@ -3,7 +3,9 @@
 SavedModel signatures (TF Serving can call them):
 - ``generate`` (character tokenizer only): string prompts + max_new_tokens, temperature, top_k,
   top_p, seed -> ``outputs`` strings (prompt + continuation). Tokenizing happens in the graph.
-- ``generate_tokens``: left-padded int32 tokens [B, P] + pad [B] + the same settings -> new tokens [B, N].
+  One call generates at most up to the context length (long prompts keep their latest tokens).
+- ``generate_tokens``: left-padded int32 tokens [B, P] + pad [B] + the same settings -> ``new_tokens``
+  [B, N] of which the first ``count`` are valid (``kerasllm.load`` continues past the context).
 - ``prefill`` / ``decode``: tokens (and positions) and cache in, logits and cache out.
 
 TFLite (batch 1): ``prefill`` (tokens [1, P] -> logits [1, V] + cache) and ``decode``
@@ -38,26 +40,30 @@ def _cache_length(lm):
     return lm.context_length if lm.architecture == "transformer" else 1
 
 
+def first_window(history_len, max_new_tokens, context_length):
+    """How many of the latest tokens to prefill: the rule of ``Decoder.chunks`` (None: all)."""
+    if context_length is None:
+        return None
+    keep = max(1, context_length - min(max_new_tokens, context_length // 2))
+    return keep if history_len > keep else None
+
+
 def _generate_graph(lm, tokens, pad, max_new_tokens, temperature, top_k, top_p, seed):
-    """New tokens [B, N] (N = max buffer; the first ``max_new_tokens`` are valid) for left-padded prompts."""
+    """New tokens [B, N] (the first ``count`` are valid) for left-padded prompts shorter than the
+    context; ``count = min(max_new_tokens, context - prompt_len)`` (callers continue from the result)."""
     from kerasllm.generation.decode import _loop
 
     model = lm.model
     ctx = lm.context_length
     batch = tf.shape(tokens)[0]
     if lm.architecture == "transformer":
-        keep = ctx // 2  # room to generate at least half a context
-        cut = tf.maximum(tf.shape(tokens)[1] - keep, 0)
-        tokens = tokens[:, cut:]
-        pad = tf.maximum(pad - cut, 0)
-        room = ctx - tf.shape(tokens)[1]
-        n = tf.minimum(max_new_tokens, room)
+        tf.debugging.assert_less(tf.shape(tokens)[1], ctx, message="prompt must be shorter than the context")
+        n = tf.minimum(max_new_tokens, ctx - tf.shape(tokens)[1])
         cache_len = ctx
-        buffer = tf.zeros([batch, ctx - keep], tf.int32)
     else:
         n = tf.minimum(max_new_tokens, ctx)
         cache_len = 1
-        buffer = tf.zeros([batch, ctx], tf.int32)
+    buffer = tf.zeros([batch, ctx], tf.int32)
     cache = model.init_cache(batch, cache_len)
     logits, cache = model.prefill(tokens, pad, cache)
     greedy = temperature <= 0.0
@@ -121,6 +127,7 @@ def build_saved_model_module(lm):
     assert len(cache_specs) == n_cache
 
     tok = lm.tokenizer
+    ctx = lm.context_length
     if tok is not None and tok.kind == "char":
         chars = tok.chars
         codepoints = tf.constant([ord(c) for c in chars], tf.int32)
@@ -143,6 +150,10 @@ def build_saved_model_module(lm):
             pad = width - lengths_safe
             j = tf.range(width)[None, :] - pad[:, None]  # left-pad: row b's token j sits at j + pad[b]
             left = tf.where(j >= 0, tf.gather(dense, tf.maximum(j, 0), batch_dims=1), 0)
+            if lm.architecture == "transformer":  # keep the latest tokens, room to generate (Decoder's rule)
+                keep = tf.maximum(1, ctx - tf.minimum(max_new_tokens, ctx // 2))
+                cut = tf.maximum(width - keep, 0)
+                left, pad = left[:, cut:], tf.maximum(pad - cut, 0)
             out = generate_tokens(left, pad, max_new_tokens, temperature, top_k, top_p, seed)
             new = out["new_tokens"][:, :out["count"]]
             text = tf.strings.unicode_encode(tf.gather(module.id_to_codepoint, new), "UTF-8")

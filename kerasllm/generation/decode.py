@@ -139,7 +139,7 @@ def generate_uncached(model, tokens, max_new_tokens, context_length=None):
     every step; past the context the input is cropped to the last ``context_length`` tokens."""
     from kerasllm._tf import tf
 
-    @tf.function(jit_compile=True, reduce_retracing=True)
+    @tf.function(jit_compile=getattr(model, "architecture", None) != "lstm", reduce_retracing=True)
     def logits_at(x, index):
         return tf.gather(model(x), index, axis=1)
 

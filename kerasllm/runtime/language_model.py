@@ -125,6 +125,24 @@ class SavedModelLanguageModel(_TextAPI):
         self._tf = tf
 
     def _run(self, tokens, pad, max_new_tokens, settings):
+        """Call the compiled signature until ``max_new_tokens`` exist, rebuilding the cache from the
+        latest tokens when the context is full (the same rule as ``Decoder.chunks``)."""
+        from kerasllm.export.lm import first_window
+
+        ctx = self.context_length if self.architecture == "transformer" else None
+        history, produced, parts = np.asarray(tokens, np.int32), 0, []
+        while produced < max_new_tokens:
+            keep = first_window(history.shape[1], max_new_tokens - produced, ctx) if not produced else \
+                (ctx // 2 if ctx and history.shape[1] > ctx // 2 else None)
+            window = history if keep is None else history[:, -keep:]
+            w_pad = np.maximum(pad - (history.shape[1] - window.shape[1]), 0).astype(np.int32)
+            new = self._call(window, w_pad, max_new_tokens - produced, settings)
+            parts.append(new)
+            history = np.concatenate([history, new], axis=1)
+            produced += new.shape[1]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((len(tokens), 0), np.int32)
+
+    def _call(self, tokens, pad, max_new_tokens, settings):
         tf = self._tf
         out = self._generate(tokens=tf.constant(tokens, tf.int32), pad=tf.constant(pad, tf.int32),
                              max_new_tokens=tf.constant(max_new_tokens, tf.int32),

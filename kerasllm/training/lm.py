@@ -66,11 +66,18 @@ def eval_batches(ids, context_length, batch_size):
         yield x, y, w
 
 
+def use_xla(model, steps=None):
+    """XLA speeds up the Transformer's training step, but compiling it costs seconds, which pays off
+    only over a few hundred steps; compiling the LSTM's while loop and its gradient takes minutes,
+    so the LSTM always trains as a plain TF graph."""
+    return getattr(model, "architecture", None) != "lstm" and (steps is None or steps >= 300)
+
+
 class Evaluator:
-    """Mean next-token cross-entropy (nats) over a token sequence, XLA-compiled."""
+    """Mean next-token cross-entropy (nats) over a token sequence (a TF graph: forward only, run once)."""
 
     def __init__(self, model):
-        @tf.function(jit_compile=True)
+        @tf.function
         def step(x, y, w):
             ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y, model(x, training=False))
             return tf.reduce_sum(ce * w), tf.reduce_sum(w)
@@ -121,7 +128,7 @@ def train(model, train_ids, val_ids=None, *, context_length, steps=None, time_bu
 
     variables = model.trainable_variables
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=use_xla(model, steps))
     def train_step(x, y):
         with tf.GradientTape() as tape:
             logits = model(x, training=True)
