@@ -110,3 +110,27 @@ def publish(model_dir, write, version=None) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(path, write, marker, kind) -> Path:
+    """Save a model folder atomically: ``write(tmp)`` fills a temporary folder beside ``path``,
+    which then takes ``path``'s place. An existing ``path`` is replaced only if it holds ``marker``
+    (a previous save of the same kind) or is an empty folder; anything else is left alone."""
+    path = Path(path)
+    if path.exists() and not (path / marker).is_file() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path} exists and is not a {kind}: refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        write(tmp)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.rename(path, old / "previous")
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path

@@ -12,9 +12,6 @@ training, the SavedModel (behind an in-graph tokenizer) and TFLite (behind the P
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -268,26 +265,17 @@ class TextClassifier:
     # -- persistence --------------------------------------------------------------------------
     def save(self, path):
         """Save config, tokenizer and weights to the folder ``path`` (replaced atomically)."""
+        from kerasllm.export.layout import replace_dir
+
         self._require_model()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+
+        def write(tmp):
             with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
                 json.dump({"format": "kerasllm.classifier/1", "config": asdict(self.config),
                            "tokenizer": self.tokenizer.get_config(), "history": self.history}, f, ensure_ascii=False)
             self.model.save_weights(str(tmp / WEIGHTS_FILE))
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.rename(path, old)
-                os.rename(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return path
+
+        return replace_dir(path, write, CONFIG_FILE, "classifier")
 
     @classmethod
     def load(cls, path):

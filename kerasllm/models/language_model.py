@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -247,26 +244,14 @@ class LanguageModel:
 
     def save(self, path):
         """Write config + tokenizer (JSON) and weights to the folder ``path`` (replaced atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        from kerasllm.export.layout import replace_dir
+
+        def write(tmp):
             with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
                 json.dump(self.get_config(), f, ensure_ascii=False)
             self.model.save_weights(str(tmp / WEIGHTS))
-            if path.exists():
-                if not (path / CONFIG_FILE).is_file():
-                    raise FileExistsError(f"{path} exists and is not a saved language model; not overwriting it")
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-                os.rename(path, old / "x")
-                os.rename(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return path
+
+        return replace_dir(path, write, CONFIG_FILE, "language model")
 
     @classmethod
     def from_config(cls, config, seed=0):

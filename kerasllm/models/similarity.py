@@ -13,9 +13,6 @@ written to a temporary directory and renamed into place.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -248,24 +245,9 @@ class SimilarityIndex:
     def save(self, path):
         """Write the index to directory ``path`` (replacing an index there; never another kind of folder)."""
         self._require_fit()
-        path = Path(path)
-        if path.exists() and not (path / CONFIG_FILE).is_file() and (not path.is_dir() or any(path.iterdir())):
-            raise FileExistsError(f"{path} exists and is not a similarity index: refusing to overwrite it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
-            self._write(tmp)
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-                os.rename(path, old / "index")
-                os.rename(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return path
+        from kerasllm.export.layout import replace_dir
+
+        return replace_dir(path, self._write, CONFIG_FILE, "similarity index")
 
     def _write(self, directory):
         arrays = {"idf": self.features.idf, "components": self.components,
