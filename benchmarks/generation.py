@@ -49,8 +49,10 @@ def peer(python, config, batch, args, jit):
            str(args.repeats), "--threads", str(args.threads), "--jit-compile", jit]
     if args.core >= 0:
         cmd = ["taskset", "-c", str(args.core)] + cmd
-    # the peer is Keras 3: it must not inherit kerasllm's TF_USE_LEGACY_KERAS=1
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    # the peer is Keras 3: it must not inherit the legacy-Keras switch kerasllm._tf sets
+    from kerasllm._tf import LEGACY_KERAS_VARIABLE
+
+    env = {k: v for k, v in os.environ.items() if k != LEGACY_KERAS_VARIABLE}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:

@@ -7,7 +7,9 @@ do not touch a model never pay TensorFlow's start-up time.
 """
 import os
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+# Name kept here so code that starts a Keras 3 process (a benchmark peer) can drop it from the child's env.
+LEGACY_KERAS_VARIABLE = "TF_USE_LEGACY_KERAS"
+os.environ[LEGACY_KERAS_VARIABLE] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
