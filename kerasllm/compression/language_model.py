@@ -6,7 +6,6 @@ clear error rather than a silent skip.
 """
 from __future__ import annotations
 
-import gzip
 import tempfile
 import time
 from pathlib import Path
@@ -16,11 +15,12 @@ import numpy as np
 from kerasllm.compression import parse_methods
 from kerasllm.compression.ptq import FALLBACKS, mode_name
 from kerasllm.compression.report import CompressionReport
+from kerasllm.compression.variant import FlatbufferSizes
 
 LM_METHODS = ("ptq_dynamic", "ptq_float16")
 
 
-class LanguageModelVariant:
+class LanguageModelVariant(FlatbufferSizes):
     """A quantized language model's TFLite bytes, exportable with ``tasks.export(..., formats=("tflite",))``."""
 
     kind = "language_model"
@@ -31,14 +31,6 @@ class LanguageModelVariant:
 
     def __repr__(self):
         return f"LanguageModelVariant({self.name!r}, {mode_name(self.quantization)}, {len(self.flatbuffer)} bytes)"
-
-    @property
-    def tflite_bytes(self):
-        return len(self.flatbuffer)
-
-    @property
-    def gzip_bytes(self):
-        return len(gzip.compress(self.flatbuffer, 9))
 
     def write_tflite(self, path):
         from kerasllm.export.lm import runtime_config

@@ -8,7 +8,19 @@ from pathlib import Path
 from kerasllm.compression.ptq import mode_name
 
 
-class ClassifierVariant:
+class FlatbufferSizes:
+    """Sizes of a compressed variant's ``flatbuffer``: raw, and gzip-compressed (what sparsity buys)."""
+
+    @property
+    def tflite_bytes(self):
+        return len(self.flatbuffer)
+
+    @property
+    def gzip_bytes(self):
+        return len(gzip.compress(self.flatbuffer, 9))
+
+
+class ClassifierVariant(FlatbufferSizes):
     """One row of a compression report, exportable with ``kerasllm.export`` / ``tasks.export``.
 
     ``classifier``: the (possibly pruned, QAT-trained or distilled) ``TextClassifier`` the TFLite
@@ -28,14 +40,6 @@ class ClassifierVariant:
     def __repr__(self):
         return (f"ClassifierVariant({self.name!r}, {mode_name(self.quantization)}, "
                 f"{len(self.flatbuffer)} TFLite bytes)")
-
-    @property
-    def tflite_bytes(self):
-        return len(self.flatbuffer)
-
-    @property
-    def gzip_bytes(self):
-        return len(gzip.compress(self.flatbuffer, 9))
 
     @property
     def classes(self):
