@@ -1,7 +1,6 @@
 """``kerasllm similar build|query``: the similarity index on the command line (thin: calls tasks)."""
 from __future__ import annotations
 
-import argparse
 import json
 
 

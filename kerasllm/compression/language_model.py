@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasllm.compression import parse_methods
-from kerasllm.compression.ptq import FALLBACKS, mode_name
+from kerasllm.compression.ptq import first_working, mode_name
 from kerasllm.compression.report import CompressionReport
 from kerasllm.compression.variant import FlatbufferSizes
 
@@ -61,17 +61,8 @@ def convert(lm, quantization):
     from kerasllm.export.lm import build_tflite_functions
     from kerasllm.export.tflite import convert as tflite_convert
 
-    notes = []
-    for mode in FALLBACKS[quantization]:
-        try:
-            flatbuffer = compact(tflite_convert(build_tflite_functions(lm), lm.model, quantization=mode))
-        except Exception as e:  # noqa: BLE001 - any converter failure means: try the next mode
-            notes.append(f"{mode_name(mode)} conversion failed ({str(e).strip().splitlines()[0][:200]}); falling back")
-            continue
-        if mode != quantization:
-            notes.append(f"used {mode_name(mode)} instead of {mode_name(quantization)}")
-        return flatbuffer, mode, notes
-    raise RuntimeError(f"every conversion failed for {mode_name(quantization)}: " + "; ".join(notes))
+    return first_working(quantization, lambda mode: compact(
+        tflite_convert(build_tflite_functions(lm), lm.model, quantization=mode)))
 
 
 def measure(variant, token_ids, context_length):

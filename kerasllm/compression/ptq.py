@@ -41,13 +41,25 @@ def convert_with_fallback(clf, quantization, representative_texts=None, buckets=
     """
     if quantization not in FALLBACKS:
         raise ValueError(f"quantization must be one of {list(FALLBACKS)}, got {quantization!r}")
+
+    def convert(mode):
+        if mode in isolate:
+            return convert_in_subprocess(clf, mode, representative_texts, buckets, model, timeout)
+        return convert_here(clf, mode, representative_texts, buckets, model)
+
+    return first_working(quantization, convert)
+
+
+def first_working(quantization, convert):
+    """``convert(mode)`` for each mode in ``FALLBACKS[quantization]`` until one succeeds.
+
+    Returns ``(flatbuffer, mode_used, notes)``; ``notes`` names each failed mode and its error.
+    Raises RuntimeError only if every mode fails.
+    """
     notes = []
     for mode in FALLBACKS[quantization]:
         try:
-            if mode in isolate:
-                flatbuffer = convert_in_subprocess(clf, mode, representative_texts, buckets, model, timeout)
-            else:
-                flatbuffer = convert_here(clf, mode, representative_texts, buckets, model)
+            flatbuffer = convert(mode)
         except Exception as e:  # noqa: BLE001 - any converter failure means: try the next mode
             notes.append(f"{mode_name(mode)} conversion failed ({_short(e)}); falling back")
             continue

@@ -97,9 +97,7 @@ class TFLiteLanguageModel(_TextAPI):
 
     def generate_tokens(self, token_ids, max_new_tokens=64, temperature=0.0, top_k=None, top_p=None, seed=None,
                         stop=None):
-        tokens = np.asarray(token_ids, np.int32)
-        if tokens.ndim == 1:
-            tokens = tokens[None]
+        tokens = _as_batch(token_ids)
         settings = SamplerSettings(temperature, top_k, top_p, seed)
         rng = np.random.default_rng(seed)
         rows = [self._one(row, max_new_tokens, settings, rng) for row in tokens]
@@ -154,9 +152,7 @@ class SavedModelLanguageModel(_TextAPI):
 
     def generate_tokens(self, token_ids, max_new_tokens=64, temperature=0.0, top_k=None, top_p=None, seed=None,
                         stop=None):
-        tokens = np.asarray(token_ids, np.int32)
-        if tokens.ndim == 1:
-            tokens = tokens[None]
+        tokens = _as_batch(token_ids)
         settings = SamplerSettings(temperature, top_k, top_p, seed)
         new = self._run(tokens, np.zeros(len(tokens), np.int32), max_new_tokens, settings)
         return np.concatenate([tokens, new], axis=1)
@@ -187,3 +183,9 @@ def load(version_dir, manifest, prefer="tflite"):
 def load_tflite(path, num_threads=1):
     """A generator from a ``.tflite`` file alone (tokenizer and config come from inside the file)."""
     return TFLiteLanguageModel(path, num_threads=num_threads)
+
+
+def _as_batch(token_ids):
+    """int32 [batch, prompt_len]; one prompt may be given as a flat list."""
+    tokens = np.asarray(token_ids, np.int32)
+    return tokens[None] if tokens.ndim == 1 else tokens
