@@ -10,10 +10,17 @@ import os
 # Name kept here so code that starts a Keras 3 process (a benchmark peer) can drop it from the child's env.
 LEGACY_KERAS_VARIABLE = "TF_USE_LEGACY_KERAS"
 os.environ[LEGACY_KERAS_VARIABLE] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+from kerasllm import logs  # noqa: E402
+
+logs.before_tensorflow()  # quiet by default (kerasllm --verbose shows the libraries' messages)
+with logs.quiet_native_stderr():
+    import tensorflow as tf  # noqa: E402
+    import tf_keras as keras  # noqa: E402
+
+    tf.config.list_physical_devices()  # CUDA probing happens here: inside the filter
+
+logs.after_tensorflow(tf)
 
 __all__ = ["tf", "keras", "no_autotune"]
 

@@ -135,3 +135,13 @@ def _cell(value):
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)
+
+
+def metrics_table(metrics):
+    """A plain-text table: overall accuracy and macro-F1, then precision/recall/F1/support per class."""
+    width = max(8, *(len(c) for c in metrics["per_class"]))
+    lines = [f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}",
+             f"{'class':<{width}}  precision  recall     f1  support"]
+    lines += [f"{name:<{width}}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:.4f}  {m['support']:7d}"
+              for name, m in metrics["per_class"].items()]
+    return "\n".join(lines)

@@ -22,7 +22,6 @@ def quickstart(out="saved_models", report_dir="reports/quickstart", data=None, t
     import kerasllm
     import tasks
     from kerasllm import report as rp
-    from kerasllm.cli import print_metrics
     from kerasllm.data import default_classification_data, default_corpus, default_documents, read_table
     from kerasllm.data import read_text, stratified_split
 
@@ -43,7 +42,7 @@ def quickstart(out="saved_models", report_dir="reports/quickstart", data=None, t
     progress.step(f"training the classifier on {len(train)} texts, {len(set(labels))} classes")
     clf = tasks.train_classifier(train, train_labels, seed=seed, verbose=0)
     metrics = clf.evaluate(test, test_labels)
-    print_metrics(metrics)
+    print(rp.metrics_table(metrics))
     results["classifier_metrics"] = metrics
 
     # 2. language model ------------------------------------------------------------------------

@@ -454,7 +454,7 @@ def test_server_options_are_checked(root):
 def test_cli_parses_serve_options():
     import argparse
 
-    from kerasllm.cli_serving import add_serving_commands
+    from kerasllm.cli.serving import add_serving_commands
 
     parser = argparse.ArgumentParser()
     add_serving_commands(parser.add_subparsers(dest="command"))

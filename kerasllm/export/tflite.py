@@ -89,6 +89,6 @@ def read_attached_file(path, name) -> bytes:
 
 def interpreter(model_path, num_threads=1):
     """A LiteRT interpreter (``ai_edge_litert``; ``tf.lite.Interpreter`` is deprecated)."""
-    from ai_edge_litert.interpreter import Interpreter
+    from kerasllm.logs import litert_interpreter
 
-    return Interpreter(model_path=str(model_path), num_threads=num_threads)
+    return litert_interpreter(model_path=str(model_path), num_threads=num_threads)

@@ -74,9 +74,9 @@ class Int8Scores:
     """Approximate scores of queries against ``vectors`` and a per-document bound on their error."""
 
     def __init__(self, vectors, num_threads=1):
-        from ai_edge_litert.interpreter import Interpreter
+        from kerasllm.logs import litert_interpreter
 
-        self._interpreter_class, self.num_threads = Interpreter, num_threads
+        self._interpreter_class, self.num_threads = litert_interpreter, num_threads
         self.n, self.dimensions = 0, vectors.shape[1]
         self.l1 = np.zeros(0, np.float32)
         self.error = np.zeros(0, np.float32)

@@ -1,0 +1,6 @@
+"""``python -m kerasllm ...`` runs the same command line as ``kerasllm ...``."""
+import sys
+
+from kerasllm.cli import main
+
+sys.exit(main())
