@@ -27,7 +27,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from kerasllm.models.classifier_layers import KINDS as ARCHITECTURES
-from kerasllm.models.classifier_layers import POOLINGS, build_model, input_width, training_model  # noqa: F401
+from kerasllm.models.classifier_layers import (POOLINGS, ClassifierParts, build_model, idf_weights,  # noqa: F401
+                                               input_width, model_parts, paths_model, training_model)
 from kerasllm.text.word import WordTokenizer, check_texts
 
 CONFIG_FILE = "classifier.json"
@@ -54,8 +55,10 @@ class ClassifierConfig:
     char_ngrams: int = 3  # character n-grams of each word in the bag path (0: none)
     max_char_grams: int | None = None  # None: 4 per word
     char_vocab_size: int = 20000
-    bag_power: float = 0.5  # bag pooling: sum / count**power (1: mean, 0.5: L2-style)
-    bag_learning_rate_multiplier: float = 10.0
+    bag_fit: str = "logistic"  # "logistic": the bag is fitted first (logistic regression, C=bag_c), then
+    # frozen while the recurrent path trains; "joint": both train together by gradient descent
+    bag_c: float = 10.0
+    bag_learning_rate_multiplier: float = 10.0  # "joint" only
     bag_dropout: float = 0.0  # share of n-gram ids dropped in training
     embedding_dropout: float = 0.2  # share of words dropped from the recurrent path in training
     dropout: float = 0.5  # on the pooled recurrent features
@@ -67,7 +70,10 @@ class ClassifierConfig:
     patience: int = 3
     validation_fraction: float = 0.1
     class_weight: object = None  # None, "balanced" or {label: weight}
-    labels: list = field(default_factory=list)
+    labels: list = field(default_factory=list)  # learned
+    ngram_idf: list | None = None  # learned: the bag path's idf weight per n-gram id
+    bag_offset: list | None = None  # learned: the fitted bag's intercept per class
+    recurrent_scale: float = 1.0  # learned: the recurrent logits' weight in the sum (chosen on validation)
 
     def validate(self):
         if self.architecture not in ARCHITECTURES:
@@ -85,6 +91,10 @@ class ClassifierConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not 0.0 < self.validation_fraction < 0.5:
             raise ValueError(f"validation_fraction must be in (0, 0.5), got {self.validation_fraction}")
+        if self.bag_fit not in ("logistic", "joint"):
+            raise ValueError(f"bag_fit must be 'logistic' or 'joint', got {self.bag_fit!r}")
+        if not self.bag_c > 0:
+            raise ValueError(f"bag_c must be a positive number, got {self.bag_c!r}")
         if not (self.recurrent or self.bag_of_ngrams):
             raise ValueError("recurrent and bag_of_ngrams are both False: the classifier needs at least one path")
         if not (self.class_weight is None or self.class_weight == "balanced" or isinstance(self.class_weight, dict)):
@@ -92,7 +102,8 @@ class ClassifierConfig:
         return self
 
 
-SETTINGS = tuple(f.name for f in dataclasses.fields(ClassifierConfig) if f.name != "labels")
+LEARNED = ("labels", "ngram_idf", "bag_offset", "recurrent_scale")
+SETTINGS = tuple(f.name for f in dataclasses.fields(ClassifierConfig) if f.name not in LEARNED)
 
 
 def check_labels(labels, n_texts, name="labels"):
@@ -138,7 +149,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
         + [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
                              default=f.default if f.default is not dataclasses.MISSING else None)
-           for f in dataclasses.fields(ClassifierConfig) if f.name != "labels"])
+           for f in dataclasses.fields(ClassifierConfig) if f.name not in LEARNED])
 
     def settings(self):
         """The settings as a validated ``ClassifierConfig`` (no labels)."""
@@ -208,40 +219,66 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
                                       char_vocab_size=len(tokenizer.char_vocabulary),
                                       max_char_grams=tokenizer.max_char_grams)
 
+        x_train = tokenizer.encode(texts)
+        index = {label: i for i, label in enumerate(classes)}
+        y_train = np.array([index[l] for l in labels], np.int32)
+        table = None
+        if learned.bag_of_ngrams:
+            parts = ClassifierParts(learned, len(classes))
+            grams = np.concatenate([parts.ngram_ids(x_train[i:i + 4096]).numpy() for i in range(0, len(x_train), 4096)])
+            idf = idf_weights(grams, parts.bag_size)
+            learned.ngram_idf = idf.tolist()
+            if cfg.bag_fit == "logistic":
+                table, learned.bag_offset = fit_bag(grams, idf, y_train, len(classes), cfg.bag_c,
+                                                    None if cw is None else cw[y_train])
+
         keras.utils.set_random_seed(seed)
         strategy = distribute.get_strategy(strategy)
         with distribute.scope(strategy):
             model = build_model(learned)
+            parts = model_parts(model)
+            if table is not None:
+                parts.table.set_weights([table])
+                parts.table.trainable = False
             trainer = training_model(model)
             heads = len(trainer.outputs)
-            trainer.compile(
-                optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=cfg.clipnorm),
-                loss=["sparse_categorical_crossentropy"] * heads,
-                loss_weights=[1.0] + [cfg.path_loss_weight] * (heads - 1),
-                metrics=[["accuracy"]] + [[] for _ in range(heads - 1)],
-            )
-        index = {label: i for i, label in enumerate(classes)}
+            optimizer = keras.optimizers.Adam(cfg.learning_rate, clipnorm=cfg.clipnorm)
+            if heads == 1:
+                trainer.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            else:
+                trainer.compile(optimizer=optimizer, loss=["sparse_categorical_crossentropy"] * heads,
+                                loss_weights=[1.0] + [cfg.path_loss_weight] * (heads - 1),
+                                metrics=[["accuracy"]] + [[] for _ in range(heads - 1)])
 
-        def dataset(xs, ys, shuffle):
-            x = tokenizer.encode(xs)
+        def dataset(x, ys, shuffle):
             y = np.array([index[l] for l in ys], np.int32)
-            items = (x, (y,) * heads) if cw is None else (x, (y,) * heads, (cw[y],) * heads)
+            def per_head(v):
+                return v if heads == 1 else (v,) * heads
+
+            items = (x, per_head(y)) if cw is None else (x, per_head(y), per_head(cw[y]))
             data = tf.data.Dataset.from_tensor_slices(items)
             if shuffle:
                 data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
             return no_autotune(data.batch(cfg.batch_size if shuffle else 256).prefetch(2))
 
-        train = dataset(texts, labels, True)
-        val = dataset(val_texts, val_labels, False) if val_texts else None
+        train = dataset(x_train, labels, True)
+        val = dataset(tokenizer.encode(val_texts), val_labels, False) if val_texts else None
         callbacks = []
         if epochs is None and val is not None:
             monitor = "val_probabilities_loss" if heads > 1 else "val_loss"
             callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience,
                                                            restore_best_weights=True))
-        history = trainer.fit(train, validation_data=val, epochs=epochs or cfg.max_epochs, callbacks=callbacks,
-                              verbose=verbose)
+        history = {}
+        if learned.recurrent or table is None:  # a fitted bag alone is already trained
+            history = trainer.fit(train, validation_data=val, epochs=epochs or cfg.max_epochs, callbacks=callbacks,
+                                  verbose=verbose).history
+        if table is not None:
+            parts.table.trainable = True  # frozen for training only (compression fine-tunes it)
+            if learned.recurrent and val is not None:
+                learned.recurrent_scale = parts.recurrent_scale.scale = choose_recurrent_scale(
+                    model, tokenizer.encode(val_texts), np.array([index[l] for l in val_labels]))
         self.config_, self.tokenizer_, self.model_ = learned, tokenizer, model
-        self.history_ = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+        self.history_ = {k: [float(v) for v in vs] for k, vs in history.items()}
         self._predict_fn = None
         return self
 
@@ -350,6 +387,38 @@ def _from_jsonable(settings):
     if isinstance(out.get("class_weight"), dict) and "pairs" in out["class_weight"]:
         out["class_weight"] = {k: v for k, v in out["class_weight"]["pairs"]}
     return out
+
+
+def fit_bag(grams, idf, y, n_classes, c, sample_weight=None):
+    """The bag path fitted as L2-regularised logistic regression on the features ``IdfBag`` computes
+    (idf per occurrence, L2-normalised): (table [ids, classes], intercept per class)."""
+    from scipy.sparse import csr_matrix
+    from sklearn.linear_model import LogisticRegression
+
+    rows = np.repeat(np.arange(len(grams)), grams.shape[1])
+    ids = grams.ravel()
+    weights = idf[ids]
+    keep = weights > 0
+    norm = np.sqrt(np.maximum(np.bincount(rows[keep], weights[keep] ** 2, minlength=len(grams)), 1e-12))
+    x = csr_matrix((weights[keep] / norm[rows[keep]], (rows[keep], ids[keep])), shape=(len(grams), len(idf)))
+    lr = LogisticRegression(C=c, max_iter=1000).fit(x, y, sample_weight=sample_weight)
+    coef, intercept = lr.coef_, lr.intercept_
+    if n_classes == 2:  # one logit z for the second class: softmax([-z/2, z/2]) is the same sigmoid
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+    return coef.T.astype(np.float32), [float(v) for v in intercept]
+
+
+def choose_recurrent_scale(model, x_val, y_val, scales=(0.25, 0.5, 1.0, 2.0, 4.0)):
+    """The weight of the recurrent logits in the sum with a fitted bag's that gives the lowest
+    validation log-loss (the two paths are trained apart, so their scales need not match)."""
+    recurrent, bag = paths_model(model).predict(x_val, batch_size=256, verbose=0)
+    losses = []
+    for scale in scales:
+        z = bag + scale * recurrent
+        z = z - z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        losses.append(-log_p[np.arange(len(y_val)), y_val].mean())
+    return float(scales[int(np.argmin(losses))])
 
 
 def load_classifier(path):

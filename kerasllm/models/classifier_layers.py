@@ -100,6 +100,45 @@ class MaskedMean(keras.layers.Layer):
         return {**super().get_config(), "power": self.power}
 
 
+@_register
+class IdfBag(keras.layers.Layer):
+    """([batch, L, classes] table rows, n-gram ids [batch, L]) -> the bag's logits [batch, classes]:
+    each n-gram weighted by its inverse document frequency, the sum divided by the L2 norm of
+    those weights (an L2-normalised TF-IDF vector times the table, as TF-IDF + a linear model,
+    counting a repeated n-gram once per occurrence). An id never seen in training weighs 0.
+
+    ``idf``: one weight per id, learned by ``fit`` from the training texts and kept in the layer's
+    config (not as a weight), so the model's trainable layers stay the two tables and the denses.
+    """
+
+    def __init__(self, idf, **kwargs):
+        super().__init__(**kwargs)
+        self.idf = [float(v) for v in idf]
+        self._idf = tf.constant(self.idf, tf.float32)
+
+    def call(self, inputs):
+        values, ids = inputs
+        weights = tf.gather(self._idf, ids)  # id 0 (padding) has weight 0
+        norm = tf.sqrt(tf.maximum(tf.reduce_sum(weights * weights, axis=1, keepdims=True), 1e-12))
+        return tf.reduce_sum(values * weights[:, :, None], axis=1) / norm
+
+    def get_config(self):
+        return {**super().get_config(), "idf": [round(v, 4) for v in self.idf]}
+
+
+def idf_weights(grams, size):
+    """Smoothed inverse document frequency (scikit-learn's: ln((1 + n) / (1 + df)) + 1) of each
+    id below ``size`` over the rows of ``grams`` (numpy [rows, L]); 0 for padding and unseen ids."""
+    import numpy as np
+
+    df = np.zeros(size, np.int64)
+    for row in grams:
+        df[np.unique(row[row > 0])] += 1
+    idf = np.log((1.0 + len(grams)) / (1.0 + df)) + 1.0
+    idf[df == 0] = 0.0
+    return idf.astype(np.float32)
+
+
 def masked_mean(values, weights, power=1.0):
     total = tf.reduce_sum(values * weights, axis=1)
     count = tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
@@ -213,7 +252,7 @@ class Recurrence(keras.layers.Layer):
         for x_t, m_t in zip(steps, tf.unstack(mask > 0, axis=1)):
             outs = []
             for i, cell in enumerate(self.cells):
-                out, new = cell(x_t[:, i * d // self.directions:(i + 1) * d // self.directions], carried[i])
+                out, new = cell(x_t[:, i * d:(i + 1) * d], carried[i])  # direction i's columns
                 m = m_t[:, i:i + 1]
                 carried[i] = [tf.where(m, n, c) for n, c in zip(new, carried[i])]
                 outs.append(carried[i][0])
@@ -250,6 +289,7 @@ class ClassifierParts:
         L = keras.layers
         self.recurrent = bool(getattr(config, "recurrent", True))
         self.bag = bool(config.bag_of_ngrams)
+        self.bag_fitted = False
         if not (self.recurrent or self.bag):
             raise ValueError("the classifier needs a path: recurrent=True or bag_of_ngrams=True")
         if self.recurrent:
@@ -268,10 +308,22 @@ class ClassifierParts:
             self.grams = L.Concatenate(axis=1, name="ngrams")
             self.gram_dropout = IdDropout(config.bag_dropout, name="ngram_dropout")
             self.table = L.Embedding(total_vocab + config.bigram_buckets, n_classes, name="ngram_logits_table")
-            self.bag_pool = MaskedMean(power=config.bag_power, name="bag_of_ngrams")
+            self.bag_size = total_vocab + config.bigram_buckets
+            idf = getattr(config, "ngram_idf", None)
+            if idf is not None and len(idf) != self.bag_size:
+                idf = None  # a config changed after fit (e.g. a distilled student with fewer buckets)
+            self.bag_pool = (MaskedMean(power=0.5, name="bag_of_ngrams") if idf is None
+                             else IdfBag(idf, name="bag_of_ngrams"))
             # Adam moves each weight by about the learning rate per step whatever its gradient, so the
             # sparse bag path would learn far slower than the RNN; scaling its output speeds it up.
-            self.bag_scale = L.Rescaling(config.bag_learning_rate_multiplier, name="bag_scale")
+            # A table fitted by logistic regression (``bag_fit="logistic"``) is used as it is, with
+            # its intercept as the offset.
+            fitted = self.bag_fitted = getattr(config, "bag_offset", None) is not None and idf is not None
+            self.bag_scale = L.Rescaling(1.0 if fitted else config.bag_learning_rate_multiplier,
+                                         offset=list(config.bag_offset) if fitted else 0.0, name="bag_scale")
+        if self.recurrent:
+            # the recurrent logits' weight in the sum, chosen on the validation split after training
+            self.recurrent_scale = L.Rescaling(float(getattr(config, "recurrent_scale", 1.0)), name="recurrent_scale")
         self.add = L.Add(name="logits")
 
     def paths(self, ids, n_words=None, training=None, folded=None):
@@ -294,8 +346,19 @@ class ClassifierParts:
             out.append(self.bag_scale(self.bag_pool([self.table(grams), grams])))
         return out
 
+    def ngram_ids(self, ids, n_words=None):
+        """The bag path's ids (words, char n-grams, hashed bigrams) of token ids (numpy or tensor)."""
+        n_words = self.config.max_length if n_words is None else n_words
+        return self.grams([ids, self.bigrams(ids[:, :n_words])])
+
     def logits(self, ids, n_words=None, training=None, folded=None):
-        paths = self.paths(ids, n_words, training, folded)
+        return self.combine(self.paths(ids, n_words, training, folded))
+
+    def combine(self, paths):
+        """The model's logits from ``paths``' output: the recurrent logits scaled, plus the bag's."""
+        paths = list(paths)
+        if self.recurrent:
+            paths[0] = self.recurrent_scale(paths[0])
         return self.add(paths) if len(paths) > 1 else paths[0]
 
     def fold(self):
@@ -317,11 +380,14 @@ def build_model(config, parts=None):
     parts = parts or ClassifierParts(config, len(config.labels))
     ids = keras.Input(shape=(input_width(config),), dtype="int32", name="token_ids")
     paths = parts.paths(ids)
-    probs = softmax(parts.add(paths) if len(paths) > 1 else paths[0])
+    probs = softmax(parts.combine(paths))
     model = keras.Model(ids, probs, name="text_classifier")
-    # each path's own probabilities, from the same graph: training_model trains them too
-    heads = [softmax(p, name=f"{n}_probabilities") for p, n in zip(paths, ("recurrent", "bag"))] if len(paths) > 1 else []
-    model._kerasllm = SimpleNamespace(parts=parts, heads=heads)
+    # each path's own probabilities, from the same graph: training_model trains them too (not a
+    # bag fitted by logistic regression: it is frozen while the recurrent path trains)
+    names = ["recurrent"] * parts.recurrent + ["bag"] * parts.bag
+    heads = [softmax(p, name=f"{n}_probabilities") for p, n in zip(paths, names)
+             if len(paths) > 1 and not (n == "bag" and parts.bag_fitted)]
+    model._kerasllm = SimpleNamespace(parts=parts, heads=heads, paths=keras.Model(ids, paths))
     return model
 
 
@@ -329,6 +395,11 @@ def model_parts(model):
     """The ``ClassifierParts`` of a model made by ``build_model`` (None for other models)."""
     found = getattr(model, "_kerasllm", None)
     return found.parts if found is not None else None
+
+
+def paths_model(model):
+    """ids -> [recurrent logits before their scale, bag logits] (the paths present)."""
+    return model._kerasllm.paths
 
 
 def training_model(model):
