@@ -151,7 +151,7 @@ def main():
                 accuracy = clf.evaluate(test, test_labels)["accuracy"]
                 results.setdefault((name, model), []).append(accuracy)
                 print(f"{name:<7} {model:<26} seed {seed} {accuracy:.4f}  ({time.perf_counter() - t0:.0f} s, "
-                      f"{len(clf.history_['loss'])} epochs)", flush=True)
+                      f"{len(clf.history_.get('loss', []))} epochs)", flush=True)
 
     sets = [s for s in args.sets if any(k[0] == s for k in results)]
     print(f"\naccuracy on the test split; neural rows: mean (max-min) over seeds {args.seeds}"

@@ -201,7 +201,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
             unknown = sorted(set(val_labels) - set(classes), key=str)
             if unknown:
                 raise ValueError(f"validation labels {unknown} do not occur in the training labels {classes}")
-        elif epochs is None:
+        elif epochs is None and (cfg.recurrent or cfg.bag_fit == "joint"):  # a fitted bag alone needs none
             train_idx, val_idx = holdout(labels, cfg.validation_fraction, seed)
             val_texts, val_labels = [texts[i] for i in val_idx], [labels[i] for i in val_idx]
             texts, labels = [texts[i] for i in train_idx], [labels[i] for i in train_idx]
@@ -275,8 +275,15 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         if table is not None:
             parts.table.trainable = True  # frozen for training only (compression fine-tunes it)
             if learned.recurrent and val is not None:
-                learned.recurrent_scale = parts.recurrent_scale.scale = choose_recurrent_scale(
-                    model, tokenizer.encode(val_texts), np.array([index[l] for l in val_labels]))
+                x_val, y_val = tokenizer.encode(val_texts), np.array([index[l] for l in val_labels], np.int32)
+                learned.recurrent_scale = parts.recurrent_scale.scale = choose_recurrent_scale(model, x_val, y_val)
+                if validation is None:  # the held-out texts were ours: the final bag learns from them too
+                    grams = np.concatenate([grams, parts.ngram_ids(x_val).numpy()])
+                    y_all = np.concatenate([y_train, y_val])
+                    table, offset = fit_bag(grams, idf, y_all, len(classes), cfg.bag_c,
+                                            None if cw is None else cw[y_all])
+                    parts.table.set_weights([table])
+                    learned.bag_offset = parts.bag_scale.offset = offset
         self.config_, self.tokenizer_, self.model_ = learned, tokenizer, model
         self.history_ = {k: [float(v) for v in vs] for k, vs in history.items()}
         self._predict_fn = None

@@ -192,7 +192,8 @@ class Recurrence(keras.layers.Layer):
             make = keras.layers.LSTMCell if self.kind == "lstm" else keras.layers.GRUCell
             self.cells = [make(u, name=f"cell_{i}") for i in range(self.directions)]
             for cell in self.cells:
-                cell.build((None, d))
+                with tf.name_scope(cell.name):  # distinct weight names per direction (h5 saving)
+                    cell.build((None, d))
         super().build(input_shape)
 
     @property
