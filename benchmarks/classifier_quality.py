@@ -8,8 +8,9 @@ documentation topics (five topics, stratified 80/20, seed 0; always present).
 Rows per set: ``default``; ``bag of n-grams alone`` (``recurrent=False``); ``recurrent alone``
 (``bag_of_ngrams=False``); ``tfidf+lr uni`` (scikit-learn defaults, ``sublinear_tf=True``);
 ``tfidf+lr uni+bi C=10`` (``ngram_range=(1, 2)``, ``sublinear_tf=True``, ``C=10``); ``linear over
-our features`` (logistic regression, C=10, on the default's own bag: word ids, hashed bigrams and
-character n-grams from its tokenizer, L2-normalised). Neural rows: mean and spread (max - min)
+our features`` (scikit-learn's LogisticRegression at its defaults, C=1, on the default's own bag
+features: word, hashed-bigram and character n-gram ids, idf-weighted, L2-normalised; the bag path
+is the same model with C=10). Neural rows: mean and spread (max - min)
 over the seeds; the scikit-learn rows are deterministic.
 
     python benchmarks/classifier_quality.py                      # all sets, seeds 0 1 2
@@ -67,41 +68,29 @@ def linear_rows(train, train_labels, test, test_labels, wanted):
         out["tfidf+lr uni+bi C=10"] = float(np.mean(lr.predict(v.transform(test)) == y))
     if "linear over our features" in wanted:
         x_train, x_test = our_features(train, test)
-        lr = LogisticRegression(C=10, max_iter=3000).fit(x_train, train_labels)
+        lr = LogisticRegression(max_iter=3000).fit(x_train, train_labels)
         out["linear over our features"] = float(np.mean(lr.predict(x_test) == y))
     return out
 
 
 def our_features(train, test):
-    """The default model's bag: its tokenizer's word and character n-gram ids plus its hashed
-    bigrams (the same hashing as ``HashedBigrams``), binary, L2-normalised."""
+    """The default model's bag features, computed by its own code: word, character n-gram and
+    hashed-bigram ids from its tokenizer, idf-weighted and L2-normalised (``bag_features``)."""
     import numpy as np
-    from scipy.sparse import csr_matrix
-    from sklearn.preprocessing import normalize
 
-    from kerasllm.models.classifier import ClassifierConfig
+    from kerasllm.models.classifier import ClassifierConfig, ClassifierParts, bag_features, idf_weights
     from kerasllm.text.word import WordTokenizer
 
     cfg = ClassifierConfig()
     max_length = int(np.clip(np.percentile(WordTokenizer().lengths(train), 95), 16, 128))
     tok = WordTokenizer(max_length=max_length, char_ngrams=cfg.char_ngrams).fit(
         train, max_tokens=cfg.vocab_size, max_char_tokens=cfg.char_vocab_size)
-    total = tok.total_vocab_size
-
-    def features(texts):
-        ids = tok.encode(texts)
-        words = ids[:, :max_length]
-        prev = np.pad(words[:, :-1], [(0, 0), (1, 0)])
-        bigrams = np.where((prev > 0) & (words > 0), (prev * tok.vocab_size + words) % cfg.bigram_buckets + total, 0)
-        grams = np.concatenate([ids, bigrams], axis=1)
-        rows = np.repeat(np.arange(len(texts)), grams.shape[1])
-        keep = grams.ravel() > 0
-        m = csr_matrix((np.ones(keep.sum()), (rows[keep], grams.ravel()[keep])),
-                       shape=(len(texts), total + cfg.bigram_buckets))
-        m.data[:] = 1.0
-        return normalize(m)
-
-    return features(train), features(test)
+    cfg.max_length, cfg.vocab_size, cfg.char_vocab_size = max_length, tok.vocab_size, len(tok.char_vocabulary)
+    cfg.max_char_grams = tok.max_char_grams
+    parts = ClassifierParts(cfg, 2)
+    train_grams = parts.ngram_ids(tok.encode(train)).numpy()
+    idf = idf_weights(train_grams, parts.bag_size)
+    return bag_features(train_grams, idf), bag_features(parts.ngram_ids(tok.encode(test)).numpy(), idf)
 
 
 def main():
@@ -112,7 +101,12 @@ def main():
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--set-option", nargs="*", default=[], metavar="NAME=VALUE",
                         help="extra TextClassifier settings for the neural rows (experiments)")
+    parser.add_argument("--logs", nargs="+", metavar="FILE",
+                        help="no training: print the summary of earlier runs' printed rows (e.g. one run per seed)")
     args = parser.parse_args()
+    if args.logs:
+        return summarise(parse_logs(args.logs), args.sets, sorted({s for f in args.logs for s in _seeds(f)}),
+                         [MODELS[m] for m in args.models], {})
     if not args.no_pin:
         os.environ["OMP_NUM_THREADS"] = "1"
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -153,8 +147,37 @@ def main():
                 print(f"{name:<7} {model:<26} seed {seed} {accuracy:.4f}  ({time.perf_counter() - t0:.0f} s, "
                       f"{len(clf.history_.get('loss', []))} epochs)", flush=True)
 
-    sets = [s for s in args.sets if any(k[0] == s for k in results)]
-    print(f"\naccuracy on the test split; neural rows: mean (max-min) over seeds {args.seeds}"
+    summarise(results, args.sets, args.seeds, wanted, extra)
+
+
+def _seeds(path):
+    import re
+
+    return {int(m) for m in re.findall(r" seed (\d+) ", Path(path).read_text())}
+
+
+def parse_logs(paths):
+    """(set, model) -> accuracies, from the rows this script prints as it goes."""
+    import re
+
+    results = {}
+    row = re.compile(r"^(\w+)\s+(.+?)\s+(?:seed (\d+) )?(\d\.\d{4})(?:\s|$)")
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            m = row.match(line)
+            if m and m.group(2).strip() in NEURAL or (m and m.group(2).strip() in LINEAR):
+                name, model, seed, accuracy = m.group(1), m.group(2).strip(), m.group(3), float(m.group(4))
+                if seed is None and (name, model) in results:
+                    continue  # deterministic rows: once
+                results.setdefault((name, model), []).append(accuracy)
+    return results
+
+
+def summarise(results, sets, seeds, wanted, extra):
+    import numpy as np
+
+    sets = [s for s in sets if any(k[0] == s for k in results)]
+    print(f"\naccuracy on the test split; neural rows: mean (max-min) over seeds {seeds}"
           + (f"; settings {extra}" if extra else ""))
     print(f"{'model':<26}" + "".join(f"{s:>16}" for s in sets) + f"{'mean':>10}")
     means = {}
@@ -171,14 +194,14 @@ def main():
         means[model] = values
         mean = f"{np.mean(values):>10.4f}" if len(values) == len(sets) else f"{'-':>10}"
         print(f"{model:<26}" + "".join(cells) + mean)
-    if "default" in means and "tfidf+lr uni+bi C=10" in means and len(means["default"]) == len(sets):
+    if means.get("default") and len(means.get("tfidf+lr uni+bi C=10", [])) == len(means["default"]) == len(sets):
         diff = np.array(means["default"]) - np.array(means["tfidf+lr uni+bi C=10"])
         print(f"\ndefault - tfidf+lr uni+bi C=10: mean {diff.mean() * 100:+.2f} points; per set "
               + ", ".join(f"{s} {d * 100:+.2f}" for s, d in zip(sets, diff)))
-    if "default" in means and "bag of n-grams alone" in means and len(means["bag of n-grams alone"]) == len(sets):
+    if means.get("default") and len(means.get("bag of n-grams alone", [])) == len(means["default"]) == len(sets):
         wins = sum(a > b for a, b in zip(means["default"], means["bag of n-grams alone"]))
         print(f"default beats its bag of n-grams path alone on {wins} of {len(sets)} sets")
-    if "recurrent alone" in means and "tfidf+lr uni" in means:
+    if len(means.get("recurrent alone", [])) == len(means.get("tfidf+lr uni", [])) == len(sets):
         for s, a, b in zip(sets, means["recurrent alone"], means["tfidf+lr uni"]):
             print(f"recurrent alone vs tfidf+lr uni on {s}: {a:.4f} vs {b:.4f}")
 

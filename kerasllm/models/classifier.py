@@ -399,23 +399,28 @@ def _from_jsonable(settings):
 def fit_bag(grams, idf, y, n_classes, c, sample_weight=None):
     """The bag path fitted as L2-regularised logistic regression on the features ``IdfBag`` computes
     (idf per occurrence, L2-normalised): (table [ids, classes], intercept per class)."""
-    from scipy.sparse import csr_matrix
     from sklearn.linear_model import LogisticRegression
 
-    rows = np.repeat(np.arange(len(grams)), grams.shape[1])
-    ids = grams.ravel()
-    weights = idf[ids]
-    keep = weights > 0
-    norm = np.sqrt(np.maximum(np.bincount(rows[keep], weights[keep] ** 2, minlength=len(grams)), 1e-12))
-    x = csr_matrix((weights[keep] / norm[rows[keep]], (rows[keep], ids[keep])), shape=(len(grams), len(idf)))
-    lr = LogisticRegression(C=c, max_iter=1000).fit(x, y, sample_weight=sample_weight)
+    lr = LogisticRegression(C=c, max_iter=1000).fit(bag_features(grams, idf), y, sample_weight=sample_weight)
     coef, intercept = lr.coef_, lr.intercept_
     if n_classes == 2:  # one logit z for the second class: softmax([-z/2, z/2]) is the same sigmoid
         coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
     return coef.T.astype(np.float32), [float(v) for v in intercept]
 
 
-def choose_recurrent_scale(model, x_val, y_val, scales=(0.25, 0.5, 1.0, 2.0, 4.0)):
+def bag_features(grams, idf):
+    """The sparse matrix [rows, ids] whose product with the table is what ``IdfBag`` computes."""
+    from scipy.sparse import csr_matrix
+
+    rows = np.repeat(np.arange(len(grams)), grams.shape[1])
+    ids = grams.ravel()
+    weights = idf[ids]
+    keep = weights > 0
+    norm = np.sqrt(np.maximum(np.bincount(rows[keep], weights[keep] ** 2, minlength=len(grams)), 1e-12))
+    return csr_matrix((weights[keep] / norm[rows[keep]], (rows[keep], ids[keep])), shape=(len(grams), len(idf)))
+
+
+def choose_recurrent_scale(model, x_val, y_val, scales=(0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)):
     """The weight of the recurrent logits in the sum with a fitted bag's that gives the lowest
     validation log-loss (the two paths are trained apart, so their scales need not match)."""
     recurrent, bag = paths_model(model).predict(x_val, batch_size=256, verbose=0)
