@@ -77,11 +77,11 @@ def test_seed_none_is_fresh_on_every_runtime(periodic_lm, periodic_runtimes):
     import kerasllm  # noqa: F401
     from kerasllm._tf import tf
 
-    saved, tflite, saved_model_path = periodic_runtimes
+    saved, tflite, _ = periodic_runtimes
     for runtime in (periodic_lm, saved, tflite):
         outs = {runtime.generate(_prompt(4), 40, temperature=2.0) for _ in range(3)}
         assert len(outs) > 1, type(runtime).__name__
-    signature = tf.saved_model.load(str(saved_model_path)).signatures["generate"]
+    signature = saved._loaded.signatures["generate"]  # the loaded runtime's (its XLA functions are compiled)
     outs = {signature(prompts=tf.constant([_prompt(4)]), max_new_tokens=tf.constant(40),
                       temperature=tf.constant(2.0), top_k=tf.constant(0), top_p=tf.constant(0.0),
                       seed=tf.constant(-1))["outputs"].numpy()[0] for _ in range(3)}
@@ -91,8 +91,8 @@ def test_seed_none_is_fresh_on_every_runtime(periodic_lm, periodic_runtimes):
 def test_saved_model_text_signature_generates_past_the_context(periodic_lm, periodic_runtimes):
     from kerasllm._tf import tf
 
-    _, _, saved_model_path = periodic_runtimes
-    loaded = tf.saved_model.load(str(saved_model_path))
+    saved, _, _ = periodic_runtimes
+    loaded = saved._loaded
     prompts = [_prompt(1), _prompt(CTX - 1, 4), _prompt(2 * CTX, 7)]
 
     def call(prompts, seed, **settings):

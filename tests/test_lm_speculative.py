@@ -6,32 +6,38 @@ import pytest
 from tests.conftest_lm import PERIOD
 
 
-def test_speculative_greedy_equals_target_greedy(periodic_lm):
+@pytest.fixture(scope="module")
+def perfect(periodic_lm):
+    """The target as its own draft: every proposal is right (one compiled loop shared by two tests)."""
+    from kerasllm.generation.speculative import SpeculativeDecoder
+
+    return SpeculativeDecoder(periodic_lm, periodic_lm, k=4)
+
+
+def test_speculative_greedy_equals_target_greedy(periodic_lm, perfect):
     import kerasllm
     from kerasllm.generation.speculative import SpeculativeDecoder
 
     useless = kerasllm.language_model_from_config("transformer", vocab_size=periodic_lm.vocab_size, hidden=16,
                                                   layers=1, heads=1, ff=32, context_length=32, seed=3)
-    for prompt in (PERIOD[3:4], PERIOD[5:11]):
-        ids = periodic_lm.tokenizer.encode(prompt)[None]
-        expected = periodic_lm.generate_tokens(ids, 32 - ids.shape[1])
-        for draft, k in ((periodic_lm, 4), (useless, 3)):
-            spec = SpeculativeDecoder(periodic_lm, draft, k=k)
-            np.testing.assert_array_equal(spec.generate_tokens(ids, 32 - ids.shape[1]), expected)
-            rate = spec.stats["acceptance_rate"]
-            assert (rate == 1.0) if draft is periodic_lm else (rate < 0.7)
+    ids = periodic_lm.tokenizer.encode(PERIOD[3:4])[None]  # a one-token prompt
+    expected = periodic_lm.generate_tokens(ids, 31)
+    for spec in (perfect, SpeculativeDecoder(periodic_lm, useless, k=3)):
+        np.testing.assert_array_equal(spec.generate_tokens(ids, 31), expected)
+        rate = spec.stats["acceptance_rate"]
+        assert (rate == 1.0) if spec is perfect else (rate < 0.7)
     with pytest.raises(ValueError, match="context"):
-        SpeculativeDecoder(periodic_lm, useless).generate_tokens(ids, 40)
+        perfect.generate_tokens(ids, 32)
+    with pytest.raises(ValueError, match="batch 1"):
+        perfect.generate_tokens(np.concatenate([ids, ids]), 5)
 
 
-def test_speculative_sampling_is_seeded(periodic_lm):
-    from kerasllm.generation.speculative import SpeculativeDecoder
-
-    spec = SpeculativeDecoder(periodic_lm, periodic_lm, k=3)
-    ids = periodic_lm.tokenizer.encode(PERIOD[:4])[None]
-    a = spec.generate_tokens(ids, 24, temperature=4.0, seed=1)
-    assert (a == spec.generate_tokens(ids, 24, temperature=4.0, seed=1)).all()
-    assert not (a == spec.generate_tokens(ids, 24, temperature=4.0, seed=2)).all()
+def test_speculative_sampling_is_seeded(periodic_lm, perfect):
+    ids = periodic_lm.tokenizer.encode(PERIOD[3:4])[None]
+    a = perfect.generate_tokens(ids, 31, temperature=4.0, seed=1)
+    assert (a == perfect.generate_tokens(ids, 31, temperature=4.0, seed=1)).all()
+    assert not (a == perfect.generate_tokens(ids, 31, temperature=4.0, seed=2)).all()
+    assert not (a == periodic_lm.generate_tokens(ids, 31)).all()  # really sampled
 
 
 def test_acceptance_rule_follows_the_target_distribution():
