@@ -34,7 +34,7 @@ def _read(text_or_path):
 
 
 def train_language_model(text_or_path, architecture="transformer", tokenizer="char", context_length=None, steps=None,
-                         time_budget_s=None, seed=0, teacher=None, **hparams):
+                         time_budget_s=None, seed=0, teacher=None, strategy=None, **hparams):
     """Train a language model on a text (or a UTF-8 file) and return a ``LanguageModel``.
 
     The last ``validation_fraction`` (10%) of the text is held out; the final validation loss is in
@@ -64,6 +64,7 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
         raise ValueError(f"tokenizer must be 'char' or 'subword', got {tokenizer!r}")
     if teacher is not None and not (hasattr(teacher, "model") and hasattr(teacher, "context_length")):
         raise TypeError(f"teacher must be a trained LanguageModel, got {type(teacher).__name__}")
+    context_given = context_length
     if context_length is None:
         context_length = teacher.context_length if teacher is not None else DEFAULT_CONTEXT
     if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 2:
@@ -76,6 +77,9 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
         raise TypeError(f"unknown hyperparameters {unknown} for architecture {architecture!r}; "
                         f"expected some of {sorted(known)}")
     hp = {**known, **hparams}
+    # only a time budget: choose the size for it (what the user set stays as set)
+    plan_sizes = (time_budget_s is not None and steps is None and architecture == "transformer" and teacher is None
+                  and strategy is None)
     if steps is None and time_budget_s is None:
         steps = DEFAULT_STEPS
     frac = hp["validation_fraction"]
@@ -109,15 +113,35 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
     train_ids = encode(train_text)
     val_ids = encode(val_text) if val_text else None
 
+    plan_note = None
+    if plan_sizes:
+        from kerasllm.training.budget import plan
+
+        chosen, plan_note = plan(time_budget_s, tok.vocab_size)
+        sized = {"hidden", "layers", "heads", "ff"}
+        for key, value in chosen.items():
+            if key == "context_length":
+                context_length = value if context_given is None else context_length
+            elif key not in hparams and not (key in sized and sized & set(hparams)):
+                hp[key] = value
+        if hp["verbose"]:
+            print(f"time budget plan {plan_note}; set any of these to override")
     model_cfg = {k: hp[k] for k in MODEL_DEFAULTS[architecture]}
     model_cfg.update(vocab_size=tok.vocab_size, context_length=context_length)
-    model = build_model(architecture, model_cfg, seed)
+    from kerasllm import distribute
+
+    strategy = distribute.get_strategy(strategy)
+    with distribute.scope(strategy):
+        model = build_model(architecture, model_cfg, seed)
     if hp["verbose"]:
         print(f"{architecture} LM, {model.config.num_params:,} parameters, {tokenizer} tokenizer "
               f"(vocab {tok.vocab_size}), {len(train_ids):,} training tokens")
     history = train(model, train_ids, val_ids, context_length=context_length, steps=steps,
                     time_budget_s=time_budget_s, seed=seed, checkpoint_dir=ckpt_dir, teacher=teacher,
+                    strategy=strategy,
                     **{k: hp[k] for k in TRAIN_DEFAULTS}, verbose=hp["verbose"])
     lm = LanguageModel(model, tok)
+    history["plan"] = plan_note
+    history["config"] = {**model_cfg, "batch_size": hp["batch_size"]}
     lm.history = history
     return lm
