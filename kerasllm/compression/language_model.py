@@ -6,15 +6,17 @@ clear error rather than a silent skip.
 """
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from kerasllm.compression import parse_methods
-from kerasllm.compression.ptq import first_working, mode_name
-from kerasllm.compression.report import CompressionReport
+from kerasllm.compression.ptq import ConversionFailed, converting, mode_name, run_child
+from kerasllm.compression.report import CompressionReport, failed_row
 from kerasllm.compression.variant import FlatbufferSizes
 
 LM_METHODS = ("ptq_dynamic", "ptq_float16")
@@ -55,14 +57,30 @@ class LanguageModelVariant(FlatbufferSizes):
                                 "notes": self.notes}}
 
 
-def convert(lm, quantization):
-    """TFLite bytes of ``lm``'s prefill/decode functions, with fallback (see ``ptq.FALLBACKS``)."""
+def convert(lm, quantization, isolate=True, timeout=1800):
+    """TFLite bytes of ``lm``'s prefill/decode functions in ``quantization`` (no fallback), in a
+    child process unless ``isolate`` is false. Raises ``ptq.ConversionFailed``."""
+    if not isolate:
+        return convert_here(lm, quantization)
+    with tempfile.TemporaryDirectory(prefix="kerasllm-lm-convert-") as tmp:
+        lm.save(Path(tmp) / "lm")
+        job = {"lm": str(Path(tmp) / "lm"), "mode": quantization}
+        return run_child("kerasllm.compression.language_model", job, tmp, timeout)["flatbuffer"]
+
+
+def convert_here(lm, quantization):
     from kerasllm.export.flatbuffer import compact
     from kerasllm.export.lm import build_tflite_functions
     from kerasllm.export.tflite import convert as tflite_convert
 
-    return first_working(quantization, lambda mode: compact(
-        tflite_convert(build_tflite_functions(lm), lm.model, quantization=mode)))
+    with converting(quantization):
+        return compact(tflite_convert(build_tflite_functions(lm), lm.model, quantization=quantization))
+
+
+def _convert_job(job):
+    from kerasllm.models.language_model import load_language_model
+
+    return convert_here(load_language_model(job["lm"]), job["mode"]), []
 
 
 def measure(variant, token_ids, context_length):
@@ -91,14 +109,14 @@ def measure(variant, token_ids, context_length):
                 begin = time.perf_counter()
                 out = runtime._decode(token=window[pos:pos + 1], pos=np.int32(pos), **cache)
                 times.append(time.perf_counter() - begin)
-    return {"name": variant.name, "quantization": mode_name(variant.quantization),
+    return {"name": variant.name, "status": "ok", "quantization": mode_name(variant.quantization),
             "tflite_bytes": variant.tflite_bytes, "gzip_bytes": variant.gzip_bytes,
             "loss": total / max(count, 1), "tokens": count,
             "p50_ms": float(np.median(times) * 1000) if times else 0.0, "notes": variant.notes}
 
 
 def compress_language_model(model, train_texts=None, train_labels=None, validation=None, methods=LM_METHODS,
-                            eval_tokens=1024, verbose=False, **options):
+                            eval_tokens=1024, isolate=True, verbose=False, **options):
     """``tasks.compress`` for a language model: rows "float", then one per method; quality is the
     validation loss (nats per token, lower is better; ``best`` budgets are relative, 0.02 = 2%);
     ``p50_ms`` is one decode step. ``validation``: held-out text (default: the last 10% of
@@ -127,14 +145,29 @@ def compress_language_model(model, train_texts=None, train_labels=None, validati
         mode = None if name == "float" else name[len("ptq_"):]
         if verbose:
             print(f"[compress] converting {name} ({mode_name(mode)})", flush=True)
-        flatbuffer, used, notes = convert(model, mode)
-        variant = LanguageModelVariant(name, model, flatbuffer, used, notes)
+        try:
+            flatbuffer = convert(model, mode, isolate=isolate)
+        except ConversionFailed as e:
+            if name == "float":
+                raise RuntimeError(f"the float language model itself does not convert: {e}") from e
+            warnings.warn(f"compression method {name!r} failed: {e}", RuntimeWarning, stacklevel=2)
+            rows.append(failed_row(name, mode_name(mode), str(e)))
+            continue
+        variant = LanguageModelVariant(name, model, flatbuffer, mode)
         rows.append(measure(variant, ids, context))
         variants[name] = variant
     for r in rows:
+        if r["status"] != "ok":
+            continue
         r["size_ratio"] = r["tflite_bytes"] / rows[0]["tflite_bytes"]
         r["gzip_ratio"] = r["gzip_bytes"] / rows[0]["gzip_bytes"]
         r["quality_drop"] = (r["loss"] - rows[0]["loss"]) / rows[0]["loss"]
         r["decode_speedup"] = rows[0]["p50_ms"] / r["p50_ms"] if r["p50_ms"] else float("nan")
     return CompressionReport(rows, variants, quality="loss", higher_is_better=False,
                              title=f"a {model.architecture} language model", latency_unit="per decode step")
+
+
+if __name__ == "__main__":
+    from kerasllm.compression.ptq import child_main
+
+    child_main(sys.argv[1], _convert_job)
