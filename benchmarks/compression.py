@@ -11,7 +11,7 @@ Then the character LM on tiny Shakespeare (first 90% train, last 10% validation)
 a distilled student (``train_language_model(teacher=...)``), and int8-weight / float16 TFLite,
 each with size, validation loss, and decode tokens/s through the XLA loop and TFLite.
 
-    taskset -c 0 python benchmarks/compression.py [--datasets sms,subj,cr] [--lm-steps 600] [--no-lm]
+    taskset -c 0 python benchmarks/compression.py [--datasets sms,subj,cr] [--lm-steps 600] [--no-lm] [--data-dir DIR]
     python benchmarks/compression.py --lm runs/shakespeare_lm   # a saved teacher instead of training one
 """
 from __future__ import annotations
@@ -26,12 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 DATASETS = {"sms": "sms_spam.tsv", "subj": "subj.tsv", "cr": "cr.tsv"}
+# "<data>-rnn": the plain SimpleRNN classifier (no bag-of-n-grams path), where the recurrence carries
+# everything: full-int8 PTQ quantizes the recurrence, the QAT file keeps it float (as trained)
+PLAIN = {"bag_of_ngrams": False}
 METHODS = ("prune", "qat", "ptq_int8", "ptq_dynamic", "ptq_float16", "distill", "prune+ptq_int8", "prune+qat")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="sms,subj,cr")
+    parser.add_argument("--datasets", default="sms,subj,cr,subj-rnn,cr-rnn")
+    parser.add_argument("--data-dir", default=str(DATA), help="the shared data folder (default ../shared/data)")
     parser.add_argument("--out", default="/tmp/kerasllm-compression", help="where the reports go")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--no-lm", action="store_true", help="skip the language model part")
@@ -44,14 +48,17 @@ def main(argv=None):
     print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
     ok = True
     for name in [d for d in args.datasets.split(",") if d]:
-        ok &= run_classifier(name, DATA / DATASETS[name], Path(args.out) / name, tuple(args.methods.split(",")))
+        plain = name.endswith("-rnn")
+        methods = ("qat", "ptq_int8") if plain else tuple(args.methods.split(","))
+        ok &= run_classifier(name, Path(args.data_dir) / DATASETS[name.split("-")[0]], Path(args.out) / name,
+                             methods, PLAIN if plain else {})
     if not args.no_lm:
         ok &= run_lm(args)
     print(f"load average at end: {os.getloadavg()[0]:.2f}", flush=True)
     return 0 if ok else 1
 
 
-def run_classifier(name, path, out, methods):
+def run_classifier(name, path, out, methods, hparams):
     import tasks
     from kerasllm.data import read_table, stratified_split
 
@@ -59,9 +66,9 @@ def run_classifier(name, path, out, methods):
         sys.exit(f"no data at {path}")
     texts, labels = read_table(str(path), "text", "label")
     a, b, c, d = stratified_split(texts, labels, test_size=0.2, seed=0)
-    print(f"\n## {name}: {len(a)} training texts, {len(c)} validation texts", flush=True)
+    print(f"\n## {name}: {len(a)} training texts, {len(c)} validation texts {hparams or ''}", flush=True)
     start = time.time()
-    clf = tasks.train_classifier(a, b, seed=0, verbose=0)
+    clf = tasks.train_classifier(a, b, seed=0, verbose=0, **hparams)
     print(f"trained in {time.time() - start:.0f} s", flush=True)
     start = time.time()
     report = tasks.compress(clf, a, b, validation=(c, d), methods=methods, verbose=True)
@@ -81,6 +88,8 @@ def run_classifier(name, path, out, methods):
                                      ("prune+ptq_int8", "80% pruned + int8 <= 0.40x float bytes, drop <= 1.5 points",
                                       0.40, 0.015),
                                      ("qat", "QAT drop <= 0.5 point", 1.0, 0.005)):
+        if hparams and key != "qat":
+            continue  # the plain-RNN runs only compare QAT with PTQ
         r = rows.get(key)
         if r is None:
             continue
@@ -107,7 +116,7 @@ def run_lm(args):
     import tasks
     from kerasllm.data import read_text
 
-    text = read_text(str(DATA / "tinyshakespeare.txt"))
+    text = read_text(str(Path(args.data_dir) / "tinyshakespeare.txt"))
     hparams = {k: int(v) for k, v in (item.split("=") for item in args.lm_config.split(","))}
     print(f"\n## character LM on tiny Shakespeare", flush=True)
     if args.lm:

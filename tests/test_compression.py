@@ -333,9 +333,18 @@ def test_language_model_int8_weights(tiny_lm, lm_text, tmp_path):
     import tasks
 
     validation = lm_text[-3000:]
-    report = tasks.compress(tiny_lm, lm_text, validation=validation, methods=("ptq_dynamic",), eval_tokens=300)
-    float_row, int8_row = report.rows
+    # conversions in child processes (the default); a student distilled for a few steps
+    report = tasks.compress(tiny_lm, lm_text, validation=validation, methods=("ptq_dynamic", "distill"),
+                            eval_tokens=300, student={"hidden": 24, "ff": 48, "heads": 2, "layers": 2, "steps": 30,
+                                                      "batch_size": 16, "warmup_steps": 5})
+    float_row, int8_row, student_row = report.rows
     assert [float_row["name"], int8_row["name"]] == ["float", "ptq_dynamic"] and int8_row["tokens"] == 300
+    assert student_row["name"] == "distill" and student_row["parameters"] < 0.5 * float_row["parameters"]
+    assert student_row["tflite_bytes"] < 0.5 * float_row["tflite_bytes"]
+    assert report["distill"].lm.tokenizer is tiny_lm.tokenizer
+    assert float_row["xla_tokens_per_s"] > 0 and int8_row["xla_tokens_per_s"] is None
+    lo, hi = int8_row["drop_ci"]["loss"]
+    assert lo <= int8_row["quality_drop"] <= hi
     assert int8_row["quantization"] == "dynamic" and int8_row["tflite_bytes"] < 0.7 * float_row["tflite_bytes"]
     dtypes = [d for d, _ in largest_tensors(report["ptq_dynamic"].flatbuffer, tmp_path, n=3)]
     assert "int8" in dtypes

@@ -1,8 +1,10 @@
-"""Compress a ``LanguageModel``: post-training quantization of its TFLite prefill/decode model,
-measured on held-out text through the TFLite runtime (validation loss and per-token decode time).
+"""Compress a ``LanguageModel``: post-training quantization of its TFLite prefill/decode model and
+distillation into a smaller student (``tasks.train_language_model(..., teacher=lm)``), each measured
+on held-out text through the TFLite runtime (validation loss, per-token decode time) and, for the
+float models, decode speed through the XLA generation loop.
 
-Pruning, QAT and distillation of language models are not implemented yet: asking for them is a
-clear error rather than a silent skip.
+Pruning and QAT of language models are not implemented: asking for them is a clear error rather
+than a silent skip.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from kerasllm.compression.report import CompressionReport, failed_row
 from kerasllm.compression.variant import FlatbufferSizes
 
 LM_METHODS = ("ptq_dynamic", "ptq_float16")
+SUPPORTED = ("ptq_dynamic", "ptq_float16", "distill", "distill+ptq_dynamic", "distill+ptq_float16")
 
 
 class LanguageModelVariant(FlatbufferSizes):
@@ -92,7 +95,7 @@ def measure(variant, token_ids, context_length):
     with tempfile.TemporaryDirectory(prefix="kerasllm-lm-variant-") as tmp:
         runtime = TFLiteLanguageModel(variant.write_tflite(Path(tmp) / "model.tflite"))
         n_cache = runtime._n_cache
-        total, count, times = 0.0, 0, []
+        losses, times = [], []
         for start in range(0, len(token_ids) - 1, context_length):
             window = np.asarray(token_ids[start:start + context_length + 1], np.int32)
             if len(window) < 2:
@@ -101,8 +104,7 @@ def measure(variant, token_ids, context_length):
             for pos in range(1, len(window)):
                 logits = out["logits"][0].astype(np.float64)
                 logits -= logits.max()
-                total += np.log(np.exp(logits).sum()) - logits[window[pos]]
-                count += 1
+                losses.append(np.log(np.exp(logits).sum()) - logits[window[pos]])
                 if pos == len(window) - 1 or pos >= context_length:
                     break
                 cache = {f"cache_{i}": out[f"cache_{i}"] for i in range(n_cache)}
@@ -111,24 +113,62 @@ def measure(variant, token_ids, context_length):
                 times.append(time.perf_counter() - begin)
     return {"name": variant.name, "status": "ok", "quantization": mode_name(variant.quantization),
             "tflite_bytes": variant.tflite_bytes, "gzip_bytes": variant.gzip_bytes,
-            "loss": total / max(count, 1), "tokens": count,
+            "loss": float(np.mean(losses)) if losses else float("nan"), "tokens": len(losses),
+            "token_losses": np.asarray(losses),
             "p50_ms": float(np.median(times) * 1000) if times else 0.0, "notes": variant.notes}
 
 
+def loss_interval(base, other, n=1000, seed=0):
+    """95% paired-bootstrap interval of the relative loss increase (other - base) / base over tokens."""
+    idx = np.random.default_rng(seed).integers(0, len(base), size=(n, len(base)))
+    b, o = base[idx].mean(1), other[idx].mean(1)
+    return [float(np.percentile((o - b) / b, 2.5)), float(np.percentile((o - b) / b, 97.5))]
+
+
+def xla_tokens_per_s(lm, new_tokens=128, repeats=3):
+    """Greedy decode speed of one sequence through the compiled (XLA) generation loop, after a warm-up."""
+    prompt = np.ones((1, 1), np.int32)
+    lm.generate_tokens(prompt, new_tokens)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        lm.generate_tokens(prompt, new_tokens)
+        times.append(time.perf_counter() - start)
+    return new_tokens / float(np.median(times))
+
+
+def train_student(teacher, text, student):
+    """The distilled student: ``student`` is a trained LanguageModel, or the hyperparameters of one
+    to train on ``text`` from the teacher's soft targets (``tasks.train_language_model(teacher=...)``)."""
+    if hasattr(student, "model") and hasattr(student, "tokenizer"):
+        return student
+    if not isinstance(student, dict):
+        raise ValueError("student must be a trained LanguageModel or a dict of its hyperparameters "
+                         "(e.g. {'hidden': 64, 'ff': 256, 'steps': 600})")
+    if not isinstance(text, str):
+        raise ValueError("distilling a language model needs train_texts as one str (the teacher's text)")
+    import tasks
+
+    options = {"verbose": 0, **student}
+    return tasks.train_language_model(text, architecture=teacher.architecture, teacher=teacher, **options)
+
+
 def compress_language_model(model, train_texts=None, train_labels=None, validation=None, methods=LM_METHODS,
-                            eval_tokens=1024, isolate=True, verbose=False, **options):
+                            eval_tokens=1024, student=None, isolate=True, verbose=False, **options):
     """``tasks.compress`` for a language model: rows "float", then one per method; quality is the
     validation loss (nats per token, lower is better; ``best`` budgets are relative, 0.02 = 2%);
-    ``p50_ms`` is one decode step. ``validation``: held-out text (default: the last 10% of
-    ``train_texts`` when that is one string)."""
+    ``p50_ms`` is one TFLite decode step; ``tflite_tokens_per_s`` its inverse; ``xla_tokens_per_s``
+    greedy decode through the XLA loop (float models only). ``validation``: held-out text (default:
+    the last 10% of ``train_texts`` when that is one string). ``student`` (for "distill"): a trained
+    student LanguageModel or its hyperparameters (default: half the teacher's width)."""
     if options:
         raise TypeError(f"unexpected options for a language model: {sorted(options)}")
     if getattr(model, "tokenizer", None) is None:
         raise ValueError("the language model has no tokenizer: compression measures loss on text")
     plans = parse_methods(methods)
-    unsupported = ["+".join(p) for p in plans if len(p) != 1 or p[0] not in LM_METHODS]
+    unsupported = ["+".join(p) for p in plans if "+".join(p) not in SUPPORTED]
     if unsupported:
-        raise ValueError(f"for language models compress supports {LM_METHODS}; not yet {unsupported}")
+        raise ValueError(f"for language models compress supports {SUPPORTED}; not yet {unsupported}")
     if validation is None and isinstance(train_texts, str):
         validation = train_texts[int(len(train_texts) * 0.9):]
     if not isinstance(validation, str) or not validation:
@@ -137,24 +177,37 @@ def compress_language_model(model, train_texts=None, train_labels=None, validati
     if len(ids) < 2:
         raise ValueError("validation text is too short: it encodes to fewer than 2 tokens")
     context = model.context_length or len(ids)
-    rows, variants = [], {}
+    rows, variants, students = [], {}, {}
     for steps in [("float",)] + [p for p in plans]:
         name = "+".join(steps)
         if name in variants:
             continue
-        mode = None if name == "float" else name[len("ptq_"):]
+        mode = next((s[len("ptq_"):] for s in steps if s.startswith("ptq_")), None)
+        lm = model
+        if "distill" in steps:
+            if "student" not in students:
+                if verbose:
+                    print("[compress] distilling a student", flush=True)
+                default = {"hidden": max(8, model.config.hidden // 2), "ff": max(16, model.config.ff // 2)} \
+                    if model.architecture == "transformer" else {"hidden": max(8, model.config.hidden // 2)}
+                students["student"] = train_student(model, train_texts, student if student is not None else default)
+            lm = students["student"]
         if verbose:
             print(f"[compress] converting {name} ({mode_name(mode)})", flush=True)
         try:
-            flatbuffer = convert(model, mode, isolate=isolate)
+            flatbuffer = convert(lm, mode, isolate=isolate)
         except ConversionFailed as e:
             if name == "float":
                 raise RuntimeError(f"the float language model itself does not convert: {e}") from e
             warnings.warn(f"compression method {name!r} failed: {e}", RuntimeWarning, stacklevel=2)
             rows.append(failed_row(name, mode_name(mode), str(e)))
             continue
-        variant = LanguageModelVariant(name, model, flatbuffer, mode)
-        rows.append(measure(variant, ids, context))
+        variant = LanguageModelVariant(name, lm, flatbuffer, mode)
+        row = measure(variant, ids, context)
+        row["parameters"] = int(lm.num_params)
+        row["tflite_tokens_per_s"] = 1000.0 / row["p50_ms"] if row["p50_ms"] else float("nan")
+        row["xla_tokens_per_s"] = xla_tokens_per_s(lm) if mode is None else None
+        rows.append(row)
         variants[name] = variant
     for r in rows:
         if r["status"] != "ok":
@@ -162,7 +215,10 @@ def compress_language_model(model, train_texts=None, train_labels=None, validati
         r["size_ratio"] = r["tflite_bytes"] / rows[0]["tflite_bytes"]
         r["gzip_ratio"] = r["gzip_bytes"] / rows[0]["gzip_bytes"]
         r["quality_drop"] = (r["loss"] - rows[0]["loss"]) / rows[0]["loss"]
+        r["drop_ci"] = {"loss": loss_interval(rows[0]["token_losses"], r["token_losses"])}
         r["decode_speedup"] = rows[0]["p50_ms"] / r["p50_ms"] if r["p50_ms"] else float("nan")
+    for r in rows:
+        r.pop("token_losses", None)
     return CompressionReport(rows, variants, quality="loss", higher_is_better=False,
                              title=f"a {model.architecture} language model", latency_unit="per decode step")
 

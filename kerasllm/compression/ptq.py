@@ -145,8 +145,11 @@ def convert_in_subprocess(clf, mode, representative_texts=None, buckets=None, mo
             model.save(str(tmp / MODEL_FILE))
             job["model"] = str(tmp / MODEL_FILE)
         if qat:
-            np.savez(tmp / QAT_WEIGHTS, *clf.qat_model.get_weights())
-            job["qat"] = str(tmp / QAT_WEIGHTS)
+            from kerasllm.compression.qat import layer_weights
+
+            weights = layer_weights(clf.qat_model)
+            np.savez(tmp / QAT_WEIGHTS, *weights.values())
+            job["qat"], job["qat_keys"] = str(tmp / QAT_WEIGHTS), list(weights)
         result = run_child("kerasllm.compression.ptq", job, tmp, timeout)
         return result["flatbuffer"], result["notes"]
 
@@ -217,7 +220,7 @@ def _convert_job(job):
         from kerasllm.compression.qat import attach_qat_model
 
         with np.load(job["qat"]) as saved:
-            attach_qat_model(clf, [saved[f"arr_{i}"] for i in range(len(saved.files))])
+            attach_qat_model(clf, {key: saved[f"arr_{i}"] for i, key in enumerate(job["qat_keys"])})
     return convert_here(clf, job["mode"], job["representative_texts"], job["buckets"], model, qat=bool(job["qat"]))
 
 
