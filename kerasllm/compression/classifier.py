@@ -37,7 +37,7 @@ def compress_classifier(model, train_texts, train_labels=None, validation=None, 
     process (a converter crash becomes a failed row instead of ending this process).
     """
     from kerasllm.compression.prune import MethodUnsupported
-    from kerasllm.data import check_labelled, shuffled, stratified_split
+    from kerasllm.data import check_labelled, shuffled
     from kerasllm.export.classifier import length_buckets
     from kerasllm.text.word import check_texts
 
@@ -53,11 +53,10 @@ def compress_classifier(model, train_texts, train_labels=None, validation=None, 
     if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
         raise ValueError("validation must be (texts, labels) for a classifier")
     val_texts, val_labels = check_labelled(*validation)
-    try:
-        test_texts, test_labels, select_texts, select_labels = stratified_split(val_texts, val_labels, 0.5, seed)
-    except ValueError as e:
-        raise ValueError(f"validation must hold at least 2 texts of each label (it is split in a selection and "
-                         f"a test half): {e}") from None
+    if len(val_texts) < 4:
+        raise ValueError(f"validation holds {len(val_texts)} texts; at least 4 are needed (it is split in a "
+                         "selection half for best() and a test half for the report)")
+    test_texts, test_labels, select_texts, select_labels = halves(val_texts, val_labels, seed)
     index = {label: i for i, label in enumerate(model.classes)}
     unknown = sorted(set(val_labels) - set(index))
     if unknown:
@@ -166,3 +165,17 @@ def measure(variant, texts, y, select_texts, y_select, latency_runs=200):
            "selection": classification_scores(y_select, selected, n), "selection_size": len(y_select),
            "p50_ms": float(np.median(times) * 1000), "notes": variant.notes}
     return row, predicted
+
+
+def halves(texts, labels, seed=0):
+    """(test texts, labels, selection texts, labels): stratified halves, or plain random halves when
+    a label has fewer than 2 texts (as the classifier's own early-stopping hold-out does)."""
+    from collections import Counter
+
+    from kerasllm.data import stratified_split
+
+    if min(Counter(labels).values()) >= 2:
+        return stratified_split(texts, labels, 0.5, seed)
+    order = np.random.default_rng(seed).permutation(len(texts))
+    a, b = order[: len(order) // 2], order[len(order) // 2:]
+    return ([texts[i] for i in a], [labels[i] for i in a], [texts[i] for i in b], [labels[i] for i in b])
