@@ -42,7 +42,7 @@ def main(argv=None):
     parser.add_argument("--lm", help="a saved teacher LM folder (default: train one for --lm-steps)")
     parser.add_argument("--lm-steps", type=int, default=600)
     parser.add_argument("--lm-config", default="hidden=128,layers=4,heads=4,ff=512,context_length=128",
-                        help="teacher hyperparameters (the student gets half the width)")
+                        help="teacher hyperparameters (the student: half the layers, 3/4 of the width)")
     parser.add_argument("--eval-tokens", type=int, default=2048)
     args = parser.parse_args(argv)
     print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
@@ -127,8 +127,10 @@ def run_lm(args):
         start = time.time()
         teacher = tasks.train_language_model(text, tokenizer="char", steps=args.lm_steps, verbose=0, **hparams)
         print(f"teacher trained in {time.time() - start:.0f} s ({args.lm_steps} steps)", flush=True)
-    student = {"hidden": max(16, teacher.config.hidden // 2), "ff": max(32, teacher.config.ff // 2),
-               "steps": args.lm_steps}
+    # half the layers (decode time grows with depth) and 3/4 of the width: under half the parameters
+    hidden = max(teacher.config.heads, teacher.config.hidden * 3 // 4 // teacher.config.heads * teacher.config.heads)
+    student = {"layers": max(1, teacher.config.layers // 2), "hidden": hidden, "ff": 4 * hidden,
+               "heads": teacher.config.heads, "steps": args.lm_steps}
     report = tasks.compress(teacher, text, methods=("ptq_dynamic", "ptq_float16", "distill", "distill+ptq_dynamic"),
                             eval_tokens=args.eval_tokens, student=student, verbose=True)
     print(report.to_markdown())
