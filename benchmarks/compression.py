@@ -8,7 +8,8 @@ paired-bootstrap interval of the drop (``best()`` chooses on the other half). Ch
   pruned (80%) <= 0.40x float bytes, drop <= 1.5 points;
   QAT drop <= 0.5 point; and QAT vs PTQ int8 side by side.
 Then the character LM on tiny Shakespeare (first 90% train, last 10% validation): a teacher,
-a distilled student (``train_language_model(teacher=...)``), and int8-weight / float16 TFLite,
+a distilled student (``train_language_model(teacher=...)``), the teacher with 80% of its feed-forward
+units pruned (then fine-tuned from the teacher), and int8-weight / float16 TFLite,
 each with size, validation loss, and decode tokens/s through the XLA loop and TFLite.
 
     taskset -c 0 python benchmarks/compression.py [--datasets sms,subj,cr] [--lm-steps 600] [--no-lm] [--data-dir DIR]
@@ -131,8 +132,10 @@ def run_lm(args):
     hidden = max(teacher.config.heads, teacher.config.hidden * 3 // 4 // teacher.config.heads * teacher.config.heads)
     student = {"layers": max(1, teacher.config.layers // 2), "hidden": hidden, "ff": 4 * hidden,
                "heads": teacher.config.heads, "steps": args.lm_steps}
-    report = tasks.compress(teacher, text, methods=("ptq_dynamic", "ptq_float16", "distill", "distill+ptq_dynamic"),
-                            eval_tokens=args.eval_tokens, student=student, verbose=True)
+    report = tasks.compress(teacher, text, methods=("prune", "ptq_dynamic", "ptq_float16", "distill",
+                                                      "distill+ptq_dynamic", "prune+ptq_dynamic"),
+                            eval_tokens=args.eval_tokens, student=student, prune_steps=args.lm_steps // 2,
+                            verbose=True)
     print(report.to_markdown())
     report.save(Path(args.out) / "lm")
     rows = {r["name"]: r for r in report.rows}

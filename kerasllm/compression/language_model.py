@@ -22,7 +22,8 @@ from kerasllm.compression.report import CompressionReport, failed_row
 from kerasllm.compression.variant import FlatbufferSizes
 
 LM_METHODS = ("ptq_dynamic", "ptq_float16")
-SUPPORTED = ("ptq_dynamic", "ptq_float16", "distill", "distill+ptq_dynamic", "distill+ptq_float16")
+SUPPORTED = ("ptq_dynamic", "ptq_float16", "distill", "distill+ptq_dynamic", "distill+ptq_float16", "prune",
+             "prune+ptq_dynamic", "prune+ptq_float16")
 
 
 class LanguageModelVariant(FlatbufferSizes):
@@ -137,6 +138,43 @@ def xla_tokens_per_s(lm, new_tokens=128, repeats=3):
     return new_tokens / float(np.median(times))
 
 
+def prune_ffn(lm, text, sparsity=0.8, steps=300, learning_rate=1e-3, batch_size=8, seed=0):
+    """Structured pruning of a Transformer LM: keep the ``1 - sparsity`` most important feed-forward
+    units of every block (importance: norm of the unit's input column times its output row), slice
+    ``fc``/``out``, then fine-tune ``steps`` steps on the first 90% of ``text`` with the unpruned
+    model as teacher (``training.lm.train(teacher=lm)``). Returns ``(pruned LanguageModel, info)``."""
+    import dataclasses
+
+    from kerasllm.compression.prune import MethodUnsupported
+    from kerasllm.models.language_model import LanguageModel, build_model
+    from kerasllm.training.lm import train
+
+    if lm.architecture != "transformer":
+        raise MethodUnsupported(f"LM pruning supports the Transformer, not {lm.architecture!r}")
+    if not 0.0 < sparsity < 1.0:
+        raise ValueError(f"sparsity must be in (0, 1), got {sparsity}")
+    if not isinstance(text, str):
+        raise ValueError("pruning a language model fine-tunes it: train_texts must be one str")
+    cfg = lm.config
+    keep = max(1, int(round(cfg.ff * (1.0 - sparsity))))
+    model = build_model("transformer", dict(dataclasses.asdict(cfg), ff=keep), seed)
+    for old, new in zip(lm.model.blocks, model.blocks):
+        w1, b1 = old.fc.get_weights()
+        w2, b2 = old.out.get_weights()
+        idx = np.sort(np.argsort(-(np.linalg.norm(w1, axis=0) * np.linalg.norm(w2, axis=1)), kind="stable")[:keep])
+        new.fc.set_weights([w1[:, idx], b1[idx]])
+        new.out.set_weights([w2[idx], b2])
+        for name in ("ln1", "qkv", "proj", "ln2"):
+            getattr(new, name).set_weights(getattr(old, name).get_weights())
+    for name in ("token_embedding", "position_embedding", "ln_f"):
+        getattr(model, name).set_weights(getattr(lm.model, name).get_weights())
+    ids = np.asarray(lm.encode_corpus(text), np.int32)
+    split = int(len(ids) * 0.9)
+    train(model, ids[:split], None, context_length=cfg.context_length, steps=steps, batch_size=batch_size,
+          learning_rate=learning_rate, warmup_steps=min(50, steps // 10), seed=seed, verbose=0, teacher=lm)
+    return LanguageModel(model, lm.tokenizer), {"ff": f"{cfg.ff} -> {keep} per block", "fine_tune_steps": steps}
+
+
 def train_student(teacher, text, student):
     """The distilled student: ``student`` is a trained LanguageModel, or the hyperparameters of one
     to train on ``text`` from the teacher's soft targets (``tasks.train_language_model(teacher=...)``)."""
@@ -154,13 +192,15 @@ def train_student(teacher, text, student):
 
 
 def compress_language_model(model, train_texts=None, train_labels=None, validation=None, methods=LM_METHODS,
-                            eval_tokens=1024, student=None, isolate=True, verbose=False, **options):
+                            eval_tokens=1024, student=None, sparsity=0.8, prune_steps=300, isolate=True,
+                            verbose=False, **options):
     """``tasks.compress`` for a language model: rows "float", then one per method; quality is the
     validation loss (nats per token, lower is better; ``best`` budgets are relative, 0.02 = 2%);
     ``p50_ms`` is one TFLite decode step; ``tflite_tokens_per_s`` its inverse; ``xla_tokens_per_s``
     greedy decode through the XLA loop (float models only). ``validation``: held-out text (default:
     the last 10% of ``train_texts`` when that is one string). ``student`` (for "distill"): a trained
-    student LanguageModel or its hyperparameters (default: half the teacher's width)."""
+    student LanguageModel or its hyperparameters (default: half the teacher's width). "prune":
+    ``prune_ffn`` at ``sparsity`` with ``prune_steps`` of fine-tuning."""
     if options:
         raise TypeError(f"unexpected options for a language model: {sorted(options)}")
     if getattr(model, "tokenizer", None) is None:
@@ -177,7 +217,7 @@ def compress_language_model(model, train_texts=None, train_labels=None, validati
     if len(ids) < 2:
         raise ValueError("validation text is too short: it encodes to fewer than 2 tokens")
     context = model.context_length or len(ids)
-    rows, variants, students = [], {}, {}
+    rows, variants, students, details = [], {}, {}, {}
     for steps in [("float",)] + [p for p in plans]:
         name = "+".join(steps)
         if name in variants:
@@ -192,6 +232,22 @@ def compress_language_model(model, train_texts=None, train_labels=None, validati
                     if model.architecture == "transformer" else {"hidden": max(8, model.config.hidden // 2)}
                 students["student"] = train_student(model, train_texts, student if student is not None else default)
             lm = students["student"]
+        if "prune" in steps:
+            if "pruned" not in students:
+                if verbose:
+                    print("[compress] pruning the feed-forward units", flush=True)
+                from kerasllm.compression.prune import MethodUnsupported
+
+                try:
+                    students["pruned"] = prune_ffn(model, train_texts, sparsity, prune_steps)
+                except MethodUnsupported as e:
+                    students["pruned"] = e
+            if isinstance(students["pruned"], Exception):
+                warnings.warn(f"compression method {name!r} failed: {students['pruned']}", RuntimeWarning,
+                              stacklevel=2)
+                rows.append(failed_row(name, mode_name(mode), str(students["pruned"])))
+                continue
+            lm, details[name] = students["pruned"][0], students["pruned"][1]
         if verbose:
             print(f"[compress] converting {name} ({mode_name(mode)})", flush=True)
         try:
@@ -219,7 +275,7 @@ def compress_language_model(model, train_texts=None, train_labels=None, validati
         r["decode_speedup"] = rows[0]["p50_ms"] / r["p50_ms"] if r["p50_ms"] else float("nan")
     for r in rows:
         r.pop("token_losses", None)
-    return CompressionReport(rows, variants, quality="loss", higher_is_better=False,
+    return CompressionReport(rows, variants, quality="loss", higher_is_better=False, details=details,
                              title=f"a {model.architecture} language model", latency_unit="per decode step")
 
 

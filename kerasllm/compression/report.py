@@ -88,7 +88,10 @@ class CompressionReport:
             cells += ["—" if r.get(k) is None else f"{r[k]:,.0f}" for k, _ in extra]
             lines.append("| " + " | ".join(cells) + " |")
         notes = [f"- **{r['name']}**: FAILED: {r['error']}" for r in self.failed]
-        if "drop_ci" in self.rows[0]:
+        if "tokens" in self.rows[0]:
+            notes.append(f"- drop: relative validation-loss increase over {self.rows[0]['tokens']} tokens, [95% "
+                         "paired bootstrap interval over tokens]")
+        elif "drop_ci" in self.rows[0]:
             notes.append(f"- drop: float minus variant on the test half ({self.rows[0].get('test_size', '?')} "
                          f"texts), [95% paired bootstrap interval]; `best()` chooses on the other half "
                          f"({self.rows[0].get('selection_size', '?')} texts)")
