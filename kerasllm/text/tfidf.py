@@ -217,14 +217,18 @@ class TfidfFeatures:
         return self
 
     # -- transforming -----------------------------------------------------------------------
-    def transform(self, texts):
-        """TF-IDF rows of ``texts`` (unknown features are dropped; a text with none gets an empty row)."""
+    def transform(self, texts, return_unknown=False):
+        """TF-IDF rows of ``texts`` (unknown features are dropped; a text with none gets an empty row).
+
+        ``return_unknown=True`` returns (rows, feature occurrences, occurrences not in the vocabulary).
+        """
         self._require_fit()
         texts = check_texts(texts)
         get = self._index.get
+        tally = [0, 0]
         counts = self._counts(texts, lambda feats: list(map(get, feats, repeat(-1))),  # -1: unknown
-                              lambda: len(self.vocabulary))
-        return self._weigh(counts)
+                              lambda: len(self.vocabulary), tally)
+        return (self._weigh(counts), *tally) if return_unknown else self._weigh(counts)
 
     def ids_and_weights(self, texts, width=None):
         """The fixed-width input of the exported encoders: (ids int32 [n, width], weights float32 [n, width]).
@@ -246,8 +250,9 @@ class TfidfFeatures:
         weights[rows, cols] = x.data
         return ids, weights
 
-    def _counts(self, texts, to_ids, n_columns):
-        """CSR matrix of feature counts, built chunk by chunk (int32 arrays, not Python lists)."""
+    def _counts(self, texts, to_ids, n_columns, tally=None):
+        """CSR matrix of feature counts, built chunk by chunk (int32 arrays, not Python lists).
+        ``tally`` ([occurrences, unknown occurrences]) is increased when given."""
         indices, indptr = [], [np.zeros(1, np.int64)]
         offset = 0
         features = self.features
@@ -256,6 +261,9 @@ class TfidfFeatures:
             lengths = np.fromiter(map(len, rows), np.int64, len(rows))
             flat = np.fromiter(chain.from_iterable(rows), np.int32, int(lengths.sum()))
             known = flat >= 0
+            if tally is not None:
+                tally[0] += len(flat)
+                tally[1] += len(flat) - int(np.count_nonzero(known))
             if not known.all():  # drop unknown features and shorten their rows
                 lengths = np.bincount(np.repeat(np.arange(len(rows)), lengths)[known], minlength=len(rows))
                 flat = flat[known]
