@@ -299,6 +299,21 @@ def test_approximate_indexes_recall_and_round_trip(docs, tmp_path):
         assert index.searcher_.ann.n == len(index) == len(corpus) + 1
 
 
+def test_two_shards_merge_to_the_answer_of_one_index(docs, tmp_path):
+    from kerasllm.runtime.search import merge_top_k
+
+    corpus = duplicated_docs(docs)
+    whole = SimilarityIndex(n_components=24).fit(corpus, ids=[f"d{i}" for i in range(len(corpus))])
+    cut = 150  # the duplicates of docs[5] fall on both sides
+    shards = [whole.shard(0, cut).save(tmp_path / "shard0"), whole.shard(cut, None).save(tmp_path / "shard1")]
+    shards = [kerasllm.load_similarity_index(path, mmap=True) for path in shards]  # as two servers would
+    assert [len(s) for s in shards] == [cut, len(corpus) - cut]
+    texts = [docs[5], docs[7], "how do I open a file", ""]
+    for k in (1, 10, 20):
+        merged = merge_top_k([s.query(texts, k=k) for s in shards], k)
+        assert merged == whole.query(texts, k=k)
+
+
 # -- save / load ------------------------------------------------------------------------------
 @pytest.mark.parametrize("mmap", [False, True])
 def test_save_load_query_gives_identical_results(rich_index, docs, tmp_path, mmap):

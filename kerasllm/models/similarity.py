@@ -189,6 +189,24 @@ class SimilarityIndex(BaseEstimator):
                           f"out of their vectors: call refit() to learn them", RefitAdvised, stacklevel=2)
         return self
 
+    def shard(self, start, stop):
+        """A new index over documents [start, stop) in the same space (vocabulary, idf, basis shared).
+
+        For a corpus past one machine: cut the index by document range, save or export each shard
+        (each its own server or version), query every shard and ``kerasllm.runtime.search.merge_top_k``
+        the answers, in shard order. Each shard builds its own int8 pass / ANN index for its size.
+        """
+        self._require_fit()
+        start, stop, _ = slice(start, stop).indices(len(self))
+        part = type(self)(**self.get_params())
+        part.features_, part.components_, part.singular_values_ = self.features_, self.components_, \
+            self.singular_values_
+        part.searcher_ = Searcher(np.array(self.vectors_[start:stop]), self.ids_[start:stop], self.int8_search,
+                                  self.index, self.seed)
+        part.texts_ = None if self.texts_ is None else self.texts_[start:stop]
+        part.added_, part.last_add_, part._positions = {"docs": 0, "features": 0, "unplaced": 0}, None, None
+        return part
+
     def _id_positions(self):
         if self._positions is None:
             self._positions = {value: row for row, value in enumerate(self.ids_)}

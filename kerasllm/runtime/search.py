@@ -306,13 +306,18 @@ class Searcher:
         self.ids.extend(ids)
         self._update_passes()
 
-    def search(self, queries, k):
-        """(indices int64 [q, min(k, n)], scores float32 [q, min(k, n)]): best first, ties in document order."""
+    def search(self, queries, k, int8=None):
+        """(indices int64 [q, min(k, n)], scores float32 [q, min(k, n)]): best first, ties in document order.
+
+        ``int8``: None uses the int8 pass (when built) for up to INT8_MAX_QUERIES queries, where it
+        measured faster; True/False force it (the answers are the same)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dimensions:
             raise ValueError(f"queries must be [batch, {self.dimensions}], got shape {list(queries.shape)}")
         k = min(int(k), self.n)
-        int8 = self.int8_scores if len(queries) <= INT8_MAX_QUERIES else None
+        if int8 is None:
+            int8 = len(queries) <= INT8_MAX_QUERIES
+        int8 = self.int8_scores if int8 else None
         if len(queries) * self.n * self.dimensions < _ONE_THREAD_WORK or int8 is not None or self.ann is not None:
             with _one_blas_thread():
                 return _top_k(self.vectors, queries, k, int8, self.ann)
@@ -352,6 +357,24 @@ class Searcher:
             return cls(vectors, ids, spec["int8_mode"], spec["index_mode"], spec["seed"], int8, ann)
         except (KeyError, TypeError) as e:
             raise ValueError(f"{directory} is damaged: its search description lacks or mangles {e}") from None
+
+
+def merge_top_k(shard_answers, k):
+    """Merge the answers of shards that split one index by document range.
+
+    ``shard_answers``: one entry per shard, in document order (shard 0 holds the first documents),
+    each a list (one per query) of (id, score) pairs as ``query`` returns them with at least ``k``
+    each (or all the shard holds). Returns per query the ``k`` best pairs, equal scores in document
+    order: the answer one index over all the documents gives.
+    """
+    k = int(k)
+    merged = []
+    for per_shard in zip(*shard_answers):
+        pairs = [(-score, shard, rank, doc_id) for shard, answer in enumerate(per_shard)
+                 for rank, (doc_id, score) in enumerate(answer)]
+        pairs.sort(key=lambda p: p[:3])
+        merged.append([(doc_id, -neg) for neg, _, _, doc_id in pairs[:k]])
+    return merged
 
 
 # -- file helpers (shared by the index and the runtime) -------------------------------------------------
