@@ -11,8 +11,8 @@ built-in documentation topics, TREC and SUBJ (../shared/data; shared splits):
   - raw TF-IDF cosine (kerasllm's sparse features, no SVD): the precision the SVD should keep.
 Part 2 (search passes): one query vs batches, int8 first pass vs float32 scan, on an index of
 windows of the shared corpora; this is what ``INT8_MAX_QUERIES`` in kerasllm/runtime/search.py rests on.
-Part 3 (--scale N ...): ANN (FAISS ivf) at N documents made of real text (two random windows of the
-shared corpora per document), each size in its own process: fit time, recall@10 against the exact
+Part 3 (--scale N ...): ANN (FAISS ivf) at N documents made of real text (overlapping windows of the
+shared corpora), each size in its own process: fit time, recall@10 against the exact
 scan, one-query p50, peak memory. --vocab: a corpus with >= 500k distinct features (word 1-3-grams).
 
     python benchmarks/similarity.py                        # parts 1 and 2 (a few minutes)
@@ -226,17 +226,16 @@ def corpus_tokens():
 
 
 def window_documents(n, seed=0, words=None):
-    """n documents, each two random windows (5-20 words) of the shared corpora joined: real words
-    and word order, with near-duplicates as in real collections."""
+    """n documents, each a window of 8-40 consecutive words at a random place in the shared corpora:
+    real words and word order; windows overlap, so there are near-duplicates as in real collections."""
     words = corpus_tokens() if words is None else words
     rng = np.random.default_rng(seed)
     docs = []
     for start in range(0, n, 100_000):
         m = min(100_000, n - start)
-        starts = rng.integers(0, len(words) - 20, size=(m, 2))
-        lengths = rng.integers(5, 21, size=(m, 2))
-        docs += [" ".join(words[a:a + la]) + " " + " ".join(words[b:b + lb])
-                 for (a, b), (la, lb) in zip(starts.tolist(), lengths.tolist())]
+        starts = rng.integers(0, len(words) - 40, size=m)
+        lengths = rng.integers(8, 41, size=m)
+        docs += [" ".join(words[a:a + length]) for a, length in zip(starts.tolist(), lengths.tolist())]
     return docs
 
 

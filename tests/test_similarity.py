@@ -258,7 +258,7 @@ def test_add_costs_new_documents_and_reports_unknown_words(monkeypatch, small_in
     from kerasllm.models.similarity import RefitAdvised
     from kerasllm.runtime import int8_scores
 
-    index = SimilarityIndex(n_components=16).fit(docs[:150])
+    index = SimilarityIndex(n_components=16, refit_threshold=0.5).fit(docs[:150])
     built = []
     real = int8_scores.fully_connected_model
     monkeypatch.setattr(int8_scores, "fully_connected_model", lambda q, s: built.append(len(q)) or real(q, s))
@@ -272,9 +272,9 @@ def test_add_costs_new_documents_and_reports_unknown_words(monkeypatch, small_in
     np.testing.assert_allclose(index.vectors_[150:304], index.embed(docs[150:304]), atol=1e-6)
     assert index.last_add_["docs"] == 1 and not index.last_add_["refit_advised"]
     with pytest.warns(RefitAdvised, match="refit"):
-        index.add(["zebra quagga okapi " * 20 + "the flibbertigibbet " * 2000])
+        index.add(["zebra quagga okapi " * 20 + "flibbertigibbet " * 6000])
     report = index.last_add_
-    assert report["unplaced"] == 2060 and report["features"] == 4060 and report["refit_advised"]
+    assert report["unplaced"] == report["features"] == 6060 and report["refit_advised"]
     assert index.query(docs[250:251], k=1)[0][0][0] == 250
 
 

@@ -55,7 +55,8 @@ class SimilarityIndex(BaseEstimator):
     Args:
         n_components: SVD dimensions k; ``fit`` refuses more than the corpus has (documents, features).
         seed: random seed of the randomized SVD, the fitting sample and the ANN index.
-        ngram_range, char_ngram_range, min_df, max_df, max_features, sublinear_tf: TF-IDF settings,
+        ngram_range, char_ngram_range, min_df, max_df, max_features, sublinear_tf, keep_single_chars:
+            TF-IDF settings,
             see ``kerasllm.text.tfidf.TfidfFeatures``. ``max_features`` defaults to 2^18 (the most
             frequent features), so ``components`` stays bounded however large the vocabulary.
         n_iter: power iterations of the randomized SVD (more: closer to the exact SVD, slower).
@@ -75,8 +76,9 @@ class SimilarityIndex(BaseEstimator):
     kind = KIND
 
     def __init__(self, n_components=256, seed=0, ngram_range=(1, 1), char_ngram_range=None, min_df=1, max_df=1.0,
-                 max_features=DEFAULT_MAX_FEATURES, sublinear_tf=True, n_iter=2, max_fit_docs=200_000,
-                 dtype="float32", keep_texts=True, int8_search="auto", index="auto", refit_threshold=0.25):
+                 max_features=DEFAULT_MAX_FEATURES, sublinear_tf=True, keep_single_chars=False, n_iter=2,
+                 max_fit_docs=200_000, dtype="float32", keep_texts=True, int8_search="auto", index="auto",
+                 refit_threshold=0.25):
         self.n_components = n_components
         self.seed = seed
         self.ngram_range = ngram_range
@@ -85,6 +87,7 @@ class SimilarityIndex(BaseEstimator):
         self.max_df = max_df
         self.max_features = max_features
         self.sublinear_tf = sublinear_tf
+        self.keep_single_chars = keep_single_chars
         self.n_iter = n_iter
         self.max_fit_docs = max_fit_docs
         self.dtype = dtype
@@ -96,7 +99,8 @@ class SimilarityIndex(BaseEstimator):
     # -- settings -------------------------------------------------------------------------------
     def _feature_options(self):
         return dict(ngram_range=self.ngram_range, char_ngram_range=self.char_ngram_range, min_df=self.min_df,
-                    max_df=self.max_df, max_features=self.max_features, sublinear_tf=self.sublinear_tf)
+                    max_df=self.max_df, max_features=self.max_features, sublinear_tf=self.sublinear_tf,
+                    keep_single_chars=self.keep_single_chars)
 
     def _validate(self):
         _int("n_components", self.n_components, 1)
@@ -315,6 +319,7 @@ class SimilarityIndex(BaseEstimator):
         if params.get("int8_search") is True and meta["format_version"] == 1:
             params["int8_search"] = "auto"  # format 1 stored a bool meaning "from 20,000 documents"
         params = {k: v for k, v in params.items() if k in cls._get_param_names()}
+        params.setdefault("keep_single_chars", stored["features"].keep_single_chars)
         index = cls(**params)
         index.features_ = stored["features"]
         index.components_ = stored["components"]

@@ -196,6 +196,7 @@ class AnnIndex:
             rng = np.random.default_rng(seed)
             sample = np.sort(rng.choice(n, min(n, max(train_size, 39 * nlist)), replace=False))
             index.cp.seed = int(seed)
+            index.cp.spherical = True  # unit vectors: centroids on the sphere, so inner product picks the nearest
             index.train(np.asarray(vectors[sample], dtype=np.float32))
             nprobe = nprobe or min(nlist, max(16, nlist // 32))
         else:
