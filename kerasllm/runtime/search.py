@@ -165,7 +165,7 @@ def _int8_candidates(vectors, queries, k, int8_scores):
 class AnnIndex:
     """FAISS index of 8-bit scalar-quantized vectors (a quarter of float32) proposing candidates.
 
-    ``ivf``: inverted lists over ``4 sqrt(n)`` k-means cells, ``nprobe`` of them searched.
+    ``ivf``: inverted lists over ``4 sqrt(n)`` (at most 4096) k-means cells, ``nprobe`` of them searched.
     ``hnsw``: a graph (M=32), ``ef_search`` wide. Both use inner product (the vectors are unit).
     """
 
@@ -190,12 +190,12 @@ class AnnIndex:
             raise ValueError(f"an approximate index is 'ivf' or 'hnsw', got {kind!r}")
         n, d = vectors.shape
         if kind == "ivf":
-            nlist = int(max(1, min(4 * np.sqrt(n), n // 39)))  # FAISS wants >= 39 training points per cell
+            nlist = int(max(1, min(4 * np.sqrt(n), n // 39, 4096)))  # FAISS wants >= 39 training points per cell
             index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_8bit,
                                                   faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(seed)
             sample = np.sort(rng.choice(n, min(n, max(train_size, 39 * nlist)), replace=False))
-            index.cp.seed = int(seed)
+            index.cp.seed, index.cp.niter = int(seed), 10
             index.cp.spherical = True  # unit vectors: centroids on the sphere, so inner product picks the nearest
             index.train(np.asarray(vectors[sample], dtype=np.float32))
             nprobe = nprobe or min(nlist, max(16, nlist // 32))
