@@ -457,6 +457,18 @@ def test_served_query_takes_k_per_request(exported):
         loop.close()
 
 
+def test_loaded_export_needs_no_training_code(exported):
+    import subprocess
+    import sys
+
+    code = ("import sys, kerasllm; m = kerasllm.load(sys.argv[1]); m.query(['open a file'], k=3); "
+            "print(sorted(n for n in sys.modules if n.startswith(('kerasllm.models', 'sklearn'))))")
+    out = subprocess.run([sys.executable, "-c", code, str(exported["version_dir"].parent)], capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
 def test_tflite_file_carries_its_vocabulary(exported, rich_index):
     from kerasllm.export.tflite import read_attached, read_attached_file
 
