@@ -118,6 +118,7 @@ class Int8Scores:
         for i, model in enumerate(self._models):
             name = f"int8_{i:05d}.tflite"
             data = model if isinstance(model, bytes) else Path(model).read_bytes()
+            self._models[i] = data  # the old file may go (an index saved over the folder it was loaded from)
             (directory / name).write_bytes(data)
             files.append(name)
         np.save(directory / "int8_bounds.npy", np.stack([self.l1, self.error]), allow_pickle=False)
