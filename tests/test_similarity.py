@@ -89,6 +89,13 @@ def test_feature_split_is_the_word_tokenizer_split(docs):
     assert [lazy.split(t) for t in texts] == [words.split(t) for t in texts]
     stored = TfidfFeatures(split_ranges=words.split_ranges, separator_ranges=words.separator_ranges)
     assert [stored.split(t) for t in texts] == [words.split(t) for t in texts]
+    # tokens: the split without one-character tokens, except CJK letters (the ASCII regex does it alone)
+    from kerasllm.text.tfidf import keeps_single_char
+
+    assert [keeps_single_char(c) for c in "苹あ，。a.7"] == [True, True, False, False, False, False, False]
+    for features in (lazy, stored):
+        assert [features.tokens(t) for t in texts] == \
+               [[w for w in words.split(t) if len(w) > 1 or keeps_single_char(w)] for t in texts]
 
 
 def test_empty_texts_and_k_larger_than_the_index(index, docs):

@@ -35,7 +35,7 @@ _controller = ThreadpoolController()  # finds NumPy's BLAS once (ms), not in the
 # The int8 first pass pays off from this many documents, for at most this many queries per call
 # (measured by benchmarks/similarity.py, "int8 pass" rows: batches are faster as one float32 BLAS product).
 INT8_MIN_DOCS = 20_000
-INT8_MAX_QUERIES = 4
+INT8_MAX_QUERIES = 16
 INDEX_KINDS = ("exact", "ivf", "hnsw")
 ANN_MIN_DOCS = 200_000  # index="auto" builds an ANN index (ivf) from this many documents
 ANN_CANDIDATES = 8  # candidates per wanted neighbour, rescored exactly
@@ -198,7 +198,7 @@ class AnnIndex:
             index.cp.seed, index.cp.niter = int(seed), 10
             index.cp.spherical = True  # unit vectors: centroids on the sphere, so inner product picks the nearest
             index.train(np.asarray(vectors[sample], dtype=np.float32))
-            nprobe = nprobe or min(nlist, max(16, nlist // 32))
+            nprobe = nprobe or min(nlist, 64)  # recall@10 0.973, p50 0.81 ms at 1M documents (benchmarks)
         else:
             index = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_8bit, 32, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = 80
