@@ -464,6 +464,15 @@ def test_served_query_takes_k_per_request(exported):
         loop.close()
 
 
+def test_tflite_export_refuses_an_encoder_too_large_for_a_flatbuffer(monkeypatch, index, tmp_path):
+    from kerasllm.export import similarity as export_similarity
+
+    monkeypatch.setattr(export_similarity, "TFLITE_MAX_BYTES", index.components_.nbytes // 2)
+    with pytest.raises(ValueError, match=r"cannot hold this index.*2 GiB flatbuffer limit.*max_features"):
+        tasks.export(index, tmp_path / "big", formats=("tflite",))
+    assert not (tmp_path / "big").exists() or not any((tmp_path / "big").rglob("*.tflite"))
+
+
 def test_loaded_export_needs_no_training_code(exported):
     import subprocess
     import sys
