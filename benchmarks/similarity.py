@@ -242,21 +242,21 @@ def window_documents(n, seed=0, words=None):
 def search_passes(size, k, repeats):
     """Part 2: one query and batches, int8 pass vs float32 scan (the same exact answers)."""
     from kerasllm.models.similarity import SimilarityIndex
+
     docs = window_documents(size + 256, seed=1)
     index = SimilarityIndex(n_components=k, keep_texts=False, index="exact", int8_search=True).fit(docs[:size])
     queries = index.embed(docs[size:])
-    plain = index.searcher_
+    searcher = index.searcher_
     rows = []
     for batch in (1, 4, 16, 64, 256):
         times = {}
-        for name, searcher in (("int8", index.searcher_), ("float32", plain)):
-            searcher.search(queries[:batch], 10, int8=name == "int8")  # warm-up (first int8 use builds kernels)
+        for name, int8 in (("int8", True), ("float32", False)):
+            searcher.search(queries[:batch], 10, int8=int8)  # warm-up (the first int8 use builds its kernels)
             if batch == 1:
-                times[name] = float(np.median([median_time(lambda q=q: searcher.search(q[None], 10, int8=name == "int8"),
-                                                           3) for q in queries[:100]]))
+                times[name] = float(np.median([median_time(lambda q=q: searcher.search(q[None], 10, int8=int8), 3)
+                                               for q in queries[:100]]))
             else:
-                times[name] = median_time(lambda: searcher.search(queries[:batch], 10, int8=name == "int8"),
-                                          repeats) / batch
+                times[name] = median_time(lambda: searcher.search(queries[:batch], 10, int8=int8), repeats) / batch
         rows.append({"docs": size, "k": k, "batch": batch, "int8_ms_per_query": times["int8"] * 1e3,
                      "float32_ms_per_query": times["float32"] * 1e3,
                      "int8/float32": times["int8"] / times["float32"]})
@@ -266,7 +266,7 @@ def search_passes(size, k, repeats):
 # -- part 3: scale (one size per process) --------------------------------------------------------------
 def scale_child(size, k, kind, nprobes):
     from kerasllm.models.similarity import SimilarityIndex
-    from kerasllm.runtime.search import _scan_candidates, _exact_best
+    from kerasllm.runtime.search import Searcher
 
     words = corpus_tokens()
     docs = window_documents(size, seed=2, words=words)
@@ -279,8 +279,7 @@ def scale_child(size, k, kind, nprobes):
     del docs
     vectors = index.embed(queries)
     # exact answers: the float32 scan of every document
-    exact = [_exact_best(index.vectors_, q, c, 10)[0] for q, c in
-             zip(vectors, _scan_candidates(index.vectors_, vectors, 10))]
+    exact = Searcher(index.vectors_, index.ids_, int8=False, index="exact").search(vectors, 10)[0]
     ann = index.searcher_.ann
     rows = []
     for nprobe in nprobes:

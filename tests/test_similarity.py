@@ -13,7 +13,8 @@ from kerasllm.models.similarity import SimilarityIndex
 from kerasllm.runtime import search as search_module
 from kerasllm.runtime.search import top_k
 
-SHARED = next((p / "shared" / "data" for p in Path(__file__).resolve().parents[1:4] if (p / "shared" / "data").is_dir()),
+SHARED = next((p / "shared" / "data" for p in Path(__file__).resolve().parents[1:4]
+               if (p / "shared" / "data").is_dir()),
               Path(__file__).resolve().parents[1].parent / "shared" / "data")
 CJK_DOCS = ["我喜欢吃苹果和香蕉", "今天天气很好，我们去公园散步", "苹果和香蕉都是水果", "机器学习和深度学习"]
 

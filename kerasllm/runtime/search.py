@@ -234,9 +234,8 @@ class AnnIndex:
         file = Path(directory) / ANN_FILE
         if not file.is_file():
             raise ValueError(f"{directory} is damaged: {ANN_FILE} is missing")
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap and spec["kind"] == "ivf" else 0
         try:
-            index = faiss.read_index(str(file), flags)
+            index = faiss.read_index(str(file))  # read whole (not mapped): it must stay growable by add
         except RuntimeError as e:
             raise ValueError(f"{directory} is damaged: cannot read {ANN_FILE} ({str(e).splitlines()[0]})") from None
         if index.ntotal != spec["n"]:
