@@ -52,6 +52,9 @@ def _normalize_rows(x):
 class SimilarityIndex(BaseEstimator):
     """Find the documents most similar to a text (TF-IDF + truncated SVD, cosine scores).
 
+    ``query``/``embed`` may run from several threads at once; ``fit``, ``add`` and ``set_params``
+    must not run while anything else uses the index.
+
     Args:
         n_components: SVD dimensions k; ``fit`` refuses more than the corpus has (documents, features).
         seed: random seed of the randomized SVD, the fitting sample and the ANN index.
