@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kerasllm.export.batching_params import BatchingOptions, auto_batch_sizes  # noqa: F401 (re-exported)
+
 
 class QueueFull(Exception):
     """The batch queue is full: the caller should answer 429 and the client retry later."""
@@ -24,56 +26,6 @@ class QueueFull(Exception):
 
 class BatcherClosed(Exception):
     """The batcher is shutting down and takes no new work."""
-
-
-@dataclass(frozen=True)
-class BatchingOptions:
-    max_batch_size: int = 32
-    batch_timeout_micros: int = 2000
-    max_enqueued_batches: int = 128
-    num_batch_threads: int = 2
-    allowed_batch_sizes: tuple = ()
-
-    def __post_init__(self):
-        for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.batch_timeout_micros, int) or self.batch_timeout_micros < 0:
-            raise ValueError(f"batch_timeout_micros must be an integer >= 0, got {self.batch_timeout_micros!r}")
-        sizes = self.allowed_batch_sizes
-        if sizes == "auto":
-            sizes = auto_batch_sizes(self.max_batch_size) if isinstance(self.max_batch_size, int) else ()
-        if isinstance(sizes, str):
-            raise ValueError(f"allowed_batch_sizes must be 'auto' or a tuple of sizes, got {sizes!r}")
-        sizes = tuple(sizes or ())
-        if sizes:
-            if any(not isinstance(s, int) or s < 1 for s in sizes) or list(sizes) != sorted(set(sizes)):
-                raise ValueError(f"allowed_batch_sizes must be increasing positive integers, got {sizes!r}")
-            if sizes[-1] != self.max_batch_size:
-                raise ValueError(f"the last of allowed_batch_sizes {sizes!r} must equal max_batch_size "
-                                 f"({self.max_batch_size}), as in TF Serving")
-        object.__setattr__(self, "allowed_batch_sizes", sizes)
-
-    @property
-    def max_queued_rows(self) -> int:
-        return self.max_enqueued_batches * self.max_batch_size
-
-    def padded_size(self, rows: int) -> int:
-        for size in self.allowed_batch_sizes:
-            if size >= rows:
-                return size
-        return rows
-
-
-def auto_batch_sizes(max_batch_size: int) -> tuple:
-    """Powers of two below ``max_batch_size``, then ``max_batch_size``: an XLA-compiled signature then
-    compiles for a handful of shapes instead of one per batch size seen."""
-    sizes, size = [], 1
-    while size < max_batch_size:
-        sizes.append(size)
-        size *= 2
-    return tuple(sizes) + (max_batch_size,)
 
 
 @dataclass
