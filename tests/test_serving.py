@@ -404,10 +404,10 @@ def test_full_queue_answers_429_and_the_rest_still_succeed(root):
     server = ServerThread(root, max_batch_size=1, max_enqueued_batches=1, num_batch_threads=1)
     release = threading.Event()
     try:
-        server.server._executor.submit(release.wait, 30)  # the only inference thread is busy
+        server.server.pool.executor.submit(release.wait, 30)  # the only inference thread is busy
 
         def batcher():
-            return next(iter(server.server._batchers.values()), None)
+            return next(iter(server.server.pool._batchers.values()), None)
 
         def wait_for(condition):
             deadline = time.monotonic() + 30
