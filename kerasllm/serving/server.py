@@ -93,7 +93,7 @@ def is_loopback(host) -> bool:
 
 
 def read_token_file(path) -> str:
-    """The bearer token: the file's first line (refused when empty or readable by every user)."""
+    """The bearer token: the file's first line (refused when missing or empty)."""
     path = Path(path)
     token = path.read_text(encoding="utf-8").strip().splitlines()[0].strip() if path.is_file() else ""
     if not token:
