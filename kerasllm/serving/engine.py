@@ -140,6 +140,7 @@ class GenerationEngine:
         self._cache = None  # list of arrays; transformer: [slots * heads, context, head_dim]
         self._pos = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"kerasllm-gen-{self.name}")
+        self._executor.submit(self._warm)  # compile before the first request (which queues behind this)
         self._wake = asyncio.Event()
         self._closed = False
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -241,6 +242,22 @@ class GenerationEngine:
                 self._cache = None
             if self.metrics is not None:
                 self.metrics.active_slots.set(self.name, value=sum(r is not None for r in self._rows))
+
+    def _warm(self):
+        """Compile ``prefill`` for every prompt bucket and ``decode`` for the slots (XLA compiles per shape)."""
+        from kerasllm._tf import tf
+
+        try:
+            cache = None
+            for bucket in range(PREFILL_BUCKET, self.context + PREFILL_BUCKET, PREFILL_BUCKET):
+                bucket = min(bucket, self.context)
+                out = self._prefill.function(tokens=tf.zeros([1, bucket], tf.int32), pad=tf.constant([bucket - 1]))
+                cache = [out[f"cache_{i}"] for i in range(self._n_cache)]
+            feeds = {f"cache_{i}": tf.zeros([c.shape[0] * self.slots] + list(c.shape[1:])) for i, c in enumerate(cache)}
+            self._decode.function(token=tf.zeros([self.slots], tf.int32), pos=tf.constant(0),
+                                  pad=tf.zeros([self.slots], tf.int32), **feeds)
+        except Exception:  # not fatal: the first request compiles instead
+            log.exception("%s: generation warm-up failed", self.name)
 
     def _step(self, joining):
         """One step boundary: admit ``joining`` (prefill), then one decode step for every row."""

@@ -174,6 +174,7 @@ class ModelServer:
         await site.start()
         self.address = self._runner.addresses[0][:2]
         self._poller = loop.create_task(self._poll_loop())
+        self._start_engines()
         log.info("serving %s on %s://%s:%d", sorted(self.registry.models), "https" if context else "http",
                  *self.address)
         return self.address
@@ -230,6 +231,7 @@ class ModelServer:
                 log.exception("model poll failed")
             models = self.registry.models
             self.pool.drop_stale(models)
+            self._start_engines()
             for key in [k for k in self._engines if k[1] not in models.get(k[0], {})]:
                 engine = self._engines.pop(key)
                 if engine is not None:
@@ -242,6 +244,12 @@ class ModelServer:
             self.metrics.load_failures.inc(name)
         elif event == "removed":
             self.metrics.model_removed(name)
+
+    def _start_engines(self):
+        """Engines for newly served language models, so they compile before their first request."""
+        for served in self.registry.models.values():
+            for servable in served.values():
+                self.engine_for(servable)
 
     def engine_for(self, servable):
         """The continuous-batching engine of a language-model version, or None (created on first use,
