@@ -71,8 +71,23 @@ class _Request:
     start: int = 0  # first cache position of the row's window
     room: int = 0  # tokens the row may still sample before its window is full
 
+    outbox: list = None  # the engine's, filled by its worker thread during one step
+
     def emit(self, *event):
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        self.outbox.append((self, event))
+
+
+def _deliver(batch):
+    for request, event in batch:
+        request.events.put_nowait(event)
+
+
+def _flush(loop, outbox):
+    """Hand the step's events to the event loop in one wake-up (not one per token)."""
+    if outbox:
+        batch = outbox[:]
+        outbox.clear()
+        loop.call_soon_threadsafe(_deliver, batch)
 
 
 def _settings(body, max_tokens_key, default_max_tokens=16):
@@ -114,15 +129,20 @@ class GenerationEngine:
     ``async for piece in stream(prompt, settings)``; ``await close()`` finishes what runs."""
 
     @classmethod
-    def for_servable(cls, servable, slots, metrics=None, limits=None):
+    def for_servable(cls, servable, slots, metrics=None, policy="continuous"):
         """An engine when the version is a kerasllm language model with prefill/decode signatures, else None."""
         manifest = servable.manifest
         if manifest.get("kind") != "language_model" or not manifest.get("tokenizer") or not {
                 "prefill", "decode"} <= set(servable.signatures):
             return None
-        return cls(servable, slots, metrics)
+        return cls(servable, slots, metrics, policy)
 
-    def __init__(self, servable, slots, metrics=None):
+    def __init__(self, servable, slots, metrics=None, policy="continuous"):
+        """``policy``: "continuous" (join at any step) or "static" (a new batch is admitted only when every
+        row of the previous one has finished: classic static batching, kept for comparison)."""
+        if policy not in ("continuous", "static"):
+            raise ValueError(f"policy must be 'continuous' or 'static', got {policy!r}")
+        self.policy = policy
         from kerasllm.text.subword import tokenizer_from_config
 
         manifest = servable.manifest
@@ -136,6 +156,7 @@ class GenerationEngine:
         self._decode = servable.signatures["decode"]
         self._n_cache = len([k for k in self._decode.inputs if k.startswith("cache_")])
         self._waiting: deque[_Request] = deque()
+        self._outbox = []  # only the worker thread appends and flushes
         self._rows: list[_Request | None] = [None] * slots
         self._cache = None  # list of arrays; transformer: [slots * heads, context, head_dim]
         self._pos = 0
@@ -164,6 +185,7 @@ class GenerationEngine:
         loop = asyncio.get_running_loop()
         ids = self.encode(prompt)
         request = _Request(ids, settings, asyncio.Queue(), loop, np.random.default_rng(settings.seed))
+        request.outbox = self._outbox
         self._waiting.append(request)
         self._wake.set()
         new, sent, reason = [], 0, "length"
@@ -227,17 +249,17 @@ class GenerationEngine:
                 await self._wake.wait()
                 continue
             joining = []
-            free = sum(r is None for r in self._rows)
+            free = 0 if self.policy == "static" and busy else sum(r is None for r in self._rows)
             while self._waiting and len(joining) < free:
                 request = self._waiting.popleft()
                 if not request.cancelled:
                     joining.append(request)
             try:
-                await loop.run_in_executor(self._executor, self._step, joining)
+                await loop.run_in_executor(self._executor, self._step, joining, loop)
             except Exception as error:  # the model failed: fail every request in it, keep serving new ones
                 log.exception("%s: generation step failed", self.name)
                 for request in joining + [r for r in self._rows if r is not None]:
-                    request.emit("error", error)
+                    request.events.put_nowait(("error", error))
                 self._rows = [None] * self.slots
                 self._cache = None
             if self.metrics is not None:
@@ -249,20 +271,28 @@ class GenerationEngine:
 
         try:
             cache = None
-            for bucket in range(PREFILL_BUCKET, self.context + PREFILL_BUCKET, PREFILL_BUCKET):
-                bucket = min(bucket, self.context)
-                out = self._prefill.function(tokens=tf.zeros([1, bucket], tf.int32), pad=tf.constant([bucket - 1]))
-                cache = [out[f"cache_{i}"] for i in range(self._n_cache)]
+            for batch in (self.slots, 1) if self.slots > 1 else (1,):
+                for bucket in range(PREFILL_BUCKET, self.context + PREFILL_BUCKET, PREFILL_BUCKET):
+                    bucket = min(bucket, self.context)
+                    out = self._prefill.function(tokens=tf.zeros([batch, bucket], tf.int32),
+                                                 pad=tf.fill([batch], bucket - 1))
+                    cache = [out[f"cache_{i}"] for i in range(self._n_cache)]
             feeds = {f"cache_{i}": tf.zeros([c.shape[0] * self.slots] + list(c.shape[1:])) for i, c in enumerate(cache)}
             self._decode.function(token=tf.zeros([self.slots], tf.int32), pos=tf.constant(0),
                                   pad=tf.zeros([self.slots], tf.int32), **feeds)
         except Exception:  # not fatal: the first request compiles instead
             log.exception("%s: generation warm-up failed", self.name)
 
-    def _step(self, joining):
+    def _step(self, joining, loop=None):
         """One step boundary: admit ``joining`` (prefill), then one decode step for every row."""
-        for request in joining:
-            self._admit(request, request.ids, fresh=True)
+        try:
+            self._step_rows(joining)
+        finally:
+            if loop is not None:
+                _flush(loop, self._outbox)
+
+    def _step_rows(self, joining):
+        self._admit([(request, request.ids, True, None) for request in joining])
         for i, row in enumerate(self._rows):
             if row is not None and row.cancelled:
                 self._rows[i] = None
@@ -284,12 +314,14 @@ class GenerationEngine:
         self._cache = [out[f"cache_{i}"] for i in range(self._n_cache)]
         self._pos += 1
         logits = out["logits"].numpy()
+        greedy = np.argmax(logits, axis=-1)  # one call for every greedy row
         for i, row in [(i, r) for i, r in enumerate(self._rows) if r is not None]:  # (sampling may move rows)
-            self._sample(i, row, logits[i])
+            self._sample(i, row, logits[i], int(greedy[i]) if row.settings.temperature == 0 else None)
 
-    def _sample(self, index, row, logits):
-        """The row's next token from ``logits``; ends or re-windows the row as needed."""
-        token = int(_pick(logits[None], row.settings, row.rng)[0])
+    def _sample(self, index, row, logits, token=None):
+        """The row's next token from ``logits`` (or ``token``, already picked); ends or re-windows the row."""
+        if token is None:
+            token = int(_pick(logits[None], row.settings, row.rng)[0])
         row.history.append(token)
         row.generated += 1
         row.room -= 1
@@ -301,66 +333,89 @@ class GenerationEngine:
             self._rows[index] = None
         elif row.room <= 0:  # the window is full: prefill again from the last half-context (Decoder's rule)
             self._rows[index] = None
-            self._admit(row, np.asarray(row.history[-(self.context // 2):], np.int32), fresh=False, index=index)
+            self._admit([(row, row.history[-(self.context // 2):], False, index)])
 
-    def _admit(self, request, window, fresh, index=None):
-        """Prefill ``window`` (cropped by the window rule when ``fresh``) and place the row in a free slot;
-        the first new token comes from the prefill's logits."""
+    def _admit(self, items):
+        """Prefill the windows of ``items`` ((request, window, fresh, slot index or None)) in one call and place
+        each row in a slot; a row's first new token comes from the prefill's logits. Fresh windows are cropped
+        by the window rule. The prefill runs on batch 1, or on ``slots`` rows (unused rows are dummies) for
+        several joiners: two shapes per prompt bucket, so XLA compiles a handful of programs."""
         from kerasllm._tf import tf
 
-        if fresh:
-            request.history = list(request.ids)
-            if request.settings.max_tokens == 0:
-                request.emit("end", "length")
-                return
-            if self.architecture == "transformer":
-                keep = max(1, self.context - min(request.settings.max_tokens, self.context // 2))
-                window = window[-keep:]
-        width = len(window)
-        bucket = min(math.ceil(width / PREFILL_BUCKET) * PREFILL_BUCKET, self.context)
+        ready = []
+        for request, window, fresh, index in items:
+            if fresh:
+                request.history = list(request.ids)
+                if request.settings.max_tokens == 0:
+                    request.emit("end", "length")
+                    continue
+                if self.architecture == "transformer":
+                    keep = max(1, self.context - min(request.settings.max_tokens, self.context // 2))
+                    window = window[-keep:]
+            ready.append((request, np.asarray(window, np.int32), index))
+        if not ready:
+            return
+        widest = max(len(w) for _, w, _ in ready)
+        bucket = min(math.ceil(widest / PREFILL_BUCKET) * PREFILL_BUCKET, self.context)
         if self.architecture != "transformer":
-            bucket = max(bucket, width)
-        tokens = np.zeros((1, bucket), np.int32)
-        tokens[0, bucket - width:] = window
-        out = self._prefill.function(tokens=tf.constant(tokens), pad=tf.constant([bucket - width], tf.int32))
+            bucket = max(bucket, widest)
+        batch = 1 if len(ready) == 1 else self.slots
+        tokens = np.zeros((batch, bucket), np.int32)
+        pads = np.full(batch, bucket - 1, np.int32)
+        for i, (_, window, _) in enumerate(ready):
+            tokens[i, bucket - len(window):] = window
+            pads[i] = bucket - len(window)
+        out = self._prefill.function(tokens=tf.constant(tokens), pad=tf.constant(pads))
         solo = [out[f"cache_{i}"].numpy() for i in range(self._n_cache)]
+        logits = out["logits"].numpy()
         if self._cache is None:
-            self._cache = [np.zeros((c.shape[0] * self.slots,) + c.shape[1:], c.dtype) for c in solo]
+            self._cache = [tf.zeros((c.shape[0] // batch * self.slots,) + c.shape[1:], c.dtype) for c in solo]
             self._pos = 0
-        index = self._rows.index(None) if index is None else index
         if self.architecture == "transformer":
             if not any(r is not None for r in self._rows):
-                self._pos = width
-            elif self._pos < width:  # move every row later to make room before pos
-                self._shift(width - self._pos)
-            request.start = self._pos - width
-            request.room = self.context - width
-        else:
-            request.room = 1 << 30
-        cache = [np.array(c) for c in self._cache]
-        for full, part in zip(cache, solo):
-            rows = part.shape[0]
-            block = full[index * rows:(index + 1) * rows]
+                self._pos = widest
+            elif self._pos < widest:  # move every row later to make room before pos
+                self._shift(widest - self._pos)
+        free = [i for i, r in enumerate(self._rows) if r is None]
+        placed = []
+        for request, window, index in ready:
+            if index is None:
+                index = free.pop(0)
+            elif index in free:
+                free.remove(index)
+            width = len(window)
             if self.architecture == "transformer":
-                block[:] = 0
-                block[:, request.start:self._pos] = part[:, bucket - width:bucket]
+                request.start, request.room = self._pos - width, self.context - width
             else:
-                block[:] = part
+                request.room = 1 << 30
+            self._rows[index] = request
+            placed.append((index, request, width))
+        cache = []
+        for full, part in zip(self._cache, solo):  # one scatter per cache tensor for every joiner
+            rows = part.shape[0] // batch
+            blocks, indices = [], []
+            for i, (index, request, width) in enumerate(placed):
+                own = part[i * rows:(i + 1) * rows]
+                if self.architecture == "transformer":
+                    block = np.zeros_like(own)
+                    block[:, request.start:self._pos] = own[:, bucket - width:bucket]
+                else:
+                    block = own
+                blocks.append(block)
+                indices.append(np.arange(index * rows, (index + 1) * rows, dtype=np.int32))
+            cache.append(tf.tensor_scatter_nd_update(full, np.concatenate(indices)[:, None], np.concatenate(blocks)))
         self._cache = cache
-        self._rows[index] = request
-        self._sample(index, request, out["logits"].numpy()[0])
+        for i, (index, request, _) in enumerate(placed):
+            self._sample(index, request, logits[i])
 
     def _shift(self, delta):
         """Move every row's keys ``delta`` positions along the cache (later if > 0, earlier if < 0)."""
+        from kerasllm._tf import tf
+
         cache = []
         for c in self._cache:
-            c = np.array(c)
-            moved = np.zeros_like(c)
-            if delta > 0:
-                moved[:, delta:] = c[:, :c.shape[1] - delta]
-            else:
-                moved[:, :c.shape[1] + delta] = c[:, -delta:]
-            cache.append(moved)
+            zeros = tf.zeros_like(c[:, :abs(delta)])
+            cache.append(tf.concat([zeros, c[:, :c.shape[1] - delta]] if delta > 0 else [c[:, -delta:], zeros], 1))
         self._cache = cache
         self._pos += delta
         for row in self._rows:

@@ -59,6 +59,7 @@ class ServerOptions:
     insecure: bool = False  # allow a non-loopback address without a token or TLS
     generation_slots: int = 16  # cache slots of the continuous-batching engine (per model version)
     continuous_batching: bool = True  # False: language models generate through their 'generate' signature
+    generation_policy: str = "continuous"  # or "static": a new batch only when the running one has finished
 
     def __post_init__(self):
         for name in ("max_request_bytes", "max_queued_bytes"):
@@ -79,6 +80,8 @@ class ServerOptions:
             raise ValueError("TLS needs both certfile and keyfile")
         if self.auth_token is not None and (not isinstance(self.auth_token, str) or not self.auth_token.strip()):
             raise ValueError("auth_token must be a non-empty string")
+        if self.generation_policy not in ("continuous", "static"):
+            raise ValueError(f"generation_policy must be 'continuous' or 'static', got {self.generation_policy!r}")
         if not isinstance(self.generation_slots, int) or not 1 <= self.generation_slots <= 256:
             raise ValueError(f"generation_slots must be an integer from 1 to 256, got {self.generation_slots!r}")
 
@@ -261,7 +264,7 @@ class ModelServer:
             from kerasllm.serving.engine import GenerationEngine
 
             self._engines[key] = GenerationEngine.for_servable(servable, self.options.generation_slots,
-                                                               self.metrics, self.options.limits)
+                                                               self.metrics, self.options.generation_policy)
         return self._engines[key]
 
     # ---- small pages -----------------------------------------------------------------------
