@@ -9,7 +9,8 @@
    no 5xx, and the server still answers correctly after.
 3. Version switch: a new version is published while the clients run: no request fails, answers switch.
 4. Generation: ``--gen-clients`` (32) concurrent streaming ``:generate`` clients with mixed prompt (4-60
-   characters) and output (8-64 tokens) lengths against a small character Transformer, for
+   characters) and output (8-64 tokens) lengths against a character Transformer (hidden 256, 4 layers,
+   context 256; untrained: speed does not depend on the weights), for
    ``--gen-seconds`` per mode, one server process at a time: one request at a time (1 cache slot),
    static batching (32 slots; a batch is admitted only when the previous one has finished) and
    continuous batching (32 slots; requests join at any step). Tokens/s, time to first token p50/p99,
@@ -317,8 +318,8 @@ def build_language_model(root, context_length):
     from kerasllm.data import default_corpus
 
     lm = tasks.train_language_model(default_corpus()[:20000], architecture="transformer", tokenizer="char",
-                                    context_length=context_length, steps=5, seed=0, hidden=64, layers=2, heads=4,
-                                    ff=128, batch_size=8, warmup_steps=1, verbose=0)
+                                    context_length=context_length, steps=2, seed=0, hidden=256, layers=4, heads=4,
+                                    ff=1024, batch_size=4, warmup_steps=1, verbose=0)
     tasks.export(lm, root / "lm", formats=("saved_model",))
 
 
@@ -426,7 +427,7 @@ def generation_scenario(work, args):
 
 def print_generation(rows, args):
     print(f"generation: {args.gen_clients} streaming clients, {args.gen_seconds:g} s per mode, prompts 4-60 chars, "
-          f"8-64 new tokens, character Transformer (context {args.gen_context}, hidden 64, 2 layers), "
+          f"8-64 new tokens, character Transformer (context {args.gen_context}, hidden 256, 4 layers), "
           f"{args.gen_slots} cache slots")
     print(f"{'mode':<16} {'requests':>9} {'tokens/s':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} "
           f"{'ms/token p50':>13} {'errors':>7}")
@@ -590,7 +591,7 @@ def main():
     parser.add_argument("--gen-clients", type=int, default=32, help="streaming clients of the generation scenario")
     parser.add_argument("--gen-seconds", type=float, default=20.0, help="generation load per mode (0 skips)")
     parser.add_argument("--gen-slots", type=int, default=32, help="cache slots (static and continuous modes)")
-    parser.add_argument("--gen-context", type=int, default=128, help="context length of the stand-in model")
+    parser.add_argument("--gen-context", type=int, default=256, help="context length of the stand-in model")
     parser.add_argument("--skip-classifier", action="store_true", help="only the generation scenario")
     args = parser.parse_args()
     if args.clients < 1 or args.clients > 1024 or args.seconds <= 0 or args.seconds > 600 or args.fuzz > 100_000:

@@ -866,6 +866,10 @@ def test_bearer_token_tls_and_the_loopback_guard(root, tmp_path):
         assert get("/v1/models/sms", "wrong")[0] == 401
         assert get("/v1/models/sms", "s3cret")[0] == 200
         assert get("/healthz")[0] == 200  # probes need no token
+        assert Client(server.url.replace("http:", "https:"), token="s3cret", ssl_context=context).status("sms")
+        with pytest.raises(ClientError) as error:
+            Client(server.url.replace("http:", "https:"), ssl_context=context).status("sms")
+        assert error.value.status == 401
         with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError, ssl.SSLError)):
             server.raw("GET", "/healthz")  # plain HTTP to the TLS port
     finally:

@@ -3,7 +3,7 @@ requests join at a step boundary and leave when done, instead of waiting for a w
 
 Built on the exported language model's ``prefill`` and ``decode`` signatures (``kerasllm.export.lm``):
 ``decode`` runs on ``slots`` rows at once, so XLA compiles it once; ``prefill`` runs one joining request
-(its prompt left-padded to a multiple of ``PREFILL_BUCKET`` so a few shapes cover every prompt).
+(its prompt left-padded to 16, 32, 64... tokens so a few shapes cover every prompt).
 
 The Transformer's decode writes every row at one shared cache position ``pos`` and masks each row's
 keys before its own start (``pad``). A joining request's prompt keys are copied so that they end at
@@ -272,8 +272,7 @@ class GenerationEngine:
         try:
             cache = None
             for batch in (self.slots, 1) if self.slots > 1 else (1,):
-                for bucket in range(PREFILL_BUCKET, self.context + PREFILL_BUCKET, PREFILL_BUCKET):
-                    bucket = min(bucket, self.context)
+                for bucket in sorted({min(_bucket(w), self.context) for w in range(1, self.context + 1)}):
                     out = self._prefill.function(tokens=tf.zeros([batch, bucket], tf.int32),
                                                  pad=tf.fill([batch], bucket - 1))
                     cache = [out[f"cache_{i}"] for i in range(self._n_cache)]
@@ -356,7 +355,7 @@ class GenerationEngine:
         if not ready:
             return
         widest = max(len(w) for _, w, _ in ready)
-        bucket = min(math.ceil(widest / PREFILL_BUCKET) * PREFILL_BUCKET, self.context)
+        bucket = min(_bucket(widest), self.context)
         if self.architecture != "transformer":
             bucket = max(bucket, widest)
         batch = 1 if len(ready) == 1 else self.slots
@@ -427,6 +426,11 @@ class GenerationEngine:
         if earliest <= 0:
             raise RuntimeError("generation cache full with a row at position 0 (a window longer than the context)")
         self._shift(-earliest)
+
+
+def _bucket(width):
+    """Prompt widths are left-padded to 16, 32, 64, ...: a few prefill shapes (XLA compiles each once)."""
+    return PREFILL_BUCKET * 2 ** max(0, math.ceil(math.log2(width / PREFILL_BUCKET)))
 
 
 def _pick(logits, settings: Settings, rng):
