@@ -36,6 +36,7 @@ from kerasllm.serving.codec import BadRequest
 log = logging.getLogger("kerasllm.serving")
 
 PREFILL_BUCKET = 16
+FEW_JOINERS = 4  # up to this many joiners at a step are prefilled one by one
 MAX_TOKENS_LIMIT = 4096
 
 
@@ -335,10 +336,10 @@ class GenerationEngine:
             self._admit([(row, row.history[-(self.context // 2):], False, index)])
 
     def _admit(self, items):
-        """Prefill the windows of ``items`` ((request, window, fresh, slot index or None)) in one call and place
-        each row in a slot; a row's first new token comes from the prefill's logits. Fresh windows are cropped
-        by the window rule. The prefill runs on batch 1, or on ``slots`` rows (unused rows are dummies) for
-        several joiners: two shapes per prompt bucket, so XLA compiles a handful of programs."""
+        """Prefill the windows of ``items`` ((request, window, fresh, slot index or None)) and place each row
+        in a slot; a row's first new token comes from the prefill's logits. Fresh windows are cropped by the
+        window rule. The prefill runs on batch 1 per joiner, or once on ``slots`` rows (unused rows are dummies) for
+        more than ``FEW_JOINERS``: two shapes per prompt bucket, so XLA compiles a handful of programs."""
         from kerasllm._tf import tf
 
         ready = []
@@ -358,17 +359,23 @@ class GenerationEngine:
         bucket = min(_bucket(widest), self.context)
         if self.architecture != "transformer":
             bucket = max(bucket, widest)
-        batch = 1 if len(ready) == 1 else self.slots
-        tokens = np.zeros((batch, bucket), np.int32)
-        pads = np.full(batch, bucket - 1, np.int32)
-        for i, (_, window, _) in enumerate(ready):
-            tokens[i, bucket - len(window):] = window
-            pads[i] = bucket - len(window)
-        out = self._prefill.function(tokens=tf.constant(tokens), pad=tf.constant(pads))
-        solo = [out[f"cache_{i}"].numpy() for i in range(self._n_cache)]
-        logits = out["logits"].numpy()
+        # a few joiners: one batch-1 prefill each (small outputs); many (a static batch): one call for all
+        groups = [[row] for row in ready] if len(ready) <= FEW_JOINERS else [ready]
+        parts, logits = [], []  # per joiner: its cache rows (one array per cache tensor), its logits
+        for group in groups:
+            batch = 1 if len(group) == 1 else self.slots
+            tokens = np.zeros((batch, bucket), np.int32)
+            pads = np.full(batch, bucket - 1, np.int32)
+            for i, (_, window, _) in enumerate(group):
+                tokens[i, bucket - len(window):] = window
+                pads[i] = bucket - len(window)
+            out = self._prefill.function(tokens=tf.constant(tokens), pad=tf.constant(pads))
+            caches = [out[f"cache_{i}"].numpy() for i in range(self._n_cache)]
+            rows = caches[0].shape[0] // batch
+            parts += [[c[i * rows:(i + 1) * rows] for c in caches] for i in range(len(group))]
+            logits += list(out["logits"].numpy()[:len(group)])
         if self._cache is None:
-            self._cache = [tf.zeros((c.shape[0] // batch * self.slots,) + c.shape[1:], c.dtype) for c in solo]
+            self._cache = [tf.zeros((p.shape[0] * self.slots,) + p.shape[1:], p.dtype) for p in parts[0]]
             self._pos = 0
         if self.architecture == "transformer":
             if not any(r is not None for r in self._rows):
@@ -390,11 +397,11 @@ class GenerationEngine:
             self._rows[index] = request
             placed.append((index, request, width))
         cache = []
-        for full, part in zip(self._cache, solo):  # one scatter per cache tensor for every joiner
-            rows = part.shape[0] // batch
+        for t, full in enumerate(self._cache):  # one scatter per cache tensor for every joiner
             blocks, indices = [], []
             for i, (index, request, width) in enumerate(placed):
-                own = part[i * rows:(i + 1) * rows]
+                own = parts[i][t]
+                rows = own.shape[0]
                 if self.architecture == "transformer":
                     block = np.zeros_like(own)
                     block[:, request.start:self._pos] = own[:, bucket - width:bucket]
