@@ -14,7 +14,7 @@ MODEL_DEFAULTS = {
 }
 TRAIN_DEFAULTS = {"batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 50, "weight_decay": 0.1,
                   "clipnorm": 1.0, "min_lr_ratio": 0.1, "checkpoint_every": 250, "eval_every": None,
-                  "eval_max_batches": 8}
+                  "eval_max_batches": 8, "target_val_loss": None}
 OTHER = {"vocab_size": 2048, "validation_fraction": 0.1, "checkpoint_dir": None, "verbose": 1}
 DEFAULT_STEPS = 1000
 
@@ -44,7 +44,8 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
     hparams (defaults): model — transformer: hidden=128, layers=4, heads=4, ff=512, dropout=0.0;
     lstm: hidden=256, layers=2, dropout=0.0. Training — batch_size=8, learning_rate=3e-3,
     warmup_steps=50, weight_decay=0.1, clipnorm=1.0, min_lr_ratio=0.1, checkpoint_dir=None,
-    checkpoint_every=250, eval_every=None, eval_max_batches=8, verbose=1. Tokenizer — vocab_size=2048
+    checkpoint_every=250, eval_every=None, eval_max_batches=8, target_val_loss=None (stop once a
+    periodic validation loss reaches it; needs eval_every), verbose=1. Tokenizer — vocab_size=2048
     (subword only), validation_fraction=0.1.
 
     Tiny Shakespeare (1.54-1.61 nats/char on the last 10% after 1140 s on 2 shared CPU cores)::

@@ -167,7 +167,7 @@ class ModelRegistry:
             table = {}
             changed = False
             for name, model_dir in self.model_dirs():
-                wanted = versions(model_dir)[-self.num_versions:]
+                wanted = [v for v in versions(model_dir) if not _tflite_only(model_dir / str(v))][-self.num_versions:]
                 loaded = dict(current.get(name, {}))
                 for version in wanted:
                     if version in loaded:
@@ -211,6 +211,11 @@ class ModelRegistry:
             return {}
         on_disk = set(versions(self.root / name))
         return {v: message for v, message in found.items() if v in on_disk}
+
+
+def _tflite_only(version_dir: Path) -> bool:
+    """An export made for phones (``formats=("tflite",)``): nothing here to serve, and nothing wrong."""
+    return not (version_dir / "saved_model.pb").exists() and any(version_dir.glob("*.tflite"))
 
 
 def _stamp(path: Path):

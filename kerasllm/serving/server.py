@@ -106,6 +106,7 @@ class ModelServer:
         app.router.add_get("/v1/models/{tail:.*}", self._get)
         app.router.add_post("/v1/models/{tail:.*}", self._post)
         app.router.add_get("/monitoring/prometheus/metrics", self._metrics)
+        page.add_page_route(app, self)  # GET /: a page to try every served model
         return app
 
     async def start(self, host="127.0.0.1", port=8501):

@@ -98,9 +98,10 @@ class Evaluator:
 def train(model, train_ids, val_ids=None, *, context_length, steps=None, time_budget_s=None, batch_size=32,
           learning_rate=1e-3, warmup_steps=100, weight_decay=0.1, clipnorm=1.0, min_lr_ratio=0.1, seed=0,
           checkpoint_dir=None, checkpoint_every=250, eval_every=None, eval_max_batches=8, verbose=1,
-          on_checkpoint=None):
+          on_checkpoint=None, target_val_loss=None):
     """Train ``model`` in place. Stops after ``steps`` or ``time_budget_s`` seconds, whichever comes
-    first (at least one must be given). Returns a history dict."""
+    first (at least one must be given), or, with ``target_val_loss`` and ``eval_every``, as soon as a
+    periodic validation loss is at most ``target_val_loss``. Returns a history dict."""
     if steps is None and time_budget_s is None:
         raise ValueError("give steps or time_budget_s (or both)")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
@@ -145,6 +146,7 @@ def train(model, train_ids, val_ids=None, *, context_length, steps=None, time_bu
     step = start_step
     smooth = None
     t_measure = None
+    reached = False
     while True:
         if steps is not None and step >= steps:
             break
@@ -180,15 +182,19 @@ def train(model, train_ids, val_ids=None, *, context_length, steps=None, time_bu
             history["val_step"].append(step)
             history["val_loss"].append(val)
             values.append(("val_loss", val))
+            reached = target_val_loss is not None and val <= target_val_loss
         if manager is not None and step % checkpoint_every == 0:
             manager.save(checkpoint_number=step)
             if on_checkpoint is not None:
                 on_checkpoint(step)
         if progbar is not None:
             progbar.update(step if steps is not None else step, values)
+        if reached:
+            break
     if manager is not None and step > start_step:
         manager.save(checkpoint_number=step)
     history["steps"] = step
+    history["reached_target"] = reached
     history["train_seconds"] = time.perf_counter() - started
     if evaluator is not None:
         val, count = evaluator(val_ids, context_length, batch_size)
