@@ -20,7 +20,7 @@ import numpy as np
 from aiohttp import web
 
 from kerasllm.export.layout import check_model_name
-from kerasllm.serving import verbs
+from kerasllm.serving import page, verbs
 from kerasllm.serving.batching import Batcher, BatcherClosed, BatchingOptions, QueueFull
 from kerasllm.serving.codec import BadRequest, Limits, format_predict, parse_predict
 from kerasllm.serving.metrics import ServerMetrics
