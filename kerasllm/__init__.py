@@ -4,7 +4,10 @@ Importing ``kerasllm`` is cheap: TensorFlow is imported only when a model is bui
 """
 import importlib
 
+from kerasllm import logs as _logs
+
 __version__ = "0.1.0"
+_logs.install_import_hook()  # TensorFlow's start-up lines filtered wherever it is first imported
 
 # public name -> "module:attribute", resolved on first use
 _LAZY = {

@@ -8,6 +8,8 @@ the environment once, when TensorFlow loads, so the choice must be made before t
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import re
@@ -22,7 +24,7 @@ VERBOSE_VARIABLE = "KERASLLM_VERBOSE"
 # lines (oneDNN, "Could not find cuda drivers"), CUDA probing errors on a CPU machine, LiteRT's delegate INFO.
 _NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} \S+ +\d+ \S+\] "
                     r"|E\d{4} .*(cuda|cuInit|CUDA)|INFO: Created TensorFlow Lite)")
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: the import hook runs inside _tf.py's filter
 _litert_quieted = False
 
 
@@ -90,6 +92,37 @@ def litert_interpreter(**kwargs):
         interpreter.allocate_tensors()
     _litert_quieted = True
     return interpreter
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Runs the first ``import tensorflow`` -- wherever it happens, e.g. ``from tensorflow.core.protobuf
+    import ...`` for a protocol buffer -- under :func:`before_tensorflow` and :func:`quiet_native_stderr`,
+    so the start-up lines are filtered even when ``kerasllm._tf`` is not the first to import it."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "tensorflow":
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)  # once: the module is in sys.modules from now on
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def quiet_exec_module(module):
+            before_tensorflow()
+            with quiet_native_stderr():
+                exec_module(module)
+
+        spec.loader.exec_module = quiet_exec_module
+        return spec
+
+
+def install_import_hook():
+    """Called when ``kerasllm`` is imported; does nothing once TensorFlow is loaded."""
+    if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
 def after_tensorflow(tf):

@@ -1,12 +1,16 @@
 """The main job's report: Markdown and HTML pages with PNG plots, from plain numbers.
 
-Each section is a title, a paragraph, an optional table and an optional picture; the same list
-renders to ``report.md`` and ``report.html``. The plot helpers name their axes and give units,
-so a reader can see the trade-offs from the pictures alone.
+Each section is a title, one sentence of what it shows, an optional table and an optional picture;
+the same list renders to ``report.md`` (pictures beside it) and ``report.html`` (pictures embedded,
+so the page can be mailed on its own). Numbers are formatted for people here, in one place:
+:func:`duration_us`, :func:`size`, :func:`ratio`, :func:`number`. The plot helpers name their axes
+and give units, so a reader can see the trade-offs from the pictures alone.
 """
 from __future__ import annotations
 
+import base64
 import html
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -86,8 +90,55 @@ def plot_throughput(batch_sizes, series, path, title="Decode speed against batch
     _save(fig, path)
 
 
-def _us(value):
-    return f"{value / 1000:.1f} ms" if value >= 1000 else f"{value:.0f} µs"
+def number(value, digits=3):
+    """``value`` to ``digits`` significant digits, never in exponent notation: 0.000123, 41.6, 1,120."""
+    value = float(value)
+    if not math.isfinite(value):
+        return "n/a"
+    if value == 0:
+        return "0"
+    decimals = digits - 1 - math.floor(math.log10(abs(value)))
+    rounded = round(value, decimals)
+    decimals = digits - 1 - math.floor(math.log10(abs(rounded)))  # 0.9996 rounds up to 1.00, not 1.000
+    if decimals <= 0:
+        return f"{rounded:,.0f}"
+    return f"{rounded:,.{decimals}f}"
+
+
+def duration_us(microseconds):
+    """A time given in µs, in the unit that reads best, to 3 significant digits: 41.6 µs, 112 ms, 1.23 s."""
+    us = float(microseconds)
+    if us < 999.5:  # what rounds to 1000 µs reads as 1.00 ms
+        return f"{number(us)} µs"
+    if us < 999.5e3:
+        return f"{number(us / 1e3)} ms"
+    return f"{number(us / 1e6)} s"
+
+
+def duration_s(seconds):
+    """Wall-clock time: 42 s, 6 min 12 s."""
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{number(seconds, 2) if seconds < 10 else f'{seconds:.0f}'} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s"
+
+
+def size(n_bytes):
+    """Bytes as B, KB or MB (1 KB = 1000 bytes) to 3 significant digits."""
+    n = float(n_bytes)
+    for unit, scale in (("MB", 1e6), ("KB", 1e3)):
+        if n >= scale * 0.9995:
+            return f"{number(n / scale)} {unit}"
+    return f"{n:.0f} B"
+
+
+def ratio(value):
+    """A ratio as a multiplier: 0.276×, 2,060×."""
+    return f"{number(value)}×"
+
+
+_us = duration_us
 
 
 def _save(fig, path):
@@ -120,7 +171,7 @@ def write_report(directory, title, sections, intro=""):
             body.append("</table>")
         if s.image:
             md += [f"![{s.title}]({s.image})", ""]
-            body.append(f'<img src="{html.escape(s.image)}" alt="{html.escape(s.title)}">')
+            body.append(f'<img src="{_data_uri(directory / s.image)}" alt="{html.escape(s.title)}">')
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
              "img{max-width:100%}")
@@ -135,10 +186,26 @@ def write_report(directory, title, sections, intro=""):
     return directory / "report.md", directory / "report.html"
 
 
+def _data_uri(path):
+    """The picture inside the page (base64), so report.html needs no files beside it."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
 def _cell(value):
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
+    """Table cells are for people: numbers to 3 significant digits, lists joined, nothing empty."""
+    if value is None or value == "" or (isinstance(value, (list, tuple, set, dict)) and not value):
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int,)) or type(value).__name__.startswith("int"):
+        return f"{int(value):,}"
+    if isinstance(value, float) or type(value).__name__.startswith("float"):
+        return number(value)
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_cell(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple, set)):
+        return "; ".join(_cell(v) for v in value)
+    return str(value)
 
 
 def metrics_table(metrics):

@@ -14,7 +14,8 @@ MODEL_DEFAULTS = {
 }
 TRAIN_DEFAULTS = {"batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 50, "weight_decay": 0.1,
                   "clipnorm": 1.0, "min_lr_ratio": 0.1, "checkpoint_every": 250, "eval_every": None,
-                  "eval_max_batches": 8, "distill_temperature": 1.0, "distill_alpha": 0.5}
+                  "eval_max_batches": 8, "distill_temperature": 1.0, "distill_alpha": 0.5,
+                  "target_val_loss": None}
 OTHER = {"vocab_size": 2048, "validation_fraction": 0.1, "checkpoint_dir": None, "verbose": 1}
 DEFAULT_STEPS = 1000
 DEFAULT_CONTEXT = 256
@@ -46,7 +47,8 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
     positions="learned" (or "rotary");
     lstm: hidden=256, layers=2, dropout=0.0. Training — batch_size=8, learning_rate=3e-3,
     warmup_steps=50, weight_decay=0.1, clipnorm=1.0, min_lr_ratio=0.1, checkpoint_dir=None,
-    checkpoint_every=250, eval_every=None, eval_max_batches=8, verbose=1. Tokenizer — vocab_size=2048
+    checkpoint_every=250, eval_every=None, eval_max_batches=8, target_val_loss=None (stop once a
+    periodic validation loss reaches it; needs eval_every), verbose=1. Tokenizer — vocab_size=2048
     (subword only), validation_fraction=0.1.
 
     Distillation: with ``teacher`` (a trained ``LanguageModel``) the new model (the student: its size

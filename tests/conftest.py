@@ -40,3 +40,20 @@ def classifier_export(classifier, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("saved_models")
     return tasks.export(classifier, root / "topics")
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+    """``python -m kerasllm quickstart --quick`` once per session, in a child process as a user runs it:
+    (completed process, saved_models folder, report folder)."""
+    import os
+    import subprocess
+    import sys
+
+    work = tmp_path_factory.mktemp("quickstart")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("KERASLLM_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
+    env["PYTHONPATH"] = str(root)
+    done = subprocess.run([sys.executable, "-m", "kerasllm", "quickstart", "--quick", "--out", "saved_models",
+                           "--report-dir", "report"], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    return done, work / "saved_models", work / "report"

@@ -71,3 +71,20 @@ def test_a_command_that_loads_tensorflow_is_quiet_and_verbose_shows_the_noise(cl
     loud = run_kerasllm("--verbose", "classify", "predict", "--model", str(out), "format a string")
     assert loud.returncode == 0, loud.stderr
     assert noise_lines(loud.stderr), "--verbose should let LiteRT's INFO line through"
+
+
+@pytest.mark.parametrize("architecture", ["transformer", "lstm"])
+def test_language_models_give_keras_a_config(architecture):
+    """Without get_config tf_keras warns "Model's __init__() arguments contain non-serializable objects"
+    whenever a model is saved; the fix is a config of plain values that rebuilds the same model."""
+    from kerasllm.models.lstm_lm import LSTMLM, LSTMConfig
+    from kerasllm.models.transformer_lm import TransformerConfig, TransformerLM
+
+    if architecture == "transformer":
+        model = TransformerLM(TransformerConfig(vocab_size=11, context_length=8, hidden=8, layers=1, heads=2, ff=8))
+    else:
+        model = LSTMLM(LSTMConfig(vocab_size=11, hidden=8, layers=1))
+    config = model.get_config()
+    assert config["config"]["vocab_size"] == 11
+    clone = type(model).from_config(config)
+    assert clone.config == model.config and clone.name == model.name

@@ -48,6 +48,14 @@ class LSTMLM(keras.Model):
         self.drop = keras.layers.Dropout(config.dropout)
         self.head = keras.layers.Dense(config.vocab_size, name="head")
 
+    def get_config(self):
+        """Plain values, so Keras can save the model (without one it warns about the config object)."""
+        return {"name": self.name, "config": self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(LSTMConfig(**config["config"]), name=config.get("name"))
+
     def build_weights(self):
         self(tf.zeros([1, 2], tf.int32))
         return self

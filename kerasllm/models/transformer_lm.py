@@ -152,6 +152,14 @@ class TransformerLM(keras.Model):
         self.ln_f = keras.layers.LayerNormalization(epsilon=1e-5, name="ln_f")
         self.drop = keras.layers.Dropout(config.dropout)
 
+    def get_config(self):
+        """Plain values, so Keras can save the model (without one it warns about the config object)."""
+        return {"name": self.name, "config": self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(TransformerConfig(**config["config"]), name=config.get("name"))
+
     def build_weights(self):
         self(tf.zeros([1, 2], tf.int32))
         return self

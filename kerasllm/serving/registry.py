@@ -185,6 +185,8 @@ class ModelRegistry:
                 loaded = current.get(name, {})
                 keep = {}
                 for version in reversed(versions(model_dir)):  # newest first, until num_versions load
+                    if _tflite_only(model_dir / str(version)):
+                        continue
                     if len(keep) >= self.num_versions:
                         break
                     if version in loaded:
@@ -228,6 +230,11 @@ class ModelRegistry:
     def failed_versions(self, name) -> dict:
         """{version: error} for versions of ``name`` that failed to load and are still on disk."""
         return {v: message for (n, v), (_, message) in self.failures.items() if n == name}
+
+
+def _tflite_only(version_dir: Path) -> bool:
+    """An export made for phones (``formats=("tflite",)``): nothing here to serve, and nothing wrong."""
+    return not (version_dir / "saved_model.pb").exists() and any(version_dir.glob("*.tflite"))
 
 
 def _first_line(error) -> str:

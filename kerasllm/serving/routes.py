@@ -1,6 +1,8 @@
 """Every URL the server answers, in one table: add a route by adding a line (handlers take the request)."""
 from __future__ import annotations
 
+from kerasllm.serving import page
+
 
 def routes(server):
     """(method, path, handler) for ``server`` (a ``ModelServer``)."""
@@ -13,6 +15,7 @@ def routes(server):
         ("GET", "/readyz", server.readyz),
         ("POST", "/v1/completions", server.openai.completions),
         ("GET", "/v1/models", server.openai.models),
+        ("GET", "/", page.handler(server)),  # a page to try every served model
     ]
 
 

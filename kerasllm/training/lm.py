@@ -185,7 +185,7 @@ def train(model, train_ids, val_ids=None, *, context_length, steps=None, time_bu
           learning_rate=1e-3, warmup_steps=100, weight_decay=0.1, clipnorm=1.0, min_lr_ratio=0.1, seed=0,
           checkpoint_dir=None, checkpoint_every=250, eval_every=None, eval_max_batches=8, verbose=1,
           on_checkpoint=None, teacher=None, distill_temperature=1.0, distill_alpha=0.5, strategy=None,
-          progress_every_s=10.0):
+          progress_every_s=10.0, target_val_loss=None):
     """Train ``model`` in place (built under ``strategy``'s scope when one is given). Stops after
     ``steps`` or ``time_budget_s`` seconds, whichever comes first (at least one must be given).
     With ``teacher`` (a LanguageModel over the same token ids) the loss is ``distillation_loss``;
@@ -290,6 +290,7 @@ def train(model, train_ids, val_ids=None, *, context_length, steps=None, time_bu
     measured = None  # (time, step) once compilation is over
     rate = None
     smooth = None
+    reached = False
     while steps is None or step < steps:
         elapsed = time.perf_counter() - started
         if time_budget_s is not None and elapsed >= time_budget_s:
@@ -329,17 +330,21 @@ def train(model, train_ids, val_ids=None, *, context_length, steps=None, time_bu
             history["val_step"].append(step)
             history["val_loss"].append(val)
             extra = f"  val_loss {val:.4f}"
+            reached = target_val_loss is not None and val <= target_val_loss
         if manager is not None and (step // checkpoint_every) > ((step - k) // checkpoint_every):
             manager.save(checkpoint_number=step)
             if on_checkpoint is not None:
                 on_checkpoint(step)
         progress.update(step, now - started, rate, (rate or 0) * tokens_per_step, smooth, extra, force=bool(extra))
+        if reached:
+            break
     progress.close()
     if manager is not None and step > start_step:
         manager.save(checkpoint_number=step)
     if manager is not None and not keep_checkpoints:
         tf.io.gfile.rmtree(manager.directory)
     history["steps"] = step
+    history["reached_target"] = reached
     history["train_seconds"] = time.perf_counter() - started
     if evaluator is not None:
         val, count = evaluator(val_ids, context_length, batch_size)
