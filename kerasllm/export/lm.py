@@ -12,9 +12,9 @@ SavedModel signatures (TF Serving can call them):
 Argument checks (empty prompt, bad settings, pads) run outside XLA, so they raise clear
 InvalidArgumentErrors (XLA drops ``tf.debugging`` asserts).
 
-TFLite: ``prefill`` (tokens [B, P], pad [B] -> logits [B, V] + cache) and ``decode``
-(token [B], pos, pad [B], cache -> logits + cache); the cache (Transformer keys/values at the
-context length, or LSTM h/c) is explicit tensors ``cache_0 ... cache_{2L-1}``. The tokenizer and
+TFLite (one row per call, static shapes): ``prefill`` (tokens [1, P], pad [1] -> logits [1, V] +
+cache) and ``decode`` (token [1], pos, pad [1], cache -> logits + cache); the cache (Transformer
+keys/values at the context length, or LSTM h/c) is explicit tensors ``cache_0 ... cache_{2L-1}``. The tokenizer and
 model config are attached to the ``.tflite`` (``kerasllm.export.tflite.attach``).
 """
 from __future__ import annotations
@@ -219,21 +219,23 @@ def build_saved_model_module(lm):
 
 
 def build_tflite_functions(lm):
-    """Concrete functions for TFLite: any batch, the cache at the full context length."""
+    """Concrete functions for TFLite: one row (batch 1), the cache at the full context length.
+    Static shapes keep the whole decode step in TFLite's XNNPACK delegate; the runtime runs the rows
+    of a batch one after another, each with its own pads (same tokens as the batched plan)."""
     model = lm.model
     cache_len = _cache_length(lm)
-    cache_specs = [tf.TensorSpec([None] + list(t.shape[1:]), tf.float32, name=f"cache_{i}")
+    cache_specs = [tf.TensorSpec(t.shape, tf.float32, name=f"cache_{i}")
                    for i, t in enumerate(_flat(model.init_cache(1, cache_len)))]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="tokens"),
-                                  tf.TensorSpec([None], tf.int32, name="pad")])
+    @tf.function(input_signature=[tf.TensorSpec([1, None], tf.int32, name="tokens"),
+                                  tf.TensorSpec([1], tf.int32, name="pad")])
     def prefill(tokens, pad):
-        cache = model.init_cache(tf.shape(tokens)[0], cache_len)
+        cache = model.init_cache(1, cache_len)
         logits, cache = model.prefill(tokens, pad, cache)
         return {"logits": logits, **{f"cache_{i}": t for i, t in enumerate(_flat(cache))}}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="token"), tf.TensorSpec([], tf.int32, name="pos"),
-                                  tf.TensorSpec([None], tf.int32, name="pad")] + cache_specs)
+    @tf.function(input_signature=[tf.TensorSpec([1], tf.int32, name="token"), tf.TensorSpec([], tf.int32, name="pos"),
+                                  tf.TensorSpec([1], tf.int32, name="pad")] + cache_specs)
     def decode(token, pos, pad, *cache):
         logits, cache = model.decode(token, pos, pad, _nest(list(cache)), model.decode_constants())
         return {"logits": logits, **{f"cache_{i}": t for i, t in enumerate(_flat(cache))}}

@@ -84,9 +84,10 @@ def _hash(x, ops):
     return ops.xor(x, ops.shr(x, 16))
 
 
-def uniforms(seed, step, batch, ops):
-    """float32 [batch] in [0, 1): one number per (seed, step, row); 24 bits, exact in float32."""
-    rows = ops.range_u32(batch)
+def uniforms(seed, step, batch, ops, first_row=0):
+    """float32 [batch] in [0, 1): one number per (seed, step, row); 24 bits, exact in float32.
+    ``first_row``: the batch row of the first of these rows (a runtime that runs rows one by one)."""
+    rows = ops.range_u32(batch) + ops.u32(first_row)
     x = ops.to_u32(seed) * ops.u32(_MIX[0]) + ops.to_u32(step) * ops.u32(_MIX[1]) + rows * ops.u32(_MIX[2])
     x = _hash(_hash(x, ops), ops)
     return ops.to_f32(ops.shr(x, 8)) * np.float32(2.0 ** -24)
@@ -153,8 +154,8 @@ class Sampler:
         """logits [B, V] float32, u [B] uniforms -> int32 [B]."""
         raise NotImplementedError
 
-    def pick(self, logits, seed, step, params, ops=TF):
-        u = uniforms(seed, step, logits.shape[0] if ops is NUMPY else _tf_batch(logits), ops)
+    def pick(self, logits, seed, step, params, ops=TF, first_row=0):
+        u = uniforms(seed, step, logits.shape[0] if ops is NUMPY else _tf_batch(logits), ops, first_row)
         return self.next_token(logits, u, *params, ops)
 
     def start(self, model, tokens, pad, cache, count, step0, seed, params, buffer):

@@ -1,8 +1,8 @@
 """Generation from an exported language model, without the Keras model.
 
-- ``TFLiteLanguageModel``: runs the ``prefill``/``decode`` signatures with ``ai_edge_litert``, the
-  whole batch in each invoke, following the window plan of ``kerasllm.generation.window``; the
-  cache goes in and out as explicit tensors; sampling in NumPy with the same sampler code and
+- ``TFLiteLanguageModel``: runs the ``prefill``/``decode`` signatures with ``ai_edge_litert``
+  (one row per invoke, rows one after another), following the window plan of
+  ``kerasllm.generation.window``; the cache goes in and out as explicit tensors; sampling in NumPy with the same sampler code and
   counter-based random numbers as the compiled loop. Needs only the ``.tflite`` file (its tokenizer
   and config are attached to it): ``load_tflite("model.tflite")``.
 - ``SavedModelLanguageModel``: calls the SavedModel's ``generate_tokens`` signature once (the
@@ -63,24 +63,20 @@ class TFLiteLanguageModel(_Exported):
     def _chunks(self, tokens, pad, max_new_tokens, settings, seed, chunk):
         history, pad = np.asarray(tokens, np.int32), np.asarray(pad, np.int32)
         sampler, params = settings.sampler(), settings.params()
-        step, part = 0, []
+        step = 0
         for seg in segments(history.shape[1] - int(pad.min()), max_new_tokens, self.window_context):
             win, w_pad = window(history, pad, seg)
-            logits, cache = self.prefill(win, w_pad)
-            for i in range(seg.count):
-                if i:
-                    logits, cache = self.decode(token, win.shape[1] + i - 1, w_pad, cache)
-                token = sampler.pick(logits, seed, step, params, NUMPY)
-                part.append(token)
-                step += 1
-                if chunk and len(part) == chunk:
-                    new, part = np.stack(part, 1), []
-                    history = np.concatenate([history, new], 1)
-                    yield new
-            if part:
-                new, part = np.stack(part, 1), []
-                history = np.concatenate([history, new], 1)
-                yield new
+            new = np.zeros((len(win), seg.count), np.int32)
+            for r in range(len(win)):  # rows one by one: the window columns and pads of the batched plan
+                logits, cache = self.prefill(win[r:r + 1], w_pad[r:r + 1])
+                for i in range(seg.count):
+                    if i:
+                        logits, cache = self.decode(new[r, i - 1:i], win.shape[1] + i - 1, w_pad[r:r + 1], cache)
+                    new[r, i] = sampler.pick(logits, seed, step + i, params, NUMPY, first_row=r)[0]
+            step += seg.count
+            history = np.concatenate([history, new], 1)
+            for at in range(0, seg.count, chunk or seg.count):
+                yield new[:, at:at + (chunk or seg.count)]
 
 
 class SavedModelLanguageModel(_Exported):
