@@ -4,12 +4,13 @@ from __future__ import annotations
 
 def train_classifier(texts, labels, validation=None, architecture="simple_rnn", epochs=None, seed=0, verbose=0,
                      strategy=None, **hparams):
-    """Train a text classifier on raw strings and labels; returns a fitted ``kerasllm.TextClassifier``.
+    """Train a text classifier on raw strings and labels (str or int); returns a fitted ``kerasllm.TextClassifier``.
 
     validation: ``(texts, labels)`` for early stopping, or None to hold out 10% of the training data.
     epochs: a fixed number of epochs, or None for early stopping on the validation loss.
-    hparams: any ``ClassifierConfig`` field (units, embedding_dim, bidirectional, pooling="average",
-    dropout, class_weight="balanced", bag_of_ngrams, char_ngrams, max_length, learning_rate, ...).
+    hparams: any ``TextClassifier`` setting (units, embedding_dim, bidirectional, pooling="max_mean",
+    dropout, embedding_dropout, class_weight="balanced" or {label: weight}, recurrent, bag_of_ngrams,
+    bag_c, char_ngrams, max_length, learning_rate, ...).
     strategy: None, "mirrored" (this machine's devices), "multi_worker" (the cluster in TF_CONFIG)
     or a ``tf.distribute.Strategy``.
     """

@@ -22,6 +22,6 @@ from kerasllm.data import default_classification_data, stratified_split  # noqa:
 train, labels, test, _ = stratified_split(*default_classification_data(), test_size=0.2, seed=0)
 # no dropout: replicas draw their own dropout masks, which would make the runs differ by design
 clf = tasks.train_classifier(train[:240], labels[:240], validation=(test[:40], _[:40]), epochs=2, seed=0,
-                             dropout=0.0, strategy=strategy, max_length=24, batch_size=16)
+                             dropout=0.0, embedding_dropout=0.0, strategy=strategy, max_length=24, batch_size=16)
 if mode != "multi_worker" or '"index": 0' in __import__("os").environ.get("TF_CONFIG", ""):
     np.save(out, clf.predict_proba(test[:50]))

@@ -313,10 +313,8 @@ def test_a_class_with_one_example_never_breaks_the_validation_split():
     labels = ["cat" if i % 2 else "dog" for i in range(40)] + ["fish"]
     train, val = holdout(labels, 0.1, seed=0)
     assert 40 in train and sorted(train + val) == list(range(41)) and len(val) == 4
-    for seed in range(3):
-        clf = tasks.train_classifier(texts, labels, seed=seed, max_epochs=1, units=4, embedding_dim=4,
-                                     bigram_buckets=64)
-        assert "fish" in clf.classes_
+    clf = tasks.train_classifier(texts, labels, max_epochs=1, units=4, embedding_dim=4, bigram_buckets=64)
+    assert "fish" in clf.classes_
     fixed = tasks.train_classifier(texts, labels, epochs=1, units=4, embedding_dim=4, bigram_buckets=64)
     assert "val_loss" not in fixed.history_  # fixed epochs: nothing held out
     assert fixed.tokenizer_.vocabulary.count("fish") == 0 and "cats" in fixed.tokenizer_.vocabulary

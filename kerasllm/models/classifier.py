@@ -155,10 +155,11 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         """The settings as a validated ``ClassifierConfig`` (no labels)."""
         return ClassifierConfig(**{name: getattr(self, name) for name in SETTINGS}).validate()
 
-    # Names older code (compression) uses for the learned state.
-    config = property(lambda self: self._fitted("config_"), lambda self, v: setattr(self, "config_", v))
-    tokenizer = property(lambda self: self._fitted("tokenizer_"), lambda self, v: setattr(self, "tokenizer_", v))
-    model = property(lambda self: self._fitted("model_"), lambda self, v: setattr(self, "model_", v))
+    # Names older code (compression) uses for the learned state; None (config: the settings) before fit.
+    config = property(lambda self: getattr(self, "config_", None) or ClassifierConfig(**self.get_params()),
+                      lambda self, v: setattr(self, "config_", v))
+    tokenizer = property(lambda self: getattr(self, "tokenizer_", None), lambda self, v: setattr(self, "tokenizer_", v))
+    model = property(lambda self: getattr(self, "model_", None), lambda self, v: setattr(self, "model_", v))
     history = property(lambda self: getattr(self, "history_", {}))
 
     @property
@@ -170,9 +171,11 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         return self.classes
 
     def _fitted(self, name):
+        from sklearn.exceptions import NotFittedError  # a ValueError and an AttributeError
+
         value = getattr(self, name, None)
         if value is None:
-            raise RuntimeError("the classifier is not trained: call fit(texts, labels) first")
+            raise NotFittedError("the classifier is not trained: call fit(texts, labels) first")
         return value
 
     def __sklearn_is_fitted__(self):
