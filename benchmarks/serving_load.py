@@ -64,7 +64,7 @@ def start_server(root, port, batching, args):
             f"serve({str(root)!r}, port={port}, max_batch_size={args.max_batch_size}, "
             f"batch_timeout_micros={args.batch_timeout_micros}, enable_batching={batching}, "
             f"allowed_batch_sizes={tuple(args.allowed_batch_sizes)!r}, num_batch_threads={args.threads}, "
-            f"poll_seconds=0.5, max_request_bytes={MAX_REQUEST_BYTES})")
+            f"poll_seconds=0.5, max_request_bytes={MAX_REQUEST_BYTES}, access_log={not args.no_access_log})")
     command = [sys.executable, "-c", code]
     if args.pin:
         command = ["taskset", "-c", "0"] + command
@@ -593,6 +593,7 @@ def main():
     parser.add_argument("--gen-slots", type=int, default=32, help="cache slots (static and continuous modes)")
     parser.add_argument("--gen-context", type=int, default=256, help="context length of the stand-in model")
     parser.add_argument("--skip-classifier", action="store_true", help="only the generation scenario")
+    parser.add_argument("--no-access-log", action="store_true", help="servers without per-request log lines")
     args = parser.parse_args()
     if args.clients < 1 or args.clients > 1024 or args.seconds <= 0 or args.seconds > 600 or args.fuzz > 100_000:
         parser.error("keep it bounded: 1-1024 clients, 0-600 s, at most 100,000 fuzz requests")
