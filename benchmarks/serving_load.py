@@ -13,7 +13,8 @@
    context 256; untrained: speed does not depend on the weights), for
    ``--gen-seconds`` per mode, one server process at a time: one request at a time (1 cache slot),
    static batching (32 slots; a batch is admitted only when the previous one has finished) and
-   continuous batching (32 slots; requests join at any step). Tokens/s, time to first token p50/p99,
+   continuous batching (32 slots; requests join at any step). Clients start over the first second (not
+   all in one millisecond), then each sends its next request as soon as one ends. Tokens/s, time to first token p50/p99,
    per-token latency p50. Goals: continuous >= 1.5x static throughput, TTFT p99 <= 0.25x static's.
 
 ``--root DIR --model NAME`` loads existing exports instead of building the stand-in model (the version
@@ -367,7 +368,7 @@ async def stream_one(session, url, prompt, n):
     return None, None, 0, "stream ended without its last event"
 
 
-async def generation_load(url, clients, seconds, seed=0):
+async def generation_load(url, clients, seconds, seed=0, stagger=1.0):
     rng = random.Random(seed)
     words = "the model returns a value when the function is called with a list of arguments".split()
     result = {"tokens": 0, "ttft": [], "per_token": [], "errors": [], "requests": 0}
@@ -376,6 +377,7 @@ async def generation_load(url, clients, seconds, seed=0):
 
     async def client(index):
         local = random.Random(rng.random())
+        await asyncio.sleep(index * stagger / clients)  # arrivals spread over the first `stagger` seconds
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while time.perf_counter() < deadline:
                 prompt = " ".join(local.choice(words) for _ in range(local.randint(1, 12)))[:local.randint(4, 60)]
