@@ -13,7 +13,8 @@
    context 256; untrained: speed does not depend on the weights), for
    ``--gen-seconds`` per mode, one server process at a time: one request at a time (1 cache slot),
    static batching (32 slots; a batch is admitted only when the previous one has finished) and
-   continuous batching (32 slots; requests join at any step). Tokens/s, time to first token p50/p99,
+   continuous batching (32 slots; requests join at any step). Clients start over the first second (not
+   all in one millisecond), then each sends its next request as soon as one ends. Tokens/s, time to first token p50/p99,
    per-token latency p50. Goals: continuous >= 1.5x static throughput, TTFT p99 <= 0.25x static's.
 
 ``--root DIR --model NAME`` loads existing exports instead of building the stand-in model (the version
@@ -64,7 +65,7 @@ def start_server(root, port, batching, args):
             f"serve({str(root)!r}, port={port}, max_batch_size={args.max_batch_size}, "
             f"batch_timeout_micros={args.batch_timeout_micros}, enable_batching={batching}, "
             f"allowed_batch_sizes={tuple(args.allowed_batch_sizes)!r}, num_batch_threads={args.threads}, "
-            f"poll_seconds=0.5, max_request_bytes={MAX_REQUEST_BYTES})")
+            f"poll_seconds=0.5, max_request_bytes={MAX_REQUEST_BYTES}, access_log={not args.no_access_log})")
     command = [sys.executable, "-c", code]
     if args.pin:
         command = ["taskset", "-c", "0"] + command
@@ -367,7 +368,7 @@ async def stream_one(session, url, prompt, n):
     return None, None, 0, "stream ended without its last event"
 
 
-async def generation_load(url, clients, seconds, seed=0):
+async def generation_load(url, clients, seconds, seed=0, stagger=1.0):
     rng = random.Random(seed)
     words = "the model returns a value when the function is called with a list of arguments".split()
     result = {"tokens": 0, "ttft": [], "per_token": [], "errors": [], "requests": 0}
@@ -376,6 +377,7 @@ async def generation_load(url, clients, seconds, seed=0):
 
     async def client(index):
         local = random.Random(rng.random())
+        await asyncio.sleep(index * stagger / clients)  # arrivals spread over the first `stagger` seconds
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while time.perf_counter() < deadline:
                 prompt = " ".join(local.choice(words) for _ in range(local.randint(1, 12)))[:local.randint(4, 60)]
@@ -593,6 +595,7 @@ def main():
     parser.add_argument("--gen-slots", type=int, default=32, help="cache slots (static and continuous modes)")
     parser.add_argument("--gen-context", type=int, default=256, help="context length of the stand-in model")
     parser.add_argument("--skip-classifier", action="store_true", help="only the generation scenario")
+    parser.add_argument("--no-access-log", action="store_true", help="servers without per-request log lines")
     args = parser.parse_args()
     if args.clients < 1 or args.clients > 1024 or args.seconds <= 0 or args.seconds > 600 or args.fuzz > 100_000:
         parser.error("keep it bounded: 1-1024 clients, 0-600 s, at most 100,000 fuzz requests")

@@ -23,12 +23,13 @@ def subword_lm(lm_text):
 
 
 @pytest.fixture(scope="module")
-def lm_server(tiny_lm, subword_lm, tmp_path_factory):
+def lm_server(tiny_lm, subword_lm, tiny_lstm, tmp_path_factory):
     import tasks
 
     root = tmp_path_factory.mktemp("lm_models")
     tasks.export(tiny_lm, root / "chars", formats=("saved_model",))
     tasks.export(subword_lm, root / "words", formats=("saved_model",))
+    tasks.export(tiny_lstm, root / "lstm", formats=("saved_model",))
     server = ServerThread(root, generation_slots=4)
     yield server
     server.close()
@@ -41,10 +42,10 @@ def openai_client(lm_server):
 
 
 def test_models_list(openai_client):
-    assert sorted(m.id for m in openai_client.models.list()) == ["chars", "words"]
+    assert sorted(m.id for m in openai_client.models.list()) == ["chars", "lstm", "words"]
 
 
-@pytest.mark.parametrize("model,lm_fixture", [("chars", "tiny_lm"), ("words", "subword_lm")])
+@pytest.mark.parametrize("model,lm_fixture", [("chars", "tiny_lm"), ("words", "subword_lm"), ("lstm", "tiny_lstm")])
 def test_concurrent_greedy_completions_equal_solo_generate(openai_client, request, model, lm_fixture):
     """Requests of mixed lengths join the running slots at different steps (4 slots, 10 requests, some past
     the context): each answer is what the model generates for that prompt alone."""

@@ -60,6 +60,7 @@ def add_serving_commands(subparsers):
     parser.add_argument("--auth-token-file", help="require 'Authorization: Bearer <token>' (the file's first line)")
     parser.add_argument("--certfile", help="serve HTTPS with this certificate (PEM; with --keyfile)")
     parser.add_argument("--keyfile", help="the certificate's private key (PEM)")
+    parser.add_argument("--no-access-log", action="store_true", help="no per-request log lines")
     parser.add_argument("--insecure", action="store_true",
                         help="allow a non-loopback --host without --auth-token-file or TLS")
     parser.set_defaults(run=_serve)
@@ -80,7 +81,7 @@ def serve_options(args) -> dict:
         shutdown_timeout=args.shutdown_timeout, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
         generation_slots=args.generation_slots,
         auth_token=read_token_file(args.auth_token_file) if args.auth_token_file else None,
-        certfile=args.certfile, keyfile=args.keyfile, insecure=args.insecure)
+        certfile=args.certfile, keyfile=args.keyfile, insecure=args.insecure, access_log=not args.no_access_log)
 
 
 def _serve(args):

@@ -159,7 +159,8 @@ class GenerationEngine:
         self._waiting: deque[_Request] = deque()
         self._outbox = []  # only the worker thread appends and flushes
         self._rows: list[_Request | None] = [None] * slots
-        self._cache = None  # list of arrays; transformer: [slots * heads, context, head_dim]
+        self._cache = None  # tf.Variables, one per cache tensor; transformer: [slots * heads, context, head_dim]
+        self._decode_step = self._shift_cache = None
         self._pos = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"kerasllm-gen-{self.name}")
         self._executor.submit(self._warm)  # compile before the first request (which queues behind this)
@@ -261,8 +262,7 @@ class GenerationEngine:
                 log.exception("%s: generation step failed", self.name)
                 for request in joining + [r for r in self._rows if r is not None]:
                     request.events.put_nowait(("error", error))
-                self._rows = [None] * self.slots
-                self._cache = None
+                self._rows = [None] * self.slots  # (a joining row rewrites all of its slot's cache rows)
             if self.metrics is not None:
                 self.metrics.active_slots.set(self.name, value=sum(r is not None for r in self._rows))
 
@@ -277,11 +277,41 @@ class GenerationEngine:
                     out = self._prefill.function(tokens=tf.zeros([batch, bucket], tf.int32),
                                                  pad=tf.fill([batch], bucket - 1))
                     cache = [out[f"cache_{i}"] for i in range(self._n_cache)]
-            feeds = {f"cache_{i}": tf.zeros([c.shape[0] * self.slots] + list(c.shape[1:])) for i, c in enumerate(cache)}
-            self._decode.function(token=tf.zeros([self.slots], tf.int32), pos=tf.constant(0),
-                                  pad=tf.zeros([self.slots], tf.int32), **feeds)
+            self._build([c.numpy() for c in cache])
+            self._decode_step(tf.zeros([self.slots], tf.int32), tf.constant(0), tf.zeros([self.slots], tf.int32))
+            self._shift_cache(tf.constant(0))
         except Exception:  # not fatal: the first request compiles instead
             log.exception("%s: generation warm-up failed", self.name)
+
+    def _build(self, part):
+        """The cache as variables (``part``: one row's arrays per cache tensor) and the two compiled programs
+        that touch all of it. Keeping the cache in variables updated inside one XLA program avoids copying
+        every cache tensor in and out of the signature at each step."""
+        if self._cache is not None:
+            return
+        from kerasllm._tf import tf
+
+        cache = [tf.Variable(tf.zeros((p.shape[0] * self.slots,) + p.shape[1:], p.dtype), trainable=False)
+                 for p in part]
+        decode = self._decode.function
+
+        @tf.function(jit_compile=True)
+        def decode_step(token, pos, pad):
+            out = decode(token=token, pos=pos, pad=pad, **{f"cache_{i}": v.read_value() for i, v in enumerate(cache)})
+            for i, v in enumerate(cache):
+                v.assign(out[f"cache_{i}"])
+            return out["logits"]
+
+        @tf.function(jit_compile=True)
+        def shift_cache(delta):  # along the time axis, later if > 0; what moves in is zero
+            for v in cache:
+                if len(v.shape) < 3:
+                    continue
+                index = tf.range(v.shape[1])
+                keep = tf.where(delta >= 0, index >= delta, index < v.shape[1] + delta)
+                v.assign(tf.where(keep[None, :, None], tf.roll(v, delta, axis=1), tf.zeros_like(v)))
+
+        self._cache, self._decode_step, self._shift_cache = cache, decode_step, shift_cache
 
     def _step(self, joining, loop=None):
         """One step boundary: admit ``joining`` (prefill), then one decode step for every row."""
@@ -308,12 +338,8 @@ class GenerationEngine:
                 pads[i] = row.start
         from kerasllm._tf import tf
 
-        feeds = {"token": tf.constant(tokens), "pos": tf.constant(self._pos, tf.int32), "pad": tf.constant(pads)}
-        feeds.update({f"cache_{i}": c for i, c in enumerate(self._cache)})
-        out = self._decode.function(**feeds)
-        self._cache = [out[f"cache_{i}"] for i in range(self._n_cache)]
+        logits = self._decode_step(tf.constant(tokens), tf.constant(self._pos, tf.int32), tf.constant(pads)).numpy()
         self._pos += 1
-        logits = out["logits"].numpy()
         greedy = np.argmax(logits, axis=-1)  # one call for every greedy row
         for i, row in [(i, r) for i, r in enumerate(self._rows) if r is not None]:  # (sampling may move rows)
             self._sample(i, row, logits[i], int(greedy[i]) if row.settings.temperature == 0 else None)
@@ -375,7 +401,7 @@ class GenerationEngine:
             parts += [[c[i * rows:(i + 1) * rows] for c in caches] for i in range(len(group))]
             logits += list(out["logits"].numpy()[:len(group)])
         if self._cache is None:
-            self._cache = [tf.zeros((p.shape[0] * self.slots,) + p.shape[1:], p.dtype) for p in parts[0]]
+            self._build(parts[0])
             self._pos = 0
         if self.architecture == "transformer":
             if not any(r is not None for r in self._rows):
@@ -396,8 +422,7 @@ class GenerationEngine:
                 request.room = 1 << 30
             self._rows[index] = request
             placed.append((index, request, width))
-        cache = []
-        for t, full in enumerate(self._cache):  # one scatter per cache tensor for every joiner
+        for t, variable in enumerate(self._cache):  # one in-place scatter per cache tensor for every joiner
             blocks, indices = [], []
             for i, (index, request, width) in enumerate(placed):
                 own = parts[i][t]
@@ -409,8 +434,7 @@ class GenerationEngine:
                     block = own
                 blocks.append(block)
                 indices.append(np.arange(index * rows, (index + 1) * rows, dtype=np.int32))
-            cache.append(tf.tensor_scatter_nd_update(full, np.concatenate(indices)[:, None], np.concatenate(blocks)))
-        self._cache = cache
+            variable.scatter_nd_update(np.concatenate(indices)[:, None], np.concatenate(blocks))
         for i, (index, request, _) in enumerate(placed):
             self._sample(index, request, logits[i])
 
@@ -418,11 +442,7 @@ class GenerationEngine:
         """Move every row's keys ``delta`` positions along the cache (later if > 0, earlier if < 0)."""
         from kerasllm._tf import tf
 
-        cache = []
-        for c in self._cache:
-            zeros = tf.zeros_like(c[:, :abs(delta)])
-            cache.append(tf.concat([zeros, c[:, :c.shape[1] - delta]] if delta > 0 else [c[:, -delta:], zeros], 1))
-        self._cache = cache
+        self._shift_cache(tf.constant(delta, tf.int32))
         self._pos += delta
         for row in self._rows:
             if row is not None:

@@ -58,6 +58,7 @@ class ServerOptions:
     keyfile: str | None = None
     insecure: bool = False  # allow a non-loopback address without a token or TLS
     generation_slots: int = 16  # cache slots of the continuous-batching engine (per model version)
+    access_log: bool = True  # one line per request on the "kerasllm.access" logger
     continuous_batching: bool = True  # False: language models generate through their 'generate' signature
     generation_policy: str = "continuous"  # or "static": a new batch only when the running one has finished
 
@@ -170,7 +171,8 @@ class ModelServer:
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="kerasllm-load")
         await loop.run_in_executor(self._loader, self.registry.poll)
         self._runner = web.AppRunner(self.make_app(), shutdown_timeout=self.options.shutdown_timeout,
-                                     access_log=access_log, access_log_format=middleware.ACCESS_LOG_FORMAT,
+                                     access_log=access_log if self.options.access_log else None,
+                                     access_log_format=middleware.ACCESS_LOG_FORMAT,
                                      handle_signals=False, keepalive_timeout=self.options.header_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=context)
@@ -199,7 +201,7 @@ class ModelServer:
 
     def run(self, host="127.0.0.1", port=8501):
         """Block serving until SIGINT or SIGTERM, then shut down gracefully."""
-        if not access_log.handlers and not logging.getLogger().handlers:
+        if self.options.access_log and not access_log.handlers and not logging.getLogger().handlers:
             handler = logging.StreamHandler()
             handler.setFormatter(logging.Formatter("%(message)s"))
             access_log.addHandler(handler)

@@ -134,7 +134,7 @@ async def _generate_engine(server, request, engine, body):
     """Generation through the continuous-batching engine (one token per event when streaming)."""
     check_fields(body, GENERATE_FIELDS)
     prompts = verbs.texts_from(body, PROMPT_KEYS, server.options.limits)
-    settings = engine.settings_from(body, max_tokens_key="max_new_tokens")
+    settings = engine.settings_from(body, "max_new_tokens", verbs.GENERATE_DEFAULTS["max_new_tokens"])
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false")
