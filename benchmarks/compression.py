@@ -40,6 +40,8 @@ def main(argv=None):
     parser.add_argument("--out", default="/tmp/kerasllm-compression", help="where the reports go")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--no-lm", action="store_true", help="skip the language model part")
+    parser.add_argument("--calibration", type=int, default=300,
+                        help="texts PTQ int8 calibrates on (a few: the case where learned QAT ranges should win)")
     parser.add_argument("--lm", help="a saved teacher LM folder (default: train one for --lm-steps)")
     parser.add_argument("--lm-steps", type=int, default=600)
     parser.add_argument("--lm-config", default="hidden=128,layers=4,heads=4,ff=512,context_length=128",
@@ -52,14 +54,14 @@ def main(argv=None):
         plain = name.endswith("-rnn")
         methods = ("qat", "ptq_int8") if plain else tuple(args.methods.split(","))
         ok &= run_classifier(name, Path(args.data_dir) / DATASETS[name.split("-")[0]], Path(args.out) / name,
-                             methods, PLAIN if plain else {})
+                             methods, PLAIN if plain else {}, args.calibration)
     if not args.no_lm:
         ok &= run_lm(args)
     print(f"load average at end: {os.getloadavg()[0]:.2f}", flush=True)
     return 0 if ok else 1
 
 
-def run_classifier(name, path, out, methods, hparams):
+def run_classifier(name, path, out, methods, hparams, calibration=300):
     import tasks
     from kerasllm.data import read_table, stratified_split
 
@@ -72,7 +74,8 @@ def run_classifier(name, path, out, methods, hparams):
     clf = tasks.train_classifier(a, b, seed=0, verbose=0, **hparams)
     print(f"trained in {time.time() - start:.0f} s", flush=True)
     start = time.time()
-    report = tasks.compress(clf, a, b, validation=(c, d), methods=methods, verbose=True)
+    report = tasks.compress(clf, a, b, validation=(c, d), methods=methods, representative_size=calibration,
+                            verbose=True)
     print(f"compressed in {time.time() - start:.0f} s\n", flush=True)
     print(report.to_markdown())
     paths = report.save(out)

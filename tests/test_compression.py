@@ -335,16 +335,20 @@ def test_language_model_int8_weights(tiny_lm, lm_text, tmp_path):
     import tasks
 
     validation = lm_text[-3000:]
-    # conversions in child processes (the default); a student distilled for a few steps
-    report = tasks.compress(tiny_lm, lm_text, validation=validation, methods=("ptq_dynamic", "distill"),
-                            eval_tokens=300, student={"hidden": 24, "ff": 48, "heads": 2, "layers": 2, "steps": 30,
-                                                      "batch_size": 16, "warmup_steps": 5})
-    float_row, int8_row, student_row = report.rows
+    # in-process conversion (fast; test_crashing_conversion_is_a_failed_row covers the child process);
+    # a student distilled and a pruned model fine-tuned for a few steps
+    report = tasks.compress(tiny_lm, lm_text, validation=validation, methods=("ptq_dynamic", "distill", "prune"),
+                            eval_tokens=300, isolate=False, prune_steps=10,
+                            student={"hidden": 24, "ff": 48, "heads": 2, "layers": 2, "steps": 30,
+                                     "batch_size": 16, "warmup_steps": 5})
+    float_row, int8_row, student_row, pruned_row = report.rows
     assert [float_row["name"], int8_row["name"]] == ["float", "ptq_dynamic"] and int8_row["tokens"] == 300
     assert student_row["name"] == "distill" and student_row["parameters"] < 0.5 * float_row["parameters"]
     assert student_row["tflite_bytes"] < 0.5 * float_row["tflite_bytes"]
     assert report["distill"].lm.tokenizer is tiny_lm.tokenizer
     assert float_row["xla_tokens_per_s"] > 0 and int8_row["xla_tokens_per_s"] is None
+    assert report["prune"].lm.config.ff == round(0.2 * tiny_lm.config.ff)
+    assert pruned_row["tflite_bytes"] < float_row["tflite_bytes"] and pruned_row["loss"] < 1.2 * float_row["loss"]
     lo, hi = int8_row["drop_ci"]["loss"]
     assert lo <= int8_row["quality_drop"] <= hi
     assert int8_row["quantization"] == "dynamic" and int8_row["tflite_bytes"] < 0.7 * float_row["tflite_bytes"]

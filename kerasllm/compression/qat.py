@@ -151,12 +151,16 @@ def qat_tflite_bytes(clf):
     the converter keeps the trained ranges. One full-length signature ``predict_<max_length>``."""
     from kerasllm._tf import tf
     from kerasllm.export import tflite as tflite_lib
+    from kerasllm.export.classifier import length_buckets
     from kerasllm.export.flatbuffer import rename_signatures
     from kerasllm.models.classifier import input_width
 
-    model = clf.qat_model
-    spec = tf.TensorSpec([None, input_width(clf.config)], tf.int32, name="token_ids")
-    function = tf.function(lambda token_ids: {"probabilities": model(token_ids, training=False)},
+    model, width = clf.qat_model, input_width(clf.config)
+    # the runtime fills rows as wide as the full length bucket says (words + char grams); the model
+    # reads its own input width of them (the rest is padding when the bag path is off)
+    n_words, n_grams = length_buckets(clf.config)[-1]
+    spec = tf.TensorSpec([None, n_words + n_grams], tf.int32, name="token_ids")
+    function = tf.function(lambda token_ids: {"probabilities": model(token_ids[:, :width], training=False)},
                            input_signature=[spec]).get_concrete_function()
     holder = tf.Module()
     holder.model = model
