@@ -82,3 +82,16 @@ def test_model_names_from_file_names_are_valid(bad):
     from tasks.quickstart import model_name_from
 
     assert check_model_name(model_name_from(bad))
+
+
+def test_language_model_trains_to_its_target_and_writes_words():
+    """The quickstart's LM step on the built-in text, to a slightly looser target than the quickstart's
+    1.5 (about 1,100 steps, a minute of one core): it stops by quality and its samples are mostly words."""
+    from kerasllm.data import default_corpus
+    from tasks.quickstart import LM_MAX_STEPS, train_language_model_to
+
+    corpus = default_corpus()
+    lm, evaluation, held_out, samples, share = train_language_model_to(corpus, 1.6, LM_MAX_STEPS, seed=0)
+    assert lm.history["reached_target"] and lm.history["steps"] < LM_MAX_STEPS
+    assert evaluation["loss"] <= 1.6 and evaluation["tokens"] >= len(held_out) - 1
+    assert share > 0.5, (share, samples)
