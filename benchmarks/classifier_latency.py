@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "sms_spam.tsv"
+SHARED = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
+              ROOT.parent / "shared" / "data") / "sms_spam.tsv"
 
 
 def pin(enabled):
@@ -108,6 +109,38 @@ def main():
         p50, p99 = np.median(one[name]), np.percentile(one[name], 99)
         rate = len(batch) / np.median(batch_times[name])
         print(f"{name:<30} {p50 * 1e6:>10.1f} µs {p99 * 1e6:>10.1f} µs {base / p50:>10.0f}x {rate:>12.0f}")
+    # Long texts: one text of n words (words drawn from the test texts) through the TFLite runtime.
+    rng = np.random.default_rng(0)
+    vocabulary = " ".join(test).split()
+    print(f"\nTFLite float, one text of n words (max_length {clf.config.max_length}: longer texts are cut there)")
+    print(f"{'words':>6} {'p50 µs/text':>12} {'batch of 64: µs/text':>21}")
+    for n in (16, 64, 256):
+        texts = [" ".join(rng.choice(vocabulary, n)) for _ in range(64)]
+        tflite_float.predict(texts)
+        singles = []
+        for _ in range(3):
+            for t in texts:
+                t0 = time.perf_counter()
+                tflite_float.predict([t])
+                singles.append(time.perf_counter() - t0)
+        batch = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            tflite_float.predict(texts)
+            batch.append((time.perf_counter() - t0) / len(texts))
+        print(f"{n:>6} {np.median(singles) * 1e6:>12.1f} {np.median(batch) * 1e6:>21.1f}")
+    # Small batches run the length buckets too: two texts vs two one-text calls.
+    pair_times, two_single = [], []
+    for i in range(0, 400, 2):
+        pair = [test[i % len(test)], test[(i + 1) % len(test)]]
+        t0 = time.perf_counter()
+        tflite_float.predict(pair)
+        pair_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        tflite_float.predict(pair[:1]), tflite_float.predict(pair[1:])
+        two_single.append(time.perf_counter() - t0)
+    print(f"\ntwo SMS texts in one call: p50 {np.median(pair_times) * 1e6:.1f} µs; "
+          f"two one-text calls: p50 {np.median(two_single) * 1e6:.1f} µs")
     import ai_edge_litert
     import tf_keras
 

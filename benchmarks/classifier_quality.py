@@ -1,61 +1,209 @@
-"""Classifier quality: the default model, the plain SimpleRNN (bag_of_ngrams=False) and TF-IDF +
-logistic regression on the same splits, in one run.
+"""Classifier quality: the default model, its two paths alone, TF-IDF + logistic regression and a
+linear model over the default's own features, on the same splits, in one run.
 
-Data: the built-in documentation topics (every topic with at least 25 paragraphs, a harder
-many-class set) and, when ../shared/data is present, the SMS Spam Collection (standard
-stratified 80/20 split, seed 0) over several training seeds.
+Sets (../shared/data, see its README for splits and reference numbers): TREC-6 (its own
+train/test files), CR, SUBJ and SMS spam (stratified 80/20, seed 0), plus the built-in
+documentation topics (five topics, stratified 80/20, seed 0; always present).
 
-    python benchmarks/classifier_quality.py [--seeds 0 1 2]
+Rows per set: ``default``; ``bag of n-grams alone`` (``recurrent=False``); ``recurrent alone``
+(``bag_of_ngrams=False``); ``tfidf+lr uni`` (scikit-learn defaults, ``sublinear_tf=True``);
+``tfidf+lr uni+bi C=10`` (``ngram_range=(1, 2)``, ``sublinear_tf=True``, ``C=10``); ``linear over
+our features`` (scikit-learn's LogisticRegression at its defaults, C=1, on the default's own bag
+features: word, hashed-bigram and character n-gram ids, idf-weighted, L2-normalised; the bag path
+is the same model with C=10). Neural rows: mean and spread (max - min)
+over the seeds; the scikit-learn rows are deterministic.
+
+    python benchmarks/classifier_quality.py                      # all sets, seeds 0 1 2
+    python benchmarks/classifier_quality.py --sets trec cr --seeds 0 --models default
+
+Pinned to one core with one TensorFlow thread unless --no-pin.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections import Counter
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SMS = ROOT.parent / "shared" / "data" / "sms_spam.tsv"
+# ../shared/data beside the checkout (or beside the folder of worktrees that holds it)
+DATA = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()), ROOT.parent / "shared" / "data")
+SETS = ("trec", "cr", "subj", "sms", "topics")
+NEURAL = {"default": {}, "bag of n-grams alone": {"recurrent": False}, "recurrent alone": {"bag_of_ngrams": False}}
+LINEAR = ("tfidf+lr uni", "tfidf+lr uni+bi C=10", "linear over our features")
+MODELS = {"default": "default", "bag": "bag of n-grams alone", "recurrent": "recurrent alone",
+          "tfidf_uni": "tfidf+lr uni", "tfidf_bi": "tfidf+lr uni+bi C=10", "ours_linear": "linear over our features"}
+
+
+def load_set(name):
+    from kerasllm.data import default_classification_data, read_table, stratified_split
+
+    if name == "topics":
+        return stratified_split(*default_classification_data(), test_size=0.2, seed=0)
+    if name == "trec":
+        if not (DATA / "trec6_train.tsv").is_file():
+            return None
+        return (*read_table(DATA / "trec6_train.tsv", "text", "label"), *read_table(DATA / "trec6_test.tsv", "text", "label"))
+    path = DATA / {"cr": "cr.tsv", "subj": "subj.tsv", "sms": "sms_spam.tsv"}[name]
+    if not path.is_file():
+        return None
+    return stratified_split(*read_table(path, "text", "label"), test_size=0.2, seed=0)
+
+
+def linear_rows(train, train_labels, test, test_labels, wanted):
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    out = {}
+    y = np.array(test_labels)
+    if "tfidf+lr uni" in wanted:
+        v = TfidfVectorizer(sublinear_tf=True)
+        lr = LogisticRegression(max_iter=3000).fit(v.fit_transform(train), train_labels)
+        out["tfidf+lr uni"] = float(np.mean(lr.predict(v.transform(test)) == y))
+    if "tfidf+lr uni+bi C=10" in wanted:
+        v = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2))
+        lr = LogisticRegression(C=10, max_iter=3000).fit(v.fit_transform(train), train_labels)
+        out["tfidf+lr uni+bi C=10"] = float(np.mean(lr.predict(v.transform(test)) == y))
+    if "linear over our features" in wanted:
+        x_train, x_test = our_features(train, test)
+        lr = LogisticRegression(max_iter=3000).fit(x_train, train_labels)
+        out["linear over our features"] = float(np.mean(lr.predict(x_test) == y))
+    return out
+
+
+def our_features(train, test):
+    """The default model's bag features, computed by its own code: word, character n-gram and
+    hashed-bigram ids from its tokenizer, idf-weighted and L2-normalised (``bag_features``)."""
+    import numpy as np
+
+    from kerasllm.models.classifier import ClassifierConfig, ClassifierParts, bag_features, idf_weights
+    from kerasllm.text.word import WordTokenizer
+
+    cfg = ClassifierConfig()
+    max_length = int(np.clip(np.percentile(WordTokenizer().lengths(train), 95), 16, 128))
+    tok = WordTokenizer(max_length=max_length, char_ngrams=cfg.char_ngrams).fit(
+        train, max_tokens=cfg.vocab_size, max_char_tokens=cfg.char_vocab_size)
+    cfg.max_length, cfg.vocab_size, cfg.char_vocab_size = max_length, tok.vocab_size, len(tok.char_vocabulary)
+    cfg.max_char_grams = tok.max_char_grams
+    parts = ClassifierParts(cfg, 2)
+    train_grams = parts.ngram_ids(tok.encode(train)).numpy()
+    idf = idf_weights(train_grams, parts.bag_size)
+    return bag_features(train_grams, idf), bag_features(parts.ngram_ids(tok.encode(test)).numpy(), idf)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--set-option", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="extra TextClassifier settings for the neural rows (experiments)")
+    parser.add_argument("--logs", nargs="+", metavar="FILE",
+                        help="no training: print the summary of earlier runs' printed rows (e.g. one run per seed)")
     args = parser.parse_args()
+    if args.logs:
+        return summarise(parse_logs(args.logs), args.sets, sorted({s for f in args.logs for s in _seeds(f)}),
+                         [MODELS[m] for m in args.models], {})
+    if not args.no_pin:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     sys.path.insert(0, str(ROOT))
 
     import numpy as np
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score
 
     import tasks
-    from kerasllm.data import default_documents, read_table, stratified_split
 
-    texts, labels = default_documents()
-    counts = Counter(labels)
-    keep = [i for i, label in enumerate(labels) if counts[label] >= 25]
-    sets = {"documentation topics (>= 25 paragraphs each)": ([texts[i] for i in keep], [labels[i] for i in keep])}
-    if SMS.is_file():
-        sets["SMS Spam Collection"] = read_table(SMS, "text", "label")
+    if not args.no_pin:
+        from kerasllm._tf import tf
 
-    rows = []
-    for name, (x, y) in sets.items():
-        train, train_labels, test, test_labels = stratified_split(x, y, 0.2, 0)
-        vectorizer = TfidfVectorizer()
-        baseline = LogisticRegression(max_iter=2000).fit(vectorizer.fit_transform(train), train_labels)
-        predicted = baseline.predict(vectorizer.transform(test))
-        rows.append((name, len(set(y)), "TF-IDF + logistic regression", "-",
-                     np.mean(predicted == np.array(test_labels)), f1_score(test_labels, predicted, average="macro")))
-        for variant, options in (("kerasllm default", {}), ("plain SimpleRNN", {"bag_of_ngrams": False})):
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    extra = {}
+    for item in args.set_option:
+        key, value = item.split("=", 1)
+        extra[key] = eval(value, {})  # benchmark-only: numbers, booleans, strings in quotes
+    wanted = [MODELS[m] for m in args.models]
+    results = {}  # (set, model) -> [accuracy per seed]
+    for name in args.sets:
+        data = load_set(name)
+        if data is None:
+            print(f"{name}: data not found under {DATA}, skipped", flush=True)
+            continue
+        train, train_labels, test, test_labels = data
+        for model, accuracy in linear_rows(train, train_labels, test, test_labels, wanted).items():
+            results[(name, model)] = [accuracy]
+            print(f"{name:<7} {model:<26} {accuracy:.4f}", flush=True)
+        for model, options in NEURAL.items():
+            if model not in wanted:
+                continue
             for seed in args.seeds:
-                m = tasks.train_classifier(train, train_labels, seed=seed, **options).evaluate(test, test_labels)
-                rows.append((name, len(set(y)), variant, seed, m["accuracy"], m["macro_f1"]))
-                print(rows[-1], flush=True)
+                t0 = time.perf_counter()
+                clf = tasks.train_classifier(train, train_labels, seed=seed, **{**extra, **options})
+                accuracy = clf.evaluate(test, test_labels)["accuracy"]
+                results.setdefault((name, model), []).append(accuracy)
+                print(f"{name:<7} {model:<26} seed {seed} {accuracy:.4f}  ({time.perf_counter() - t0:.0f} s, "
+                      f"{len(clf.history_.get('loss', []))} epochs)", flush=True)
 
-    print(f"\n{'data':<46} {'classes':>7}  {'model':<30} {'seed':>4} {'accuracy':>9} {'macro-F1':>9}")
-    for name, n, variant, seed, accuracy, f1 in rows:
-        print(f"{name:<46} {n:>7}  {variant:<30} {seed!s:>4} {accuracy:>9.4f} {f1:>9.4f}")
+    summarise(results, args.sets, args.seeds, wanted, extra)
+
+
+def _seeds(path):
+    import re
+
+    return {int(m) for m in re.findall(r" seed (\d+) ", Path(path).read_text())}
+
+
+def parse_logs(paths):
+    """(set, model) -> accuracies, from the rows this script prints as it goes."""
+    import re
+
+    results = {}
+    row = re.compile(r"^(\w+)\s+(.+?)\s+(?:seed (\d+) )?(\d\.\d{4})(?:\s|$)")
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            m = row.match(line)
+            if m and m.group(2).strip() in NEURAL or (m and m.group(2).strip() in LINEAR):
+                name, model, seed, accuracy = m.group(1), m.group(2).strip(), m.group(3), float(m.group(4))
+                if seed is None and (name, model) in results:
+                    continue  # deterministic rows: once
+                results.setdefault((name, model), []).append(accuracy)
+    return results
+
+
+def summarise(results, sets, seeds, wanted, extra):
+    import numpy as np
+
+    sets = [s for s in sets if any(k[0] == s for k in results)]
+    print(f"\naccuracy on the test split; neural rows: mean (max-min) over seeds {seeds}"
+          + (f"; settings {extra}" if extra else ""))
+    print(f"{'model':<26}" + "".join(f"{s:>16}" for s in sets) + f"{'mean':>10}")
+    means = {}
+    for model in wanted:
+        cells, values = [], []
+        for s in sets:
+            accs = results.get((s, model))
+            if not accs:
+                cells.append(f"{'-':>16}")
+                continue
+            values.append(np.mean(accs))
+            spread = f" ({max(accs) - min(accs):.3f})" if len(accs) > 1 else ""
+            cells.append(f"{np.mean(accs):>8.4f}{spread:<8}")
+        means[model] = values
+        mean = f"{np.mean(values):>10.4f}" if len(values) == len(sets) else f"{'-':>10}"
+        print(f"{model:<26}" + "".join(cells) + mean)
+    if means.get("default") and len(means.get("tfidf+lr uni+bi C=10", [])) == len(means["default"]) == len(sets):
+        diff = np.array(means["default"]) - np.array(means["tfidf+lr uni+bi C=10"])
+        print(f"\ndefault - tfidf+lr uni+bi C=10: mean {diff.mean() * 100:+.2f} points; per set "
+              + ", ".join(f"{s} {d * 100:+.2f}" for s, d in zip(sets, diff)))
+    if means.get("default") and len(means.get("bag of n-grams alone", [])) == len(means["default"]) == len(sets):
+        wins = sum(a > b for a, b in zip(means["default"], means["bag of n-grams alone"]))
+        print(f"default beats its bag of n-grams path alone on {wins} of {len(sets)} sets")
+    if len(means.get("recurrent alone", [])) == len(means.get("tfidf+lr uni", [])) == len(sets):
+        for s, a, b in zip(sets, means["recurrent alone"], means["tfidf+lr uni"]):
+            print(f"recurrent alone vs tfidf+lr uni on {s}: {a:.4f} vs {b:.4f}")
 
 
 if __name__ == "__main__":

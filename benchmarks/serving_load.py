@@ -8,6 +8,13 @@
 2. Hostile input: ``--fuzz`` malformed requests (fuzzed bodies and paths, huge payloads, deep nesting):
    no 5xx, and the server still answers correctly after.
 3. Version switch: a new version is published while the clients run: no request fails, answers switch.
+4. Generation: ``--gen-clients`` (32) concurrent streaming ``:generate`` clients with mixed prompt (4-60
+   characters) and output (8-64 tokens) lengths against a character Transformer (hidden 256, 4 layers,
+   context 256; untrained: speed does not depend on the weights), for
+   ``--gen-seconds`` per mode, one server process at a time: one request at a time (1 cache slot),
+   static batching (32 slots; a batch is admitted only when the previous one has finished) and
+   continuous batching (32 slots; requests join at any step). Tokens/s, time to first token p50/p99,
+   per-token latency p50. Goals: continuous >= 1.5x static throughput, TTFT p99 <= 0.25x static's.
 
 ``--root DIR --model NAME`` loads existing exports instead of building the stand-in model (the version
 check then reads the status endpoint only). The server runs in a child process (``--pin`` puts it on core 0 and
@@ -301,6 +308,145 @@ async def version_switch(url, model, clients, seconds, publish_new, limit=120):
     return task.result(), seen, published_at, state["new"], served, went_back, state["switched"]
 
 
+GEN_MODES = {"one at a time": dict(generation_slots=1), "static batching": dict(generation_policy="static"),
+             "continuous": dict(generation_policy="continuous")}
+
+
+def build_language_model(root, context_length):
+    """A small character Transformer (a few training steps: the speed does not depend on the weights)."""
+    import tasks
+    from kerasllm.data import default_corpus
+
+    lm = tasks.train_language_model(default_corpus()[:20000], architecture="transformer", tokenizer="char",
+                                    context_length=context_length, steps=2, seed=0, hidden=256, layers=4, heads=4,
+                                    ff=1024, batch_size=4, warmup_steps=1, verbose=0)
+    tasks.export(lm, root / "lm", formats=("saved_model",))
+
+
+def start_generation_server(root, port, mode, args):
+    options = dict(GEN_MODES[mode])
+    options.setdefault("generation_slots", args.gen_slots)
+    code = ("from tasks.serve import serve; "
+            f"serve({str(root)!r}, port={port}, poll_seconds=0.5, request_timeout=600.0, stream_timeout=600.0, "
+            + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")")
+    command = [sys.executable, "-c", code]
+    if args.pin:
+        command = ["taskset", "-c", "0"] + command
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    log_path = Path(root).parent / f"server-{port}.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    process.log_path = log_path
+    return process
+
+
+async def stream_one(session, url, prompt, n):
+    """One streaming :generate: (ttft s, per-token s or None, tokens, error or None)."""
+    started = time.perf_counter()
+    first = last = None
+    try:
+        async with session.post(f"{url}/v1/models/lm:generate",
+                                json={"prompts": [prompt], "max_new_tokens": n, "stream": True}) as response:
+            if response.status != 200:
+                return None, None, 0, f"HTTP {response.status}"
+            async for line in response.content:
+                if not line.startswith(b"data: "):
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    return None, None, 0, event["error"]
+                if "text" in event:
+                    last = time.perf_counter()
+                    first = first or last
+                if event.get("done"):
+                    generated = len(event["completions"][0]) - len(prompt)
+                    per_token = (last - first) / (generated - 1) if generated > 1 else None
+                    return first - started, per_token, generated, None
+    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+        return None, None, 0, repr(error)
+    return None, None, 0, "stream ended without its last event"
+
+
+async def generation_load(url, clients, seconds, seed=0):
+    rng = random.Random(seed)
+    words = "the model returns a value when the function is called with a list of arguments".split()
+    result = {"tokens": 0, "ttft": [], "per_token": [], "errors": [], "requests": 0}
+    deadline = time.perf_counter() + seconds
+    timeout = aiohttp.ClientTimeout(total=600)
+
+    async def client(index):
+        local = random.Random(rng.random())
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while time.perf_counter() < deadline:
+                prompt = " ".join(local.choice(words) for _ in range(local.randint(1, 12)))[:local.randint(4, 60)]
+                ttft, per_token, tokens, error = await stream_one(session, url, prompt, local.randint(8, 64))
+                if error is not None:
+                    result["errors"].append(error)
+                    continue
+                result["requests"] += 1
+                result["tokens"] += tokens
+                result["ttft"].append(ttft)
+                if per_token is not None:
+                    result["per_token"].append(per_token)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    result["elapsed"] = time.perf_counter() - started  # the last requests finish after the deadline: counted
+    return result
+
+
+def generation_scenario(work, args):
+    """Run the three modes one after another; returns (rows, checks)."""
+    root = work / "gen_models"
+    started = time.perf_counter()
+    build_language_model(root, args.gen_context)
+    print(f"built the stand-in language model in {time.perf_counter() - started:.1f} s", flush=True)
+    rows = []
+    for mode in GEN_MODES:
+        port = free_port()
+        process = start_generation_server(root, port, mode, args)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            async def run():
+                await wait_ready(url, "lm", process)
+                await generation_load(url, min(args.gen_clients, 4), args.warmup_seconds)  # engine compiled
+                return await generation_load(url, args.gen_clients, args.gen_seconds)
+
+            result = asyncio.run(run())
+        finally:
+            stop_server(process)
+        ttft = np.array(result["ttft"] or [np.nan]) * 1e3
+        per_token = np.array(result["per_token"] or [np.nan]) * 1e3
+        rows.append({"mode": mode, "requests": result["requests"], "tokens/s": result["tokens"] / result["elapsed"],
+                     "ttft p50": float(np.percentile(ttft, 50)), "ttft p99": float(np.percentile(ttft, 99)),
+                     "token p50": float(np.percentile(per_token, 50)), "errors": len(result["errors"]),
+                     "first errors": result["errors"][:3]})
+        print(f"  {mode}: {rows[-1]['tokens/s']:.0f} tokens/s, {len(result['errors'])} errors", flush=True)
+    return rows
+
+
+def print_generation(rows, args):
+    print(f"generation: {args.gen_clients} streaming clients, {args.gen_seconds:g} s per mode, prompts 4-60 chars, "
+          f"8-64 new tokens, character Transformer (context {args.gen_context}, hidden 256, 4 layers), "
+          f"{args.gen_slots} cache slots")
+    print(f"{'mode':<16} {'requests':>9} {'tokens/s':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} "
+          f"{'ms/token p50':>13} {'errors':>7}")
+    for row in rows:
+        print(f"{row['mode']:<16} {row['requests']:>9} {row['tokens/s']:>9.0f} {row['ttft p50']:>12.1f} "
+              f"{row['ttft p99']:>12.1f} {row['token p50']:>13.2f} {row['errors']:>7}")
+        if row["errors"]:
+            print(f"  first errors: {row['first errors']}")
+    by = {row["mode"]: row for row in rows}
+    speed = by["continuous"]["tokens/s"] / max(by["static batching"]["tokens/s"], 1e-9)
+    ttft = by["continuous"]["ttft p99"] / max(by["static batching"]["ttft p99"], 1e-9)
+    alone = by["continuous"]["tokens/s"] / max(by["one at a time"]["tokens/s"], 1e-9)
+    print(f"continuous / static: throughput {speed:.2f}x, TTFT p99 {ttft:.2f}x; continuous / one at a time: "
+          f"throughput {alone:.2f}x")
+    return {"generation: 0 errors": all(r["errors"] == 0 for r in rows),
+            "generation: continuous >= 1.5x static throughput": speed >= 1.5,
+            "generation: continuous TTFT p99 <= 0.25x static": ttft <= 0.25}
+
+
 def summarize(name, result, hist=None):
     lat = np.array(result["latencies"]) * 1e3 if result["latencies"] else np.array([np.nan])
     return {"mode": name, "requests": result["requests"], "req/s": result["requests"] / result["elapsed"],
@@ -308,35 +454,8 @@ def summarize(name, result, hist=None):
             "errors": len(result["errors"]), "batches": hist or {}}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=30.0, help="load time per mode (split across rounds)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating on/off rounds")
-    parser.add_argument("--fuzz", type=int, default=5000, help="hostile requests (0 to skip)")
-    parser.add_argument("--switch-seconds", type=float, default=20.0, help="load time around a new version (0 skips)")
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--batch-timeout-micros", type=int, default=2000)
-    parser.add_argument("--allowed-batch-sizes", type=lambda s: [int(x) for x in s.split(",") if x],
-                        default=[1, 2, 4, 8, 16, 32])
-    parser.add_argument("--threads", type=int, default=1, help="num_batch_threads of the server")
-    parser.add_argument("--root", type=Path, help="serve existing exports instead of the stand-in classifier")
-    parser.add_argument("--model", default="sms")
-    parser.add_argument("--verb", choices=("predict", "generate"), default="predict",
-                        help="generate: one-prompt :generate requests (needs --root with a language model)")
-    parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens per :generate request")
-    parser.add_argument("--warmup-seconds", type=float, default=2.0,
-                        help="load before measuring (XLA compiles each new batch shape once)")
-    parser.add_argument("--pin", action="store_true", help="server on core 0, load generator on core 1")
-    args = parser.parse_args()
-    if args.clients < 1 or args.clients > 1024 or args.seconds <= 0 or args.seconds > 600 or args.fuzz > 100_000:
-        parser.error("keep it bounded: 1-1024 clients, 0-600 s, at most 100,000 fuzz requests")
-    if args.verb == "generate" and args.root is None:
-        parser.error("--verb generate needs --root with an exported language model (a 'generate' signature)")
-    REQUEST.update(verb=args.verb, max_new_tokens=args.max_new_tokens)
-    if args.pin:
-        os.sched_setaffinity(0, {1})
-
+def classifier_scenario(args):
+    """Steps 1-3; returns (checks, server log tails)."""
     from bench_models import write_classifier
 
     from kerasllm.export.layout import versions
@@ -446,6 +565,56 @@ def main():
         checks["version switch: 0 errors, new version served, never back"] = (
             not result["errors"] and served == new_version and not went_back
             and (not tagged or tagged[-1] == new_version))
+    return checks, logs
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=30.0, help="load time per mode (split across rounds)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating on/off rounds")
+    parser.add_argument("--fuzz", type=int, default=5000, help="hostile requests (0 to skip)")
+    parser.add_argument("--switch-seconds", type=float, default=20.0, help="load time around a new version (0 skips)")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--batch-timeout-micros", type=int, default=2000)
+    parser.add_argument("--allowed-batch-sizes", type=lambda s: [int(x) for x in s.split(",") if x],
+                        default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--threads", type=int, default=1, help="num_batch_threads of the server")
+    parser.add_argument("--root", type=Path, help="serve existing exports instead of the stand-in classifier")
+    parser.add_argument("--model", default="sms")
+    parser.add_argument("--verb", choices=("predict", "generate"), default="predict",
+                        help="generate: one-prompt :generate requests (needs --root with a language model)")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens per :generate request")
+    parser.add_argument("--warmup-seconds", type=float, default=2.0,
+                        help="load before measuring (XLA compiles each new batch shape once)")
+    parser.add_argument("--pin", action="store_true", help="server on core 0, load generator on core 1")
+    parser.add_argument("--gen-clients", type=int, default=32, help="streaming clients of the generation scenario")
+    parser.add_argument("--gen-seconds", type=float, default=20.0, help="generation load per mode (0 skips)")
+    parser.add_argument("--gen-slots", type=int, default=32, help="cache slots (static and continuous modes)")
+    parser.add_argument("--gen-context", type=int, default=256, help="context length of the stand-in model")
+    parser.add_argument("--skip-classifier", action="store_true", help="only the generation scenario")
+    args = parser.parse_args()
+    if args.clients < 1 or args.clients > 1024 or args.seconds <= 0 or args.seconds > 600 or args.fuzz > 100_000:
+        parser.error("keep it bounded: 1-1024 clients, 0-600 s, at most 100,000 fuzz requests")
+    if not 1 <= args.gen_clients <= 256 or not 0 <= args.gen_seconds <= 600:
+        parser.error("keep it bounded: 1-256 generation clients, 0-600 s")
+    if args.verb == "generate" and args.root is None:
+        parser.error("--verb generate needs --root with an exported language model (a 'generate' signature)")
+    REQUEST.update(verb=args.verb, max_new_tokens=args.max_new_tokens)
+    if args.pin:
+        os.sched_setaffinity(0, {1})
+
+    checks, logs = {}, {}
+    if not args.skip_classifier:
+        checks, logs = classifier_scenario(args)
+    if args.gen_seconds > 0:
+        work = Path(tempfile.mkdtemp(prefix="kerasllm-generation-bench-"))
+        try:
+            rows = generation_scenario(work, args)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print()
+        checks.update(print_generation(rows, args))
     ok = all(checks.values())
     print("; ".join(f"{name}: {'yes' if passed else 'NO'}" for name, passed in checks.items()))
     if not ok:

@@ -1,18 +1,24 @@
-"""Similarity index vs scikit-learn LSA (TfidfVectorizer + TruncatedSVD), measured in one run.
+"""Similarity index vs scikit-learn LSA and gensim LSI, measured fairly in one run; search passes; scale.
 
-Part 1 (labelled data, same k for both): fit time, time to embed 1,000 query texts, top-10 search
-time of one query against the index (scikit-learn's peer: NearestNeighbors, cosine, brute force)
-and precision@10 (share of the 10 neighbours with the query's label). Data: the SMS collection in
-../shared/data (stratified 80/20 split, seed 0: the 20% are the queries) and, as a second data set,
-the paragraphs of Python's documentation topics labelled by topic.
-Part 2 (synthetic documents, 10k/100k/1M): fit time, peak memory (each size in its own process),
-and one-query top-10 search time, to show how time and memory grow.
+Part 1 (labelled data; precision@10 = share of the 10 nearest training texts with the query's
+label; fit = vectorize + SVD + document vectors, median of alternating repeats), on SMS, the
+built-in documentation topics, TREC and SUBJ (../shared/data; shared splits):
+  - kerasllm at its defaults (n_components=k);
+  - scikit-learn at its defaults: TfidfVectorizer() + TruncatedSVD(k) (n_iter=5, float64);
+  - scikit-learn matched to kerasllm: sublinear_tf, kerasllm's tokens (words of 2+ characters;
+    kerasllm also keeps single CJK letters, absent here), float32, TruncatedSVD(k, n_iter=2);
+  - gensim LSI at its defaults (simple_preprocess, TfidfModel, LsiModel(num_topics=k));
+  - raw TF-IDF cosine (kerasllm's sparse features, no SVD): the precision the SVD should keep.
+Part 2 (search passes): one query vs batches, int8 first pass vs float32 scan, on an index of
+windows of the shared corpora; this is what ``INT8_MAX_QUERIES`` in kerasllm/runtime/search.py rests on.
+Part 3 (--scale N ...): ANN (FAISS ivf) at N documents made of real text (overlapping windows of the
+shared corpora), each size in its own process: fit time, recall@10 against the exact
+scan, one-query p50, peak memory. --vocab: a corpus with >= 500k distinct features (word 1-3-grams).
 
-    python benchmarks/similarity.py                      # everything (about 10 minutes on 2 busy cores)
-    python benchmarks/similarity.py --sizes 10000 100000 # skip the million
+    python benchmarks/similarity.py                        # parts 1 and 2 (a few minutes)
+    python benchmarks/similarity.py --scale 1000000 5000000 --k 128   # part 3 (long: run in the background)
 
-Runs pinned to one BLAS thread (threadpoolctl) unless --threads says otherwise; variants alternate
-(A B A B ...) and the median of the repeats is reported.
+BLAS and FAISS run on one thread unless --threads says otherwise.
 """
 from __future__ import annotations
 
@@ -29,7 +35,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
+              ROOT.parent / "shared" / "data")
+TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # kerasllm's tokens on these (non-CJK) sets: words of 2+ characters
 
 
 def median_time(fn, repeats):
@@ -41,90 +49,157 @@ def median_time(fn, repeats):
     return float(np.median(times))
 
 
-def precision_at_10(neighbours, train_labels, test_labels):
-    return float(np.mean([np.mean([train_labels[i] == label for i in row[:10]])
-                          for row, label in zip(neighbours, test_labels)]))
+def normalize(x):
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1
+    return x / norms
 
 
-# -- part 1: against scikit-learn on labelled data ---------------------------------------------
-class Ours:
-    name = "kerasllm"
+def neighbours(doc_vectors, query_vectors, k=10):
+    """Top-k by cosine, ties in document order (the same rule for every system)."""
+    scores = query_vectors @ doc_vectors.T
+    scores = scores.toarray() if hasattr(scores, "toarray") else np.asarray(scores)
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
-    def __init__(self, k, seed=0):
-        self.k, self.seed = k, seed
+
+def precision_at_10(rows, train_labels, test_labels):
+    train_labels = np.asarray(train_labels)
+    return float(np.mean([np.mean(train_labels[row[:10]] == label) for row, label in zip(rows, test_labels)]))
+
+
+# -- part 1: systems ---------------------------------------------------------------------------
+class Kerasllm:
+    name = "kerasllm defaults"
+
+    def __init__(self, k):
+        self.k = k
 
     def fit(self, texts):
-        import tasks
+        from kerasllm.models.similarity import SimilarityIndex
 
-        self.index = tasks.build_similarity_index(texts, n_components=self.k, seed=self.seed)
-
-    def embed(self, texts):
-        return self.index.embed(texts)
-
-    def search(self, vector):
-        from kerasllm.runtime.search import top_k
-
-        return top_k(self.index.vectors, vector[None, :], 10, self.index._int8)[0][0]
+        self.index = SimilarityIndex(n_components=self.k, index="exact").fit(texts)
 
     def neighbours(self, texts):
-        return [[i for i, _ in r] for r in self.index.query(texts, k=10)]
+        return [[i for i, _ in row] for row in self.index.query(texts, k=10)]
+
+
+class RawTfidf:
+    name = "raw TF-IDF cosine"
+
+    def __init__(self, k):
+        pass
+
+    def fit(self, texts):
+        from kerasllm.text.tfidf import TfidfFeatures
+
+        self.features = TfidfFeatures()
+        self.x = self.features.fit_transform(texts)
+
+    def neighbours(self, texts):
+        return neighbours(self.x, self.features.transform(texts))
 
 
 class ScikitLearn:
-    name = "scikit-learn"
+    name = "scikit-learn defaults"
+    options = {}
+    svd_options = {}
 
-    def __init__(self, k, seed=0):
-        self.k, self.seed = k, seed
+    def __init__(self, k):
+        self.k = k
 
     def fit(self, texts):
         from sklearn.decomposition import TruncatedSVD
         from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.neighbors import NearestNeighbors
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import Normalizer
 
-        self.pipeline = make_pipeline(TfidfVectorizer(), TruncatedSVD(self.k, random_state=self.seed),
-                                      Normalizer(copy=False))
-        self.vectors = self.pipeline.fit_transform(texts).astype(np.float32)
-        self.nn = NearestNeighbors(n_neighbors=10, metric="cosine", algorithm="brute").fit(self.vectors)
-
-    def embed(self, texts):
-        return self.pipeline.transform(texts).astype(np.float32)
-
-    def search(self, vector):
-        return self.nn.kneighbors(vector[None, :], return_distance=False)[0]
+        self.vectorizer = TfidfVectorizer(**self.options)
+        self.svd = TruncatedSVD(self.k, random_state=0, **self.svd_options)
+        self.vectors = normalize(self.svd.fit_transform(self.vectorizer.fit_transform(texts)))
 
     def neighbours(self, texts):
-        return self.nn.kneighbors(self.embed(texts), return_distance=False)
+        return neighbours(self.vectors, normalize(self.svd.transform(self.vectorizer.transform(texts))))
+
+
+class ScikitLearnMatched(ScikitLearn):
+    name = "scikit-learn matched"
+    options = {"sublinear_tf": True, "token_pattern": TOKEN_PATTERN, "dtype": np.float32}
+    svd_options = {"n_iter": 2}
+
+
+class Gensim:
+    name = "gensim LSI defaults"
+
+    def __init__(self, k):
+        self.k = k
+
+    def fit(self, texts):
+        from gensim.corpora import Dictionary
+        from gensim.models import LsiModel, TfidfModel
+        from gensim.utils import simple_preprocess
+
+        tokens = [simple_preprocess(t) for t in texts]
+        self.dictionary = Dictionary(tokens)
+        bows = [self.dictionary.doc2bow(t) for t in tokens]
+        self.tfidf = TfidfModel(bows)
+        self.lsi = LsiModel(self.tfidf[bows], num_topics=self.k, id2word=self.dictionary, random_seed=0)
+        self.vectors = self._dense(self.tfidf[bows])
+
+    def _dense(self, corpus):
+        from gensim.matutils import corpus2dense
+
+        return normalize(corpus2dense(self.lsi[corpus], self.lsi.num_topics).T)
+
+    def neighbours(self, texts):
+        from gensim.utils import simple_preprocess
+
+        bows = [self.dictionary.doc2bow(simple_preprocess(t)) for t in texts]
+        return neighbours(self.vectors, self._dense(self.tfidf[bows]))
+
+
+SYSTEMS = [Kerasllm, ScikitLearn, ScikitLearnMatched, Gensim, RawTfidf]
 
 
 def compare(name, train, train_labels, test, test_labels, k, repeats):
-    systems = [Ours(k), ScikitLearn(k)]
+    systems = [cls(k) for cls in SYSTEMS]
     fit = {s.name: [] for s in systems}
-    for _ in range(repeats):  # alternate A B A B
+    for _ in range(repeats):  # alternate A B C A B C
         for s in systems:
             start = time.perf_counter()
             s.fit(train)
             fit[s.name].append(time.perf_counter() - start)
-    queries = (test * (1000 // len(test) + 1))[:1000]
-    rows = []
-    for s in systems:
-        embed = median_time(lambda: s.embed(queries), repeats)
-        vectors = s.embed(test[:200])
-        s.search(vectors[0])  # warm-up
-        search = float(np.median([median_time(lambda v=v: s.search(v), 3) for v in vectors]))
-        precision = precision_at_10(s.neighbours(test), train_labels, test_labels)
-        rows.append({"data": name, "system": s.name, "docs": len(train), "k": k,
-                     "fit_s": float(np.median(fit[s.name])), "embed_1000_s": embed, "search_ms": search * 1e3,
-                     "p@10": precision})
+    rows = [{"data": name, "system": s.name, "docs": len(train), "k": k, "fit_s": float(np.median(fit[s.name])),
+             "p@10": precision_at_10(s.neighbours(test), train_labels, test_labels)} for s in systems]
+    by = {r["system"]: r for r in rows}
+    ours, matched = by["kerasllm defaults"], by["scikit-learn matched"]
+    rows.append({"data": name, "system": "kerasllm / sklearn matched", "fit_s": ours["fit_s"] / matched["fit_s"],
+                 "p@10": ours["p@10"] - matched["p@10"]})
     return rows
 
 
-def sms_data():
-    from kerasllm.data import read_table, stratified_split
+def read_tsv(name):
+    labels, texts = [], []
+    with open(SHARED / name, encoding="utf-8") as f:
+        for line in f:
+            label, text = line.rstrip("\n").split("\t", 1)
+            labels.append(label)
+            texts.append(text)
+    return texts, labels
 
-    texts, labels = read_table(SHARED / "sms_spam.tsv", "text", "label")
-    return stratified_split(texts, labels, 0.2, seed=0)
+
+def sms_data():
+    from kerasllm.data import stratified_split
+
+    return stratified_split(*read_tsv("sms_spam.tsv"), 0.2, seed=0)
+
+
+def subj_data():
+    from kerasllm.data import stratified_split
+
+    return stratified_split(*read_tsv("subj.tsv"), 0.2, seed=0)
+
+
+def trec_data():
+    return (*read_tsv("trec6_train.tsv"), *read_tsv("trec6_test.tsv"))
 
 
 def topics_data():
@@ -137,64 +212,115 @@ def topics_data():
     return list(a), list(c), list(b), list(d)
 
 
-# -- part 2: growth on synthetic documents -------------------------------------------------
-def synthetic_documents(n, seed=0, n_topics=200, vocabulary=30000, chunk=50_000):
-    """Sentences of made-up words: each document mixes one topic's words (Zipf) with common words.
-    Made in chunks, so the generator's own arrays stay small next to the index being measured."""
+# -- real-text documents for parts 2 and 3 --------------------------------------------------------
+def corpus_tokens():
+    """All words of the shared corpora, in order (about 0.6M)."""
+    from kerasllm.text.tfidf import TfidfFeatures
+
+    split = TfidfFeatures().split
+    words = split((SHARED / "tinyshakespeare.txt").read_text(encoding="utf-8"))
+    for name in ("sms_spam.tsv", "subj.tsv", "cr.tsv", "trec6_train.tsv", "trec6_test.tsv"):
+        for text in read_tsv(name)[0]:
+            words += split(text)
+    return np.array(words, dtype=object)
+
+
+def window_documents(n, seed=0, words=None):
+    """n documents, each a window of 8-40 consecutive words at a random place in the shared corpora:
+    real words and word order; windows overlap, so there are near-duplicates as in real collections."""
+    words = corpus_tokens() if words is None else words
     rng = np.random.default_rng(seed)
-    syllables = np.array(["ka", "lo", "mi", "ne", "ru", "ta", "vo", "zi", "pe", "su", "da", "fo", "gi", "ha", "ju"])
-    parts = rng.integers(0, len(syllables), size=(vocabulary, 3))
-    words = np.array(["".join(syllables[p]) + str(i % 97) for i, p in enumerate(parts)])
-    zipf = 1.0 / np.arange(1, 301) ** 1.1
-    zipf /= zipf.sum()
-    topic_words = rng.integers(0, vocabulary, size=(n_topics, 300))
     docs = []
-    for start in range(0, n, chunk):
-        docs += _synthetic_chunk(rng, min(chunk, n - start), words, zipf, topic_words)
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        starts = rng.integers(0, len(words) - 40, size=m)
+        lengths = rng.integers(8, 41, size=m)
+        docs += [" ".join(words[a:a + length]) for a, length in zip(starts.tolist(), lengths.tolist())]
     return docs
 
 
-def _synthetic_chunk(rng, n, words, zipf, topic_words):
-    vocabulary, n_topics = len(words), len(topic_words)
-    lengths = rng.integers(8, 30, size=n)
-    topics = rng.integers(0, n_topics, size=n)
-    total = int(lengths.sum())
-    from_topic = rng.random(total) < 0.6
-    ranks = rng.choice(300, size=total, p=zipf)
-    background = rng.zipf(1.3, size=total) % vocabulary
-    doc_of_word = np.repeat(np.arange(n), lengths)
-    ids = np.where(from_topic, topic_words[topics[doc_of_word], ranks], background)
-    tokens = words[ids]
-    bounds = np.concatenate([[0], np.cumsum(lengths)])
-    return [" ".join(tokens[bounds[i]:bounds[i + 1]]) for i in range(n)]
+def search_passes(size, k, repeats):
+    """Part 2: one query and batches, int8 pass vs float32 scan (the same exact answers)."""
+    from kerasllm.models.similarity import SimilarityIndex
+
+    docs = window_documents(size + 256, seed=1)
+    index = SimilarityIndex(n_components=k, keep_texts=False, index="exact", int8_search=True).fit(docs[:size])
+    queries = index.embed(docs[size:])
+    searcher = index.searcher_
+    rows = []
+    for batch in (1, 4, 16, 64, 256):
+        times = {}
+        for name, int8 in (("int8", True), ("float32", False)):
+            searcher.search(queries[:batch], 10, int8=int8)  # warm-up (the first int8 use builds its kernels)
+            if batch == 1:
+                times[name] = float(np.median([median_time(lambda q=q: searcher.search(q[None], 10, int8=int8), 3)
+                                               for q in queries[:100]]))
+            else:
+                times[name] = median_time(lambda: searcher.search(queries[:batch], 10, int8=int8), repeats) / batch
+        rows.append({"docs": size, "k": k, "batch": batch, "int8_ms_per_query": times["int8"] * 1e3,
+                     "float32_ms_per_query": times["float32"] * 1e3,
+                     "int8/float32": times["int8"] / times["float32"]})
+    return rows
 
 
-def child(size, k, dtype):
-    """One index size in a fresh process, so peak memory is this size's alone."""
-    import tasks
-    from kerasllm.runtime.search import top_k
+# -- part 3: scale (one size per process) --------------------------------------------------------------
+def scale_child(size, k, kind, nprobes):
+    from kerasllm.models.similarity import SimilarityIndex
+    from kerasllm.runtime.search import Searcher
 
-    docs = synthetic_documents(size + 200)  # the last 200 are the queries (same topics and words)
-    docs, queries = docs[:size], docs[size:]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    words = corpus_tokens()
+    docs = window_documents(size, seed=2, words=words)
+    queries = window_documents(200, seed=3, words=words)
     start = time.perf_counter()
-    index = tasks.build_similarity_index(docs, n_components=k, dtype=dtype, keep_texts=False)
+    index = SimilarityIndex(n_components=k, dtype="float16", keep_texts=False, int8_search=False, index=kind,
+                            max_fit_docs=200_000).fit(docs)
     fit = time.perf_counter() - start
+    features = index.features_.n_features
     del docs
     vectors = index.embed(queries)
-    index.query(queries[:1], k=10)  # warm-up
-    search = float(np.median([median_time(lambda v=v: top_k(index.vectors, v[None, :], 10, index._int8), 3)
-                              for v in vectors]))
-    search_f32 = float(np.median([median_time(lambda v=v: top_k(index.vectors, v[None, :], 10), 3)
-                                  for v in vectors[:50]]))
-    query = float(np.median([median_time(lambda t=t: index.query([t], k=10), 3) for t in queries[:50]]))
-    embed = median_time(lambda: index.embed(queries[:100]), 3) / 100
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"docs": size, "k": index.dimensions, "dtype": dtype, "features": index.features.n_features,
-                      "fit_s": fit, "search_ms": search * 1e3, "search_f32_ms": search_f32 * 1e3,
-                      "query_ms": query * 1e3, "embed_ms": embed * 1e3, "int8": index._int8 is not None,
-                      "index_mb": index.vectors.nbytes / 2 ** 20, "peak_rss_mb": peak / 1024,
-                      "rss_before_fit_mb": before / 1024}))
+    # exact answers: the float32 scan of every document
+    exact = Searcher(index.vectors_, index.ids_, int8=False, index="exact").search(vectors, 10)[0]
+    ann = index.searcher_.ann
+    rows = []
+    for nprobe in nprobes:
+        if kind == "ivf":
+            ann.nprobe = nprobe
+        else:
+            ann.ef_search = nprobe
+        ann._apply()
+        got = [index.searcher_.search(v[None], 10)[0][0] for v in vectors]
+        recall = float(np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact)]))
+        search = [median_time(lambda v=v: index.searcher_.search(v[None], 10), 3) for v in vectors]
+        query = [median_time(lambda t=t: index.query([t], k=10), 1) for t in queries[:100]]
+        rows.append({"docs": size, "k": k, "index": kind, "features": features, "fit_s": fit,
+                     "nprobe/ef": nprobe, "recall@10": recall, "search_p50_ms": float(np.median(search)) * 1e3,
+                     "search_p99_ms": float(np.percentile(search, 99)) * 1e3,
+                     "query_p50_ms": float(np.median(query)) * 1e3,
+                     "vectors_mb": index.vectors_.nbytes / 2 ** 20,
+                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    for row in rows:
+        print(json.dumps(row), flush=True)
+
+
+def vocab_child(size, k):
+    """A corpus with >= 500k distinct features: components stay bounded by max_features."""
+    from kerasllm.export.similarity import check_tflite_fits
+    from kerasllm.models.similarity import SimilarityIndex
+    from kerasllm.text.tfidf import TfidfFeatures
+
+    docs = window_documents(size, seed=4)
+    distinct = TfidfFeatures(ngram_range=(1, 3), max_features=None).fit(docs).n_features
+    start = time.perf_counter()
+    index = SimilarityIndex(n_components=k, ngram_range=(1, 3), keep_texts=False, index="exact").fit(docs)
+    fit = time.perf_counter() - start
+    try:
+        check_tflite_fits(index)
+        tflite = "fits"
+    except ValueError as e:
+        tflite = str(e)[:60]
+    print(json.dumps({"docs": size, "k": k, "distinct_features": distinct, "kept_features": index.features_.n_features,
+                      "components_mb": index.components_.nbytes / 2 ** 20, "fit_s": fit, "tflite": tflite,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
 
 
 def table(rows, columns):
@@ -206,68 +332,90 @@ def table(rows, columns):
 
 def fmt(value):
     if isinstance(value, float):
-        return f"{value:.4f}" if value < 10 else f"{value:.1f}"
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
     return "" if value is None else str(value)
+
+
+def run_child(args, extra):
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--k", str(args.k), *extra],
+                         capture_output=True, text=True, env=env)
+    if out.returncode:
+        print(out.stderr[-3000:], file=sys.stderr)
+        return []
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--k", type=int, default=256, help="SVD dimensions for both systems (default 256)")
+    parser.add_argument("--k", type=int, default=256, help="SVD dimensions for every system (default 256)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float16"))
-    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1)")
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--passes-docs", type=int, default=100_000, help="index size of part 2 (0: skip)")
+    parser.add_argument("--scale", type=int, nargs="*", default=[], help="part 3 sizes (e.g. 1000000 5000000)")
+    parser.add_argument("--index", default="ivf", choices=("ivf", "hnsw"), help="part 3 ANN kind")
+    parser.add_argument("--nprobe", type=int, nargs="*", default=[32, 64, 128], help="part 3 nprobe (ivf) or ef (hnsw)")
+    parser.add_argument("--vocab", type=int, default=0, help="documents of the large-vocabulary run (0: skip)")
+    parser.add_argument("--skip-fair", action="store_true", help="skip part 1")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS/FAISS threads (default 1)")
+    parser.add_argument("--scale-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--vocab-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     import scipy.linalg  # noqa: F401  (load every BLAS first, so the limit below reaches them all)
     import sklearn.utils.extmath  # noqa: F401
     from threadpoolctl import threadpool_info, threadpool_limits
 
     threadpool_limits(args.threads)
-    if args.child:
-        child(args.child, args.k, args.dtype)
-        return
-    rows = []
-    datasets = [("topics", topics_data)]
-    if (SHARED / "sms_spam.tsv").is_file():
-        datasets.insert(0, ("sms", sms_data))
-    else:
-        print(f"{SHARED} is absent: SMS rows skipped", file=sys.stderr)
-    for name, load in datasets:
-        rows += compare(name, *load(), k=args.k, repeats=args.repeats)
-    growth = []
-    for size in args.sizes:
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-        out = subprocess.run([sys.executable, __file__, "--child", str(size), "--k", str(args.k),
-                              "--dtype", args.dtype, "--threads", str(args.threads)],
-                             capture_output=True, text=True, env=env)
-        if out.returncode:
-            print(out.stderr[-2000:], file=sys.stderr)
-            growth.append({"docs": size, "fit_s": None})
-            continue
-        growth.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    try:
+        import faiss
 
+        faiss.omp_set_num_threads(args.threads)
+    except ImportError:
+        pass
+    if args.scale_child:
+        return scale_child(args.scale_child, args.k, args.index, args.nprobe)
+    if args.vocab_child:
+        return vocab_child(args.vocab_child, args.k)
+    import gensim
     import scipy
     import sklearn
 
     blas = [f"{i['internal_api']} {i['version']} ({i['num_threads']} threads)" for i in threadpool_info()
             if i["user_api"] == "blas"]
-    print(f"\nnumpy {np.__version__}, scipy {scipy.__version__}, scikit-learn {sklearn.__version__}; "
-          f"BLAS: {', '.join(blas)}; median of {args.repeats} alternating repeats")
-    by = {(r["data"], r["system"]): r for r in rows}
-    for name, _ in datasets:
-        ours, theirs = by[(name, "kerasllm")], by[(name, "scikit-learn")]
-        rows.append({"data": name, "system": "ratio kerasllm/sklearn",
-                     **{c: ours[c] / theirs[c] for c in ("fit_s", "embed_1000_s", "search_ms", "p@10")}})
-    print("\nPart 1: same texts, same k (search: one query, top-10, median over 200 queries)")
-    print(table(rows, ["data", "system", "docs", "k", "fit_s", "embed_1000_s", "search_ms", "p@10"]))
-    if not growth:
-        return
-    print("\nPart 2: synthetic documents (each size in its own process; search: one query, top-10)")
-    print(table(growth, ["docs", "k", "dtype", "features", "fit_s", "embed_ms", "int8", "search_ms", "search_f32_ms",
-                         "query_ms", "index_mb", "peak_rss_mb"]))
-    print("search_ms: the index's search (int8 first pass + exact float32 rescoring when int8 is True); "
-          "search_f32_ms: a plain float32 scan; query_ms: index.query([text], k=10), text to answer")
+    print(f"numpy {np.__version__}, scipy {scipy.__version__}, scikit-learn {sklearn.__version__}, gensim "
+          f"{gensim.__version__}; BLAS: {', '.join(blas)}; load average {os.getloadavg()[0]:.2f} at start", flush=True)
+    if not args.skip_fair:
+        rows = []
+        datasets = [("topics", topics_data)]
+        if SHARED.is_dir():
+            datasets = [("sms", sms_data), ("topics", topics_data), ("trec", trec_data), ("subj", subj_data)]
+        else:
+            print(f"{SHARED} is absent: only the built-in topics", file=sys.stderr)
+        for name, load in datasets:
+            rows += compare(name, *load(), k=args.k, repeats=args.repeats)
+        print(f"\nPart 1: precision@10 and fit time, k={args.k}, median of {args.repeats} alternating fits "
+              f"(last row per set: kerasllm fit / matched scikit-learn fit, and p@10 difference)")
+        print(table(rows, ["data", "system", "docs", "k", "fit_s", "p@10"]), flush=True)
+    if args.passes_docs and SHARED.is_dir():
+        rows = search_passes(args.passes_docs, args.k, args.repeats)
+        print(f"\nPart 2: search passes over {args.passes_docs} documents (windows of the shared corpora), top-10; "
+              f"per-query time (batch 1: median over 100 queries)")
+        print(table(rows, ["docs", "k", "batch", "int8_ms_per_query", "float32_ms_per_query", "int8/float32"]),
+              flush=True)
+    if args.scale:
+        rows = []
+        for size in args.scale:
+            rows += run_child(args, ["--scale-child", str(size), "--index", args.index, "--nprobe",
+                                     *map(str, args.nprobe)])
+        print(f"\nPart 3: {args.index} index (FAISS, 8-bit codes, exact rescoring of candidates) on documents "
+              f"of real text; recall@10 against the exact scan over 200 queries; one query at a time")
+        print(table(rows, ["docs", "k", "index", "features", "fit_s", "nprobe/ef", "recall@10", "search_p50_ms",
+                           "search_p99_ms", "query_p50_ms", "vectors_mb", "peak_rss_mb"]), flush=True)
+    if args.vocab:
+        rows = run_child(args, ["--vocab-child", str(args.vocab)])
+        print("\nLarge vocabulary: word 1-3-grams; max_features (default 2^18) bounds components")
+        print(table(rows, ["docs", "k", "distinct_features", "kept_features", "components_mb", "fit_s", "tflite",
+                           "peak_rss_mb"]), flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kerasllm.export.layout import make_readable
+
 
 @dataclass
 class Section:
@@ -145,6 +147,7 @@ def _save(fig, path):
     os.close(fd)
     fig.savefig(tmp, dpi=110)
     _pyplot().close(fig)
+    make_readable(tmp)  # mkstemp makes 0600
     os.replace(tmp, path)
 
 
@@ -178,6 +181,7 @@ def write_report(directory, title, sections, intro=""):
         fd, tmp = tempfile.mkstemp(dir=directory)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        make_readable(tmp)
         os.replace(tmp, directory / name)
     return directory / "report.md", directory / "report.html"
 

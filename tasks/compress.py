@@ -5,17 +5,22 @@ from kerasllm.compression import DEFAULT_METHODS
 
 
 def compress(model, train_texts, train_labels=None, validation=None, methods=DEFAULT_METHODS, **options):
-    """Compress a trained model (``TextClassifier``; language models once supported) with each method.
+    """Compress a trained model (``TextClassifier`` or ``LanguageModel``) with each method.
 
     methods: "prune", "qat", "ptq_int8", "ptq_dynamic", "ptq_float16", "ptq_16x8", "distill", or
-    combinations joined with "+" ("prune+qat", "prune+ptq_int8", "distill+ptq_int8").
-    validation: ``(texts, labels)`` for a classifier (a held-out text for a language model).
-    options (classifier): sparsity=0.8, structured=False (2:4), prune_epochs=3, qat_epochs=2,
-    distill_epochs=8, temperature=2.0, alpha=0.5, student={"embedding_dim", "units", "bigram_buckets"},
-    representative_size=300, latency_runs=200, seed=0, verbose=False.
+    combinations joined with "+" ("prune+qat", "prune+ptq_int8", "distill+ptq_int8"); language
+    models: "ptq_dynamic", "ptq_float16", "distill", "distill+ptq_dynamic", "distill+ptq_float16".
+    validation: ``(texts, labels)`` for a classifier (split into a selection half for ``best()`` and
+    a test half for the report), a held-out text for a language model.
+    options (classifier): sparsity=0.8, pruning="units" ("magnitude", "2:4"), prune_epochs=3,
+    qat_epochs=2, distill_epochs=8, temperature=2.0, alpha=0.5, student={"embedding_dim", "units",
+    "bigram_buckets"}, representative_size=300, latency_runs=200, isolate=True (convert in a child
+    process), bootstrap=1000, seed=0, verbose=False. (language model): eval_tokens=1024,
+    student={hyperparameters of the student, "steps"}, isolate=True, verbose=False.
 
-    Returns a ``CompressionReport``: ``.rows``, ``.to_markdown()``, ``.plot(path)``, ``.save(dir)``,
-    ``.best(max_quality_drop=0.01)`` (an exportable variant for ``tasks.export``).
+    Returns a ``CompressionReport``: ``.rows`` (a failed method is a row with ``status`` "failed"
+    and its ``error``), ``.to_markdown()``, ``.plot(path)``, ``.save(dir)``,
+    ``.best(max_quality_drop=0.01, metric="macro_f1")`` (an exportable variant for ``tasks.export``).
     """
     from kerasllm.compression import compress as _compress
 

@@ -9,14 +9,16 @@ from pathlib import Path
 # most per CPU-second: with context_length=128 the Transformer defaults reached 1.54-1.61 nats/char on
 # tiny Shakespeare's last 10% after 19 minutes on the shared 2-core machine (benchmarks/shakespeare.py).
 MODEL_DEFAULTS = {
-    "transformer": {"hidden": 128, "layers": 4, "heads": 4, "ff": 512, "dropout": 0.0},
+    "transformer": {"hidden": 128, "layers": 4, "heads": 4, "ff": 512, "dropout": 0.0, "positions": "learned"},
     "lstm": {"hidden": 256, "layers": 2, "dropout": 0.0},
 }
 TRAIN_DEFAULTS = {"batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 50, "weight_decay": 0.1,
                   "clipnorm": 1.0, "min_lr_ratio": 0.1, "checkpoint_every": 250, "eval_every": None,
-                  "eval_max_batches": 8, "target_val_loss": None}
+                  "eval_max_batches": 8, "distill_temperature": 1.0, "distill_alpha": 0.5,
+                  "target_val_loss": None}
 OTHER = {"vocab_size": 2048, "validation_fraction": 0.1, "checkpoint_dir": None, "verbose": 1}
 DEFAULT_STEPS = 1000
+DEFAULT_CONTEXT = 256
 
 
 def _read(text_or_path):
@@ -32,8 +34,8 @@ def _read(text_or_path):
     return text_or_path
 
 
-def train_language_model(text_or_path, architecture="transformer", tokenizer="char", context_length=256, steps=None,
-                         time_budget_s=None, seed=0, **hparams):
+def train_language_model(text_or_path, architecture="transformer", tokenizer="char", context_length=None, steps=None,
+                         time_budget_s=None, seed=0, teacher=None, strategy=None, **hparams):
     """Train a language model on a text (or a UTF-8 file) and return a ``LanguageModel``.
 
     The last ``validation_fraction`` (10%) of the text is held out; the final validation loss is in
@@ -41,12 +43,19 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
     whichever comes first (1000 steps when neither is given). With ``checkpoint_dir`` a killed run
     resumes from its last checkpoint.
 
-    hparams (defaults): model — transformer: hidden=128, layers=4, heads=4, ff=512, dropout=0.0;
+    hparams (defaults): model — transformer: hidden=128, layers=4, heads=4, ff=512, dropout=0.0,
+    positions="learned" (or "rotary");
     lstm: hidden=256, layers=2, dropout=0.0. Training — batch_size=8, learning_rate=3e-3,
     warmup_steps=50, weight_decay=0.1, clipnorm=1.0, min_lr_ratio=0.1, checkpoint_dir=None,
     checkpoint_every=250, eval_every=None, eval_max_batches=8, target_val_loss=None (stop once a
     periodic validation loss reaches it; needs eval_every), verbose=1. Tokenizer — vocab_size=2048
     (subword only), validation_fraction=0.1.
+
+    Distillation: with ``teacher`` (a trained ``LanguageModel``) the new model (the student: its size
+    from the hparams above) uses the teacher's tokenizer and learns from the teacher's next-token
+    distribution over the same windows of the text: loss = distill_alpha x cross-entropy with the text
+    + (1 - distill_alpha) x T² x cross-entropy with the teacher's softmax at T = distill_temperature
+    (defaults 0.5 and 1.0). ``context_length`` defaults to the teacher's; a longer one is an error.
 
     Tiny Shakespeare (1.54-1.61 nats/char on the last 10% after 1140 s on 2 shared CPU cores)::
 
@@ -56,6 +65,11 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
         raise ValueError(f"architecture must be 'transformer' or 'lstm', got {architecture!r}")
     if tokenizer not in ("char", "subword"):
         raise ValueError(f"tokenizer must be 'char' or 'subword', got {tokenizer!r}")
+    if teacher is not None and not (hasattr(teacher, "model") and hasattr(teacher, "context_length")):
+        raise TypeError(f"teacher must be a trained LanguageModel, got {type(teacher).__name__}")
+    context_given = context_length
+    if context_length is None:
+        context_length = teacher.context_length if teacher is not None else DEFAULT_CONTEXT
     if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 2:
         raise ValueError(f"context_length must be an int >= 2, got {context_length!r}")
     if not isinstance(seed, int):
@@ -66,6 +80,9 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
         raise TypeError(f"unknown hyperparameters {unknown} for architecture {architecture!r}; "
                         f"expected some of {sorted(known)}")
     hp = {**known, **hparams}
+    # only a time budget: choose the size for it (what the user set stays as set)
+    plan_sizes = (time_budget_s is not None and steps is None and architecture == "transformer" and teacher is None
+                  and strategy is None)
     if steps is None and time_budget_s is None:
         steps = DEFAULT_STEPS
     frac = hp["validation_fraction"]
@@ -83,7 +100,11 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
 
     ckpt_dir = hp["checkpoint_dir"]
     saved_tok = Path(ckpt_dir) / "tokenizer.json" if ckpt_dir else None
-    if saved_tok is not None and saved_tok.is_file():  # resuming: the ids must not change
+    if teacher is not None:  # the student predicts the teacher's token ids
+        if getattr(teacher, "tokenizer", None) is None:
+            raise ValueError("teacher must be a LanguageModel with a tokenizer (as trained or loaded)")
+        tok = teacher.tokenizer
+    elif saved_tok is not None and saved_tok.is_file():  # resuming: the ids must not change
         tok = tokenizer_from_config(json.loads(saved_tok.read_text(encoding="utf-8")))
     else:
         tok = CharTokenizer().fit(train_text) if tokenizer == "char" else \
@@ -95,15 +116,35 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
     train_ids = encode(train_text)
     val_ids = encode(val_text) if val_text else None
 
+    plan_note = None
+    if plan_sizes:
+        from kerasllm.training.budget import plan
+
+        chosen, plan_note = plan(time_budget_s, tok.vocab_size)
+        sized = {"hidden", "layers", "heads", "ff"}
+        for key, value in chosen.items():
+            if key == "context_length":
+                context_length = value if context_given is None else context_length
+            elif key not in hparams and not (key in sized and sized & set(hparams)):
+                hp[key] = value
+        if hp["verbose"]:
+            print(f"time budget plan {plan_note}; set any of these to override")
     model_cfg = {k: hp[k] for k in MODEL_DEFAULTS[architecture]}
     model_cfg.update(vocab_size=tok.vocab_size, context_length=context_length)
-    model = build_model(architecture, model_cfg, seed)
+    from kerasllm import distribute
+
+    strategy = distribute.get_strategy(strategy)
+    with distribute.scope(strategy):
+        model = build_model(architecture, model_cfg, seed)
     if hp["verbose"]:
         print(f"{architecture} LM, {model.config.num_params:,} parameters, {tokenizer} tokenizer "
               f"(vocab {tok.vocab_size}), {len(train_ids):,} training tokens")
     history = train(model, train_ids, val_ids, context_length=context_length, steps=steps,
-                    time_budget_s=time_budget_s, seed=seed, checkpoint_dir=ckpt_dir,
+                    time_budget_s=time_budget_s, seed=seed, checkpoint_dir=ckpt_dir, teacher=teacher,
+                    strategy=strategy,
                     **{k: hp[k] for k in TRAIN_DEFAULTS}, verbose=hp["verbose"])
     lm = LanguageModel(model, tok)
+    history["plan"] = plan_note
+    history["config"] = {**model_cfg, "batch_size": hp["batch_size"]}
     lm.history = history
     return lm

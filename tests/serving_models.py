@@ -79,3 +79,35 @@ def write_model(model_dir, version_tag: int, work: int = 0, version=None) -> Pat
         write_json_atomic(Path(tmp) / "kerasllm.json", {"kind": "demo", "labels": LABELS})
 
     return publish(model_dir, write, version=version)
+
+
+def build_batchable_module():
+    """A model TF Serving can batch: every input and output of every signature has a batch dimension;
+    ``encode_ids`` takes token ids of any width (like the similarity index's), so it needs padding."""
+    from kerasllm._tf import tf
+
+    class Batchable(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
+        def classify(self, texts):
+            length = tf.cast(tf.strings.length(texts), tf.float32)
+            spam = length / (length + 20.0)
+            return {"probabilities": tf.stack([1.0 - spam, spam], axis=1)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="ids")])
+        def encode_ids(self, ids):
+            return {"vector": tf.cast(tf.stack([tf.reduce_sum(ids, 1), tf.reduce_max(ids, 1)], 1), tf.float32)}
+
+    return Batchable()
+
+
+def write_batchable_model(model_dir, version=None) -> Path:
+    from kerasllm._tf import tf
+
+    module = build_batchable_module()
+
+    def write(tmp):
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.classify,
+                                                          "encode_ids": module.encode_ids})
+        write_json_atomic(Path(tmp) / "kerasllm.json", {"kind": "demo", "labels": LABELS})
+
+    return publish(model_dir, write, version=version)

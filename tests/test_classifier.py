@@ -134,3 +134,228 @@ def test_sms_spam_quality(shared_data):
         *read_table(shared_data / "sms_spam.tsv", "text", "label"), test_size=0.2, seed=0)
     metrics = tasks.train_classifier(train, train_labels).evaluate(test, test_labels)
     assert metrics["accuracy"] >= 0.985 and metrics["macro_f1"] >= 0.965, metrics
+
+
+# -- correctness: threads, the ids contract, estimator settings, labels, odd input ---------------------
+def _expected(classifier, texts):
+    return classifier.predict_proba(texts)
+
+
+def test_tflite_predictor_is_safe_to_share_between_threads(classifier, classifier_export, topic_split):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = topic_split[2][:40] + ["", "word " * 300]
+    expected = _expected(classifier, texts)
+    predictor = kerasllm.load(classifier_export["version_dir"].parent)
+    assert type(predictor).__name__ == "TFLiteClassifier"
+
+    def work(worker):
+        wrong = 0
+        for i in range(300):
+            j = (i * 7 + worker) % len(texts)
+            if i % 50 == 0:  # batches too (another interpreter, bucketed)
+                got = predictor.predict_proba(texts)
+                wrong += int(not np.allclose(got, expected, atol=1e-4))
+            else:
+                wrong += int(not np.allclose(predictor.predict_proba([texts[j]])[0], expected[j], atol=1e-4))
+        return wrong
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(work, range(4))) == [0, 0, 0, 0]
+
+
+def test_savedmodel_predictor_is_safe_to_share_between_threads(classifier, classifier_export, topic_split):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = topic_split[2][:12]
+    expected = _expected(classifier, texts)
+    predictor = kerasllm.load(classifier_export["version_dir"].parent, prefer="saved_model")
+
+    def work(worker):
+        return sum(int(not np.allclose(predictor.predict_proba(texts[: 1 + (i + worker) % 12]),
+                                       expected[: 1 + (i + worker) % 12], atol=1e-4)) for i in range(12))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(work, range(4))) == [0, 0, 0, 0]
+
+
+def test_tflite_ids_padded_on_either_side_give_the_keras_answer(classifier, classifier_export, topic_split):
+    """The documented layout: [word ids | char n-gram ids] per bucket, 0 = padding on any side."""
+    from kerasllm.export import tflite as tflite_lib
+
+    texts = ["how do I format a float?", "import a module from a package", "", "split a string on commas"]
+    expected = classifier.predict_proba(texts)
+    config = tflite_lib.read_attached(classifier_export["tflite"])
+    interpreter = tflite_lib.interpreter(classifier_export["tflite"])
+    for n, g in config["buckets"]:
+        runner = interpreter.get_signature_runner(f"predict_{n}")
+        rows = np.zeros((len(texts), n + g), np.int32)
+        for row, text in zip(rows, texts):
+            words, grams = classifier.tokenizer.ids_one(text)
+            if len(words) > n or len(grams) > g:
+                continue
+            row[n - len(words):n] = words  # words padded on the left
+            row[n + g - len(grams):] = grams  # n-grams padded on the left
+        fits = [len(classifier.tokenizer.ids_one(t)[0]) <= n for t in texts]
+        got = runner(token_ids=rows)["probabilities"]
+        np.testing.assert_allclose(got[fits], expected[fits], atol=1e-4)
+    # the SavedModel's ids signature takes the full width, padded either way too
+    import tensorflow as tf
+
+    saved = tf.saved_model.load(str(classifier_export["saved_model"]))
+    right = classifier.tokenizer.encode(texts)
+    n = classifier.config.max_length
+    left = np.zeros_like(right)
+    for i, (words, grams) in enumerate(classifier.tokenizer.ids_one(t) for t in texts):
+        left[i, n - len(words):n] = words
+        left[i, right.shape[1] - len(grams):] = grams
+    got = saved.signatures["predict_ids"](token_ids=tf.constant(left))["probabilities"].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_savedmodel_signature_is_xla_compiled(classifier_export):
+    import tensorflow as tf
+
+    saved = tf.saved_model.load(str(classifier_export["saved_model"]))
+    graph = saved.signatures["serving_default"].graph.as_graph_def()
+    functions = list(graph.library.function)
+    marked = [f.signature.name for f in functions if f.attr["_XlaMustCompile"].b]
+    marked += [n.name for f in functions for n in f.node_def if n.attr["_XlaMustCompile"].b]
+    marked += [n.name for n in graph.node if n.attr["_XlaMustCompile"].b]
+    assert marked, "no XLA-compiled function in the SavedModel's serving signature"
+
+
+def test_savedmodel_pads_to_a_few_batch_sizes(classifier_export, topic_split):
+    import time
+
+    from kerasllm.export.classifier import SERVING_BATCH_SIZES, padded_batch_size
+
+    assert [padded_batch_size(n) for n in (0, 1, 2, 8, 9, 64, 65, 256, 257)] == [1, 1, 8, 8, 64, 64, 256, 256, 512]
+    assert SERVING_BATCH_SIZES[:2] == (1, 8)
+    predictor = kerasllm.load(classifier_export["version_dir"].parent, prefer="saved_model")
+    texts = topic_split[2]
+    t0 = time.perf_counter()
+    predictor.predict_proba(texts[:2])  # compiles batch size 8
+    first = time.perf_counter() - t0
+    later = []
+    for n in (3, 4, 5, 6, 7):  # same padded size: no compilation
+        t0 = time.perf_counter()
+        predictor.predict_proba(texts[:n])
+        later.append(time.perf_counter() - t0)
+    assert max(later) < first / 3, (first, later)
+
+
+def test_settings_are_kept_apart_from_learned_state(topic_split):
+    from sklearn.base import clone
+
+    from kerasllm.models.classifier import TextClassifier
+
+    clf = TextClassifier(units=8, embedding_dim=8, bigram_buckets=256, class_weight="balanced")
+    params = clf.get_params()
+    assert params["units"] == 8 and params["max_length"] is None and "labels" not in params
+    assert clone(clf).get_params() == params
+    short = ["a b", "c d", "a c", "b d"] * 5
+    clf.fit(short, ["x", "y", "x", "y"] * 5, epochs=1)
+    assert clf.get_params() == params  # fit changed no setting
+    assert clf.config_.max_length == 16 and clf.classes_ == ["x", "y"]
+    fitted = [name for name in vars(clf) if name.endswith("_") and not name.startswith("_")]
+    assert {"config_", "tokenizer_", "model_", "history_"} <= set(fitted)
+    long_texts = topic_split[0][:60]
+    clf.set_params(units=4).fit(long_texts, topic_split[1][:60], epochs=1)
+    assert clf.config_.max_length > 16 and clf.config_.units == 4  # the second fit started from the settings
+    with pytest.raises(ValueError, match="unknown TextClassifier settings|Invalid parameter"):
+        clf.set_params(colour="blue")
+    with pytest.raises(TypeError, match="unknown TextClassifier settings"):
+        TextClassifier(colour="blue")
+
+
+def test_works_in_a_pipeline_and_grid_search():
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from kerasllm.models.classifier import TextClassifier
+
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(["good", "great", "fine"] if k else ["bad", "awful", "poor"], 4)) for k in
+             [0, 1] * 20]
+    labels = [0, 1] * 20
+    pipe = make_pipeline(FunctionTransformer(lambda xs: [x.upper() for x in xs]),
+                         TextClassifier(units=4, embedding_dim=4, bigram_buckets=64, max_length=8))
+    search = GridSearchCV(pipe, {"textclassifier__dropout": [0.0, 0.3]}, cv=2)
+    search.fit(texts, labels, textclassifier__epochs=3)
+    assert search.best_score_ > 0.9
+    assert search.predict(["GREAT FINE"]) == [1]
+    assert all(type(label) is int for label in search.predict(texts))
+
+
+def test_labels_keep_their_type_and_none_is_refused(topic_split):
+    texts, names = topic_split[0][:120], topic_split[1][:120]
+    codes = sorted(set(names))
+    labels = [np.int64(codes.index(n)) for n in names]  # numpy ints, as pandas gives them
+    clf = tasks.train_classifier(texts, labels, epochs=1, units=4, embedding_dim=4, bigram_buckets=256,
+                                 class_weight={0: 2.0, 1: 1.0})
+    assert clf.classes_ == list(range(len(codes)))
+    assert all(type(p) is int for p in clf.predict(texts[:5]))
+    assert set(clf.evaluate(texts, labels)["per_class"]) == set(range(len(codes)))
+    with pytest.raises(ValueError, match="class_weight names unknown labels"):
+        tasks.train_classifier(texts, labels, epochs=1, class_weight={"0": 2.0})
+    with pytest.raises(TypeError, match=r"labels\[1\] is None"):
+        tasks.train_classifier(["a", "b", "c"], ["x", None, "y"], epochs=1)
+    with pytest.raises(TypeError, match="mix str and int"):
+        tasks.train_classifier(["a", "b", "c"], ["x", 1, "y"], epochs=1)
+
+
+def test_a_class_with_one_example_never_breaks_the_validation_split():
+    from kerasllm.models.classifier import holdout
+
+    texts = [f"text number {i} about {'cats' if i % 2 else 'dogs'}" for i in range(40)] + ["a lone fish"]
+    labels = ["cat" if i % 2 else "dog" for i in range(40)] + ["fish"]
+    train, val = holdout(labels, 0.1, seed=0)
+    assert 40 in train and sorted(train + val) == list(range(41)) and len(val) == 4
+    for seed in range(3):
+        clf = tasks.train_classifier(texts, labels, seed=seed, max_epochs=1, units=4, embedding_dim=4,
+                                     bigram_buckets=64)
+        assert "fish" in clf.classes_
+    fixed = tasks.train_classifier(texts, labels, epochs=1, units=4, embedding_dim=4, bigram_buckets=64)
+    assert "val_loss" not in fixed.history_  # fixed epochs: nothing held out
+    assert fixed.tokenizer_.vocabulary.count("fish") == 0 and "cats" in fixed.tokenizer_.vocabulary
+
+
+def test_degenerate_vocabulary_huge_token_and_surrogates(tmp_path):
+    import time
+
+    texts = [f"w{i}x" for i in range(30)]  # no word seen twice: only the special ids
+    labels = ["a", "b"] * 15
+    clf = tasks.train_classifier(texts, labels, epochs=1, units=4, embedding_dim=4, bigram_buckets=64)
+    assert clf.tokenizer_.vocab_size == 5
+    tasks.export(clf, tmp_path / "m")
+    huge = "x" * 10_000_000
+    probe = ["w1x", "", huge, "ok " + huge[:1000]]
+    expected = clf.predict_proba(probe)
+    for prefer in ("tflite", "saved_model"):
+        t0 = time.perf_counter()
+        got = kerasllm.load(tmp_path / "m", prefer=prefer).predict_proba(probe)
+        assert time.perf_counter() - t0 < 60
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    for bad in (["fine", "lone \ud800 surrogate"],):
+        with pytest.raises(ValueError, match=r"texts\[1\] holds a lone surrogate"):
+            clf.predict(bad)
+        with pytest.raises(ValueError, match="lone surrogate"):
+            kerasllm.load(tmp_path / "m").predict(bad)
+
+
+def test_cli_predict_reads_a_file_and_stdin(classifier_export, tmp_path, monkeypatch, capsys):
+    import io
+
+    from kerasllm.cli import main
+
+    model = str(classifier_export["version_dir"].parent)
+    data = tmp_path / "texts.txt"
+    data.write_text("how do I format a float?\n\nimport a module\n", encoding="utf-8")
+    assert main(["classify", "predict", "--model", model, "--file", str(data)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[-1] for line in lines] == ["how do I format a float?", "import a module"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("split a string\n"))
+    assert main(["classify", "predict", "--model", model]) == 0
+    assert capsys.readouterr().out.strip().split("\t")[-1] == "split a string"

@@ -1,4 +1,4 @@
-"""Compression: each method changes what it claims, variants export and load, fallback survives a crash."""
+"""Compression: each method changes what it claims, variants export and load, a crash is a failed row."""
 import json
 
 import numpy as np
@@ -12,9 +12,9 @@ def report(classifier, topic_split):
     import tasks
 
     train, train_labels, val, val_labels = topic_split
-    # in-process conversion here (fast); test_int8_crash_falls_back covers the child process
+    # in-process conversion here (fast); test_crashing_conversion_is_a_failed_row covers the child process
     return tasks.compress(classifier, train, train_labels, validation=(val, val_labels), methods=METHODS,
-                          prune_epochs=2, qat_epochs=1, distill_epochs=3, latency_runs=10, isolate=())
+                          prune_epochs=2, qat_epochs=1, distill_epochs=3, latency_runs=10, isolate=False)
 
 
 def largest_tensors(flatbuffer, tmp_path, n=2):
@@ -29,7 +29,8 @@ def largest_tensors(flatbuffer, tmp_path, n=2):
 
 
 def zero_fraction(variant, layer):
-    return float(np.mean(variant.classifier.model.get_layer(layer).get_weights()[0] == 0))
+    clf = getattr(variant, "classifier", variant)
+    return float(np.mean(clf.model.get_layer(layer).get_weights()[0] == 0))
 
 
 def test_parse_methods():
@@ -68,20 +69,43 @@ def test_rows_one_per_variant(report):
     assert report.rows[0]["size_ratio"] == 1.0 and report.rows[0]["quality_drop"] == 0.0
 
 
-def test_prune_reaches_target_sparsity(report, classifier):
-    pruned, float_row = report["prune"], report.rows[0]
+def tensor_shapes(flatbuffer, tmp_path):
+    from kerasllm.export import tflite as tflite_lib
+
+    path = tmp_path / "shapes.tflite"
+    path.write_bytes(flatbuffer)
+    return [tuple(d["shape"]) for d in tflite_lib.interpreter(path).get_tensor_details()]
+
+
+def test_pruned_file_is_smaller_on_disk(report, classifier, tmp_path):
+    pruned, float_variant = report["prune"], report["float"]
+    info = report.details["prune"]
+    cfg, units = classifier.config, pruned.classifier.config.units
+    assert info["pruning"] == "units" and units == round(0.2 * cfg.units) and pruned.quantization is None
+    assert pruned.classifier.config.bigram_buckets == cfg.bigram_buckets // 4
+    # the folded word table (vocabulary x units) in the file has the pruned width
+    assert (cfg.vocab_size, units) in tensor_shapes(pruned.flatbuffer, tmp_path)
+    assert (cfg.vocab_size, cfg.units) in tensor_shapes(float_variant.flatbuffer, tmp_path)
+    removed = 4 * (cfg.vocab_size * (cfg.units - units) + len(cfg.labels) * cfg.bigram_buckets * 3 // 4)
+    assert pruned.tflite_bytes < float_variant.tflite_bytes - 0.9 * removed
+    assert report.rows[[r["name"] for r in report.rows].index("prune")]["size_ratio"] < 0.6
+
+
+def test_magnitude_pruning_reaches_target_sparsity(classifier, topic_split):
+    from kerasllm.compression.prune import prune_classifier
+
+    train, train_labels, _, _ = topic_split
+    pruned, info = prune_classifier(classifier, train, train_labels, sparsity=0.8, epochs=1, pruning="magnitude")
     for layer in ("embedding", "ngram_logits_table"):
-        assert report.details["prune"]["sparsity"][f"{layer}/embeddings"] >= 0.79
+        assert info["sparsity"][f"{layer}/embeddings"] >= 0.79
         assert zero_fraction(pruned, layer) >= 0.79
     assert np.mean(classifier.model.get_layer("ngram_logits_table").get_weights()[0] == 0) < 0.01  # teacher intact
-    assert pruned.quantization is None
-    assert pruned.gzip_bytes < 0.6 * float_row["gzip_bytes"]  # the zeros survive export
 
 
-def test_pruning_preserving_qat_keeps_zeros(report):
+def test_pruning_preserving_qat(report, classifier):
     both = report["prune+qat"]
-    assert both.quantization == "int8"
-    assert zero_fraction(both, "ngram_logits_table") >= 0.79 and zero_fraction(both, "embedding") >= 0.79
+    assert both.quantization == "int8" and both.classifier.config.units == round(0.2 * classifier.config.units)
+    assert both.tflite_bytes < report["qat"].tflite_bytes
 
 
 @pytest.mark.parametrize("name", ["ptq_int8", "qat"])
@@ -97,6 +121,47 @@ def test_qat_reports_quantized_layers(report):
     info = report.details["qat"]
     assert {"embedding", "ngram_logits_table", "rnn_logits"} <= set(info["quantized_layers"])
     assert info["float_layers"] == ["simple_rnn"]
+    assert report.rows[[r["name"] for r in report.rows].index("qat")]["quantization"] == "int8 (QAT graph)"
+
+
+def quantization_scales(flatbuffer, tmp_path):
+    from kerasllm.export import tflite as tflite_lib
+
+    path = tmp_path / "q.tflite"
+    path.write_bytes(flatbuffer)
+    return [(np.dtype(d["dtype"]).name, tuple(d["shape"]), d["quantization"])
+            for d in tflite_lib.interpreter(path).get_tensor_details()]
+
+
+def test_qat_file_carries_trained_ranges(report, tmp_path):
+    """The shipped QAT file is the QAT graph: its scales are the trained quantizer ranges, so a
+    range changed in the QAT model (as training would) shows up in the file, unrecalibrated."""
+    from kerasllm.compression.qat import qat_tflite_bytes
+
+    qat = report["qat"].classifier
+    model = qat.qat_model
+    table = model.get_layer("quant_embedding")
+    lo, hi = (float(v.numpy()) for v in table.weights if "_min" in v.name or "_max" in v.name)
+    scales = quantization_scales(report["qat"].flatbuffer, tmp_path)
+    vocab = qat.config.vocab_size
+    shipped = [q[0] for dtype, shape, q in scales if shape == (vocab, qat.config.units) and dtype == "int8"]
+    assert shipped and abs(shipped[0] - (hi - lo) / 255) < 1e-6 * abs(hi - lo)
+    # the recurrence stayed float: a float32 units x units matrix is in the file
+    assert any(dtype == "float32" and shape == (qat.config.units,) * 2 for dtype, shape, _ in scales)
+    # set the output layer's learned activation range to a value no calibration would produce
+    out = model.get_layer("quant_rnn_logits")
+    ranges = {v.name.split("/")[-1].split(":")[0]: v for v in out.weights}
+    saved = {k: ranges[k].numpy() for k in ("post_activation_min", "post_activation_max")}
+    ranges["post_activation_min"].assign(-7.5)
+    ranges["post_activation_max"].assign(5.25)
+    try:
+        flatbuffer = qat_tflite_bytes(qat)
+    finally:
+        for k, v in saved.items():
+            ranges[k].assign(v)
+    assert not any(dtype == "int8" and abs(q[0] - 12.75 / 255) < 1e-6 for dtype, _, q in scales)
+    assert any(dtype == "int8" and abs(q[0] - 12.75 / 255) < 1e-6
+               for dtype, _, q in quantization_scales(flatbuffer, tmp_path))
 
 
 def test_distilled_student_is_smaller(report, classifier):
@@ -109,13 +174,37 @@ def test_distilled_student_is_smaller(report, classifier):
     assert report.details["distill"]["student_parameters"] == count_parameters(student.classifier.model)
 
 
-def test_best_is_smallest_within_budget(report):
-    for budget in (0.0, 0.05, 1.0):
-        best = report.best(max_quality_drop=budget)
-        fits = [r for r in report.rows if r["quality_drop"] <= budget + 1e-9]
-        assert best.tflite_bytes == min(r["tflite_bytes"] for r in fits)
+def test_best_is_smallest_within_budget_on_the_selection_half(report, topic_split):
+    for metric in ("macro_f1", "accuracy"):
+        for budget in (0.0, 0.05, 1.0):
+            best = report.best(max_quality_drop=budget, metric=metric)
+            fits = [r for r in report.rows if r["selection_drops"][metric] <= budget + 1e-9]
+            assert best.tflite_bytes == min(r["tflite_bytes"] for r in fits)
+    first = report.rows[0]
+    assert first["test_size"] + first["selection_size"] == len(topic_split[2])
+    for r in report.rows:
+        lo, hi = r["drop_ci"]["accuracy"]
+        assert lo <= r["drops"]["accuracy"] + 1e-9 and r["drops"]["accuracy"] <= hi + 1e-9
     with pytest.raises(ValueError, match="max_quality_drop"):
         report.best(-0.1)
+    with pytest.raises(ValueError, match="metric"):
+        report.best(0.01, metric="loss")
+
+
+def test_bootstrap_interval():
+    from kerasllm.compression.report import bootstrap_drop, classification_scores
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    good = np.where(rng.random(400) < 0.9, y, 1 - y)
+    worse = np.where(rng.random(400) < 0.8, y, 1 - y)
+    lo, hi = bootstrap_drop(y, good, worse, 2, "accuracy", n=500)
+    drop = classification_scores(y, good, 2)["accuracy"] - classification_scores(y, worse, 2)["accuracy"]
+    assert lo < drop < hi and lo > 0 and hi - lo < 0.15
+    assert bootstrap_drop(y, good, good, 2, "macro_f1", n=200) == [0.0, 0.0]
+    from sklearn.metrics import f1_score
+
+    assert abs(classification_scores(y, worse, 2)["macro_f1"] - f1_score(y, worse, average="macro")) < 1e-12
 
 
 def test_variant_exports_and_loads(report, topic_split, tmp_path):
@@ -154,21 +243,73 @@ def _through_minus_infinity(probs):
     return tf.nn.softmax(tf.math.log(probs) + tf.exp(tf.math.log(probs * 0.0)))
 
 
-def test_int8_crash_falls_back(classifier, topic_split):
+def test_crashing_conversion_is_a_failed_row(classifier, topic_split):
     """int8 conversion of a model with a -inf intermediate aborts the converter (SIGSEGV in TF 2.21)
-    or raises; the child process absorbs it and the next mode that works is used."""
+    or raises; the child process absorbs it and the method is reported failed, not as another mode."""
     from kerasllm._tf import keras
-    from kerasllm.compression.ptq import convert_with_fallback
+    from kerasllm.compression.ptq import ConversionFailed, convert
     from kerasllm.models.classifier import build_model
 
     train, _, _, _ = topic_split
     ids = keras.Input(shape=classifier.model.input_shape[1:], dtype="int32", name="token_ids")
     probs = build_model(classifier.config, unroll=True, share=classifier.model)(ids)
     broken = keras.Model(ids, keras.layers.Lambda(_through_minus_infinity)(probs))
-    flatbuffer, used, notes = convert_with_fallback(classifier, "int8", train[:50], model=broken)
-    assert used == "dynamic"
-    assert notes[0].startswith("int8 conversion failed") and notes[-1] == "used dynamic instead of int8"
-    assert len(flatbuffer) > 1000
+    with pytest.raises(ConversionFailed):
+        convert(classifier, "int8", train[:50], model=broken)
+
+
+def test_failed_method_is_a_failed_row(classifier, topic_split, monkeypatch):
+    """A method whose conversion fails is a row marked failed (and a warning); best() skips it."""
+    import tasks
+    from kerasllm.compression import classifier as compression_classifier
+    from kerasllm.compression.ptq import ConversionFailed, convert
+
+    def failing_int8(clf, mode, *args, **kwargs):
+        if mode == "int8":
+            raise ConversionFailed("int8 conversion failed: simulated")
+        return convert(clf, mode, *args, **kwargs)
+
+    monkeypatch.setattr(compression_classifier, "convert", failing_int8)
+    train, train_labels, val, val_labels = topic_split
+    with pytest.warns(RuntimeWarning, match="'ptq_int8' failed"):
+        report = tasks.compress(classifier, train, train_labels, validation=(val, val_labels),
+                                methods=("ptq_int8",), latency_runs=5, isolate=False, bootstrap=50)
+    rows = {r["name"]: r for r in report.rows}
+    assert rows["ptq_int8"]["status"] == "failed" and "simulated" in rows["ptq_int8"]["error"]
+    assert "tflite_bytes" not in rows["ptq_int8"] and "ptq_int8" not in report.variants
+    assert rows["float"]["status"] == "ok" and rows["float"]["quantization"] == "float32"
+    assert "| ptq_int8 | FAILED (int8) |" in report.to_markdown()
+    assert report.best(1.0).name == "float"
+
+
+def test_a_bug_is_not_a_failed_conversion(classifier, topic_split, monkeypatch):
+    """An exception from kerasllm's own code propagates instead of becoming a failed row."""
+    from kerasllm.compression import ptq
+    from kerasllm.export import classifier as export_classifier
+
+    def buggy(*args, **kwargs):
+        raise KeyError("a bug in kerasllm")
+
+    monkeypatch.setattr(export_classifier, "tflite_bytes", buggy)
+    train, _, _, _ = topic_split
+    with pytest.raises(KeyError, match="a bug in kerasllm"):
+        ptq.convert(classifier, "dynamic", train[:20], isolate=False)
+
+
+def test_smoke_test_compares_with_the_keras_model(classifier, topic_split):
+    """A file that runs but computes something else (here: another model's file) fails the smoke test."""
+    from kerasllm.compression.ptq import ConversionFailed, convert_here, smoke_test
+    from kerasllm.export.classifier import length_buckets
+
+    train, _, _, _ = topic_split
+    flatbuffer, notes = convert_here(classifier, None, train[:100], buckets=length_buckets(classifier.config)[-1:])
+    assert "same label as its Keras model on 100.0%" in notes[0]
+    from kerasllm._tf import keras
+
+    shuffled = keras.models.clone_model(classifier.model)  # same graph, fresh random weights
+    with pytest.raises(ConversionFailed, match="agrees with its Keras model on only"):
+        smoke_test(classifier, flatbuffer, None, train[:100], buckets=length_buckets(classifier.config)[-1:],
+                   reference=shuffled)
 
 
 def test_cli_compress(classifier_export, topic_split, tmp_path):
@@ -194,9 +335,18 @@ def test_language_model_int8_weights(tiny_lm, lm_text, tmp_path):
     import tasks
 
     validation = lm_text[-3000:]
-    report = tasks.compress(tiny_lm, lm_text, validation=validation, methods=("ptq_dynamic",), eval_tokens=300)
-    float_row, int8_row = report.rows
+    # conversions in child processes (the default); a student distilled for a few steps
+    report = tasks.compress(tiny_lm, lm_text, validation=validation, methods=("ptq_dynamic", "distill"),
+                            eval_tokens=300, student={"hidden": 24, "ff": 48, "heads": 2, "layers": 2, "steps": 30,
+                                                      "batch_size": 16, "warmup_steps": 5})
+    float_row, int8_row, student_row = report.rows
     assert [float_row["name"], int8_row["name"]] == ["float", "ptq_dynamic"] and int8_row["tokens"] == 300
+    assert student_row["name"] == "distill" and student_row["parameters"] < 0.5 * float_row["parameters"]
+    assert student_row["tflite_bytes"] < 0.5 * float_row["tflite_bytes"]
+    assert report["distill"].lm.tokenizer is tiny_lm.tokenizer
+    assert float_row["xla_tokens_per_s"] > 0 and int8_row["xla_tokens_per_s"] is None
+    lo, hi = int8_row["drop_ci"]["loss"]
+    assert lo <= int8_row["quality_drop"] <= hi
     assert int8_row["quantization"] == "dynamic" and int8_row["tflite_bytes"] < 0.7 * float_row["tflite_bytes"]
     dtypes = [d for d, _ in largest_tensors(report["ptq_dynamic"].flatbuffer, tmp_path, n=3)]
     assert "int8" in dtypes
@@ -206,4 +356,4 @@ def test_language_model_int8_weights(tiny_lm, lm_text, tmp_path):
     tasks.export(report.best(max_quality_drop=0.02), tmp_path / "lm", formats=("tflite",))
     assert isinstance(kerasllm.load(tmp_path / "lm").generate("def ", max_new_tokens=5), str)
     with pytest.raises(ValueError, match="not yet"):
-        tasks.compress(tiny_lm, lm_text, validation=validation, methods=("prune",))
+        tasks.compress(tiny_lm, lm_text, validation=validation, methods=("qat",))

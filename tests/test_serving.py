@@ -404,10 +404,10 @@ def test_full_queue_answers_429_and_the_rest_still_succeed(root):
     server = ServerThread(root, max_batch_size=1, max_enqueued_batches=1, num_batch_threads=1)
     release = threading.Event()
     try:
-        server.server._executor.submit(release.wait, 30)  # the only inference thread is busy
+        server.server.pool.executor.submit(release.wait, 30)  # the only inference thread is busy
 
         def batcher():
-            return next(iter(server.server._batchers.values()), None)
+            return next(iter(server.server.pool._batchers.values()), None)
 
         def wait_for(condition):
             deadline = time.monotonic() + 30
@@ -588,3 +588,328 @@ def test_serve_task_blocks_and_stops_on_sigterm(root):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# ---- hardening: deadlines, large bodies, versions on disk, status codes, metrics, auth ------
+
+def _connect(server):
+    import socket
+
+    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
+
+
+def _closed_within(sock, seconds, trickle=b"", every=0.25):
+    """Keep sending ``trickle`` every ``every`` s; seconds until the server answers or closes (None: never)."""
+    started = time.monotonic()
+    sock.settimeout(every)
+    while time.monotonic() - started < seconds:
+        try:
+            data = sock.recv(65536)
+            return time.monotonic() - started, data  # an answer or b"" (closed)
+        except TimeoutError:
+            pass
+        try:
+            if trickle:
+                sock.sendall(trickle)
+        except OSError:
+            return time.monotonic() - started, b""
+    return None, b""
+
+
+def test_slow_header_and_slow_body_clients_are_cut_off(root):
+    server = ServerThread(root, header_timeout=1.0, body_timeout=1.0, request_timeout=1.0)
+    try:
+        with _connect(server) as sock:  # one header line every 0.25 s: never a complete head
+            sock.sendall(b"GET /v1/models/sms HTTP/1.1\r\nHost: x\r\n")
+            took, _ = _closed_within(sock, 8, trickle=b"X-Slow: 1\r\n")
+        assert took is not None and took < 3, took
+        with _connect(server) as sock:  # a complete head, then the body a byte at a time
+            sock.sendall(b"POST /v1/models/sms:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            took, answer = _closed_within(sock, 8, trickle=b" ")
+        assert took is not None and took < 3, took
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+        assert server.client.predict("sms", ["still fine"])[0]["version"] == 1
+    finally:
+        server.close()
+
+
+def test_oversize_body_is_refused_before_it_is_read(served):
+    with _connect(served) as sock:  # declares 10 MB, sends none of it: the answer must not wait for it
+        sock.sendall(b"POST /v1/models/sms:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 10000000\r\n\r\n")
+        sock.settimeout(5)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+    assert b"limit of 65536 bytes" in answer
+
+
+def test_event_loop_answers_while_a_large_body_is_decoded(root):
+    server = ServerThread(root, max_request_bytes=8 * 1024 * 1024)
+    try:
+        body = json.dumps({"instances": ["ab"] * 900_000}).encode()  # 5.4 MB, over max_rows: ends in 413
+        assert len(body) > 5_000_000
+        result = {}
+
+        def post():
+            result["answer"] = server.raw("POST", "/v1/models/sms:predict", body)
+
+        poster = threading.Thread(target=post)
+        poster.start()
+        time.sleep(0.1)  # the body is on its way / being decoded
+        latencies = []
+        status_client = Client(server.url)
+        while poster.is_alive() and len(latencies) < 40:
+            started = time.perf_counter()
+            assert status_client.status("sms")["model_version_status"][0]["state"] == "AVAILABLE"
+            latencies.append(time.perf_counter() - started)
+        poster.join(60)
+        assert result["answer"][0] == 413, result["answer"][1][:200]
+        assert len(latencies) >= 3, "the large request finished before the status requests could be timed"
+        assert max(latencies) < 0.05, sorted(latencies)[-5:]
+    finally:
+        server.close()
+
+
+def test_queue_is_bounded_in_bytes():
+    options = BatchingOptions(max_batch_size=1, batch_timeout_micros=0, max_enqueued_batches=100,
+                              num_batch_threads=1)
+    gate = threading.Event()
+
+    def run(inputs):
+        gate.wait(10)
+        return {"y": inputs["x"]}
+
+    async def main():
+        slots = asyncio.Semaphore(1)
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(run, options, pool, slots, max_queued_bytes=10_000)
+            big = {"x": np.zeros((1, 1000), np.float64)}  # 8,000 bytes a request
+            first = asyncio.ensure_future(batcher.submit(big, 1))
+            await asyncio.sleep(0.05)  # running (holds the thread)
+            second = asyncio.ensure_future(batcher.submit(big, 1))  # queued: 8,000 bytes
+            await asyncio.sleep(0.01)
+            with pytest.raises(QueueFull, match="bytes"):
+                await batcher.submit(big, 1)  # rows would fit (100 allowed), bytes do not
+            gate.set()
+            await asyncio.gather(first, second)
+            await batcher.close()
+
+    asyncio.run(main())
+
+
+def _damage(version_dir):
+    (version_dir / "saved_model.pb").write_bytes(b"not a SavedModel")
+
+
+def test_broken_newest_version_at_start_falls_back_and_shows_in_status(tmp_path):
+    write_model(tmp_path / "sms", version_tag=1)
+    shutil.copytree(tmp_path / "sms" / "1", tmp_path / "sms" / "2")
+    _damage(tmp_path / "sms" / "2")
+    (tmp_path / "sms" / "²").mkdir()  # str.isdigit() says yes, int() says no: must be ignored
+    (tmp_path / "²").mkdir()
+    server = ServerThread(tmp_path, poll_seconds=0.1)
+    try:
+        assert server.client.predict("sms", ["x"])[0]["version"] == 1
+        states = {s["version"]: s for s in server.client.status("sms")["model_version_status"]}
+        assert states["1"]["state"] == "AVAILABLE"
+        assert states["2"]["state"] == "END" and "DecodeError" in states["2"]["status"]["error_message"]
+        assert str(tmp_path) not in json.dumps(states)  # no server paths in what clients see
+        assert server.client.status("sms", version=2)["model_version_status"][0]["state"] == "END"
+        ready, _ = server.raw("GET", "/readyz")
+        assert ready == 200
+    finally:
+        server.close()
+
+
+def test_half_copied_version_loads_once_complete(tmp_path):
+    write_model(tmp_path / "sms", version_tag=1)
+    write_model(tmp_path / "staging", version_tag=2)
+    source = tmp_path / "staging" / "1"
+    server = ServerThread(tmp_path, poll_seconds=0.1)
+    try:
+        target = tmp_path / "sms" / "2"
+        shutil.copytree(source, target)  # caught mid-copy: the variables are cut short
+        data = next((target / "variables").glob("variables.data-*"))
+        full = data.read_bytes()
+        data.write_bytes(full[:len(full) // 2])
+        deadline = time.monotonic() + 30
+        while not server.server.registry.failed_versions("sms"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert server.client.predict("sms", ["x"])[0]["version"] == 1
+        data.write_bytes(full)  # the copy completes (the version folder itself does not change)
+        while server.client.predict("sms", ["x"])[0]["version"] != 2:
+            assert time.monotonic() < deadline + 30, "the completed version was never retried"
+            time.sleep(0.1)
+        assert server.server.registry.failed_versions("sms") == {}
+    finally:
+        server.close()
+
+
+def test_errors_do_not_leak_and_internal_failures_are_500(tmp_path, caplog):
+    write_model(tmp_path / "sms", version_tag=1)
+    write_model(tmp_path / "other", version_tag=1)
+    server = ServerThread(tmp_path)
+    try:
+        status, data = server.raw("GET", "/v1/models/nope")
+        assert status == 404 and "other" not in data.decode() and str(tmp_path) not in data.decode()
+        servable = server.server.registry.models["sms"][1]
+
+        def broken(arrays):
+            raise ValueError(f"secret detail in {tmp_path}")
+
+        servable.signatures["serving_default"].run = broken  # a bug in the server's own code path
+        with caplog.at_level("ERROR", logger="kerasllm.serving"):
+            status, data = server.raw("POST", "/v1/models/sms:predict", b'{"instances": ["x"]}',
+                                      headers={"X-Request-Id": "trace-123"})
+        assert status == 500, data
+        message = json.loads(data)["error"]
+        assert "secret" not in message and "ValueError" not in message and "trace-123" in message
+        assert "secret detail" in caplog.text  # the details are in the log, under the same id
+    finally:
+        server.close()
+
+
+def test_metrics_are_exact_thread_safe_and_drop_gone_models(tmp_path):
+    from kerasllm.serving.metrics import Counter
+
+    counter = Counter("c", "help", ("x",))
+    counter.inc("a", amount=1_234_567)
+    counter.inc("b", amount=2 ** 60)
+
+    def bump():
+        for _ in range(20000):
+            counter.inc("t")
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    text = "\n".join(counter.render())
+    assert 'c{x="a"} 1234567' in text and f'c{{x="b"}} {2 ** 60}' in text and 'c{x="t"} 80000' in text
+
+    write_model(tmp_path / "sms", version_tag=1)
+    write_model(tmp_path / "gone", version_tag=1)
+    server = ServerThread(tmp_path, poll_seconds=0.1)
+    try:
+        assert 'kerasllm_model_version{model="gone"} 1' in server.raw("GET", "/monitoring/prometheus/metrics")[1].decode()
+        shutil.rmtree(tmp_path / "gone")
+        deadline = time.monotonic() + 30
+        while "gone" in server.server.registry.models:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        text = server.raw("GET", "/monitoring/prometheus/metrics")[1].decode()
+        assert 'kerasllm_model_version{model="gone"}' not in text and 'kerasllm_model_version{model="sms"} 1' in text
+    finally:
+        server.close()
+
+
+def test_health_readiness_and_draining(root):
+    server = ServerThread(root)
+    try:
+        assert server.raw("GET", "/healthz")[0] == 200
+        assert server.raw("GET", "/readyz")[0] == 200
+        server.server.draining = True  # what stop() sets first
+        status, data = server.raw("GET", "/readyz")
+        assert status == 503 and b"shutting down" in data
+        assert server.client.status("sms")["model_version_status"][0]["state"] == "UNLOADING"
+        assert server.raw("POST", "/v1/models/sms:predict", b'{"instances": ["x"]}')[0] == 503
+        server.server.draining = False
+    finally:
+        server.close()
+
+
+def test_stream_has_an_overall_deadline(tmp_path):
+    write_model(tmp_path / "slow", version_tag=1, work=400)  # each call does real work
+    server = ServerThread(tmp_path, stream_timeout=1.0)
+    try:
+        started = time.monotonic()
+        status, data = server.raw("POST", "/v1/models/slow:generate", json.dumps(
+            {"prompts": ["a"], "max_new_tokens": 100000, "stream": True, "stream_chunk_tokens": 1}).encode())
+        assert status == 200 and time.monotonic() - started < 10
+        events = [json.loads(line[6:]) for line in data.decode().splitlines() if line.startswith("data: ")]
+        assert "took longer than 1 s" in events[-1]["error"]
+    finally:
+        server.close()
+
+
+def test_generate_rejects_unknown_fields(served):
+    status, data = served.raw("POST", "/v1/models/sms:generate", b'{"prompts": ["a"], "max_new_token": 3}')
+    assert status == 400 and "max_new_token" in json.loads(data)["error"]
+
+
+def test_bearer_token_tls_and_the_loopback_guard(root, tmp_path):
+    import ssl
+    import subprocess
+
+    with pytest.raises(ValueError, match="--insecure"):
+        ModelServer(root).start("0.0.0.0", 0).send(None)  # refused before anything binds
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    server = ServerThread(root, auth_token="s3cret", certfile=str(cert), keyfile=str(key))
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+
+        def get(path, token=None):
+            conn = http.client.HTTPSConnection("127.0.0.1", server.port, timeout=10, context=context)
+            try:
+                conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+                response = conn.getresponse()
+                return response.status, response.read(), response.getheader("WWW-Authenticate")
+            finally:
+                conn.close()
+
+        assert get("/v1/models/sms")[0] == 401 and get("/v1/models/sms")[2].startswith("Bearer")
+        assert get("/v1/models/sms", "wrong")[0] == 401
+        assert get("/v1/models/sms", "s3cret")[0] == 200
+        assert get("/healthz")[0] == 200  # probes need no token
+        assert Client(server.url.replace("http:", "https:"), token="s3cret", ssl_context=context).status("sms")
+        with pytest.raises(ClientError) as error:
+            Client(server.url.replace("http:", "https:"), ssl_context=context).status("sms")
+        assert error.value.status == 401
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError, ssl.SSLError)):
+            server.raw("GET", "/healthz")  # plain HTTP to the TLS port
+    finally:
+        server.close()
+
+
+def test_access_log_lines_carry_request_ids(served, caplog):
+    with caplog.at_level("INFO", logger="kerasllm.access"):
+        conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+        conn.request("GET", "/v1/models/sms")
+        response = conn.getresponse()
+        response.read()
+        rid = response.getheader("X-Request-Id")
+        conn.close()
+        deadline = time.monotonic() + 5
+        while rid not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert rid and len(rid) == 32
+    line = next(r.getMessage() for r in caplog.records if rid in r.getMessage())
+    import re
+
+    # Apache combined format, then the request id and the seconds taken
+    assert re.match(r'^127\.0\.0\.1 - - \[[^\]]+\] "GET /v1/models/sms HTTP/1\.1" 200 \d+ "-" "[^"]*" '
+                    + rid + r" \d+\.\d+$", line), line
+
+
+def test_cli_serve_flags_reach_the_server_options(tmp_path):
+    import argparse
+
+    from kerasllm.cli_serving import add_serving_commands, serve_options
+
+    token = tmp_path / "token"
+    token.write_text("tok\n")
+    parser = argparse.ArgumentParser()
+    add_serving_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--version-label", "sms:stable=3", "--version-label", "sms:canary=4",
+                              "--max-rows", "10", "--shutdown-timeout", "5", "--auth-token-file", str(token)])
+    options = serve_options(args)
+    assert options["version_labels"] == {"sms": {"stable": 3, "canary": 4}}
+    assert (options["max_rows"], options["shutdown_timeout"], options["auth_token"]) == (10, 5.0, "tok")
+    ModelServer(tmp_path, **options)  # every key is a server option
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--version-label", "sms=3"])

@@ -23,7 +23,8 @@ def add_classify_commands(sub):
 
     q = csub.add_parser("predict", help="label texts with an exported classifier")
     q.add_argument("--model", required=True, help="export folder (saved_models/NAME) or one version folder")
-    q.add_argument("texts", nargs="+")
+    q.add_argument("texts", nargs="*", help="texts to label (default: one text per line of --file or stdin)")
+    q.add_argument("--file", help="read one text per line from this file ('-': standard input)")
     q.set_defaults(run=_classify_predict)
 
 
@@ -45,8 +46,18 @@ def _classify_train(args):
 def _classify_predict(args):
     import kerasllm
 
+    texts = list(args.texts)
+    if args.file is not None or not texts:
+        if args.file in (None, "-"):
+            if args.file is None and sys.stdin.isatty():
+                raise ValueError("no texts: give them as arguments, with --file PATH, or on standard input")
+            lines = sys.stdin.read().splitlines()
+        else:
+            with open(args.file, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        texts += [line for line in lines if line.strip()]
     predictor = kerasllm.load(args.model)
-    probs = predictor.predict_proba(args.texts)
-    for text, row in zip(args.texts, probs):
+    probs = predictor.predict_proba(texts)
+    for text, row in zip(texts, probs):
         best = row.argmax()
         print(f"{predictor.classes[best]}\t{row[best]:.3f}\t{text}")

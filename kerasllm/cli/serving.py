@@ -1,6 +1,21 @@
 """``kerasllm serve``: the command-line wiring for the embedded server (the lead adds it to cli.py)."""
 from __future__ import annotations
 
+import argparse
+import re
+
+_LABEL = re.compile(r"^(?P<model>[A-Za-z0-9][A-Za-z0-9._-]{0,127}):(?P<label>[A-Za-z0-9][A-Za-z0-9._-]{0,63})="
+                    r"(?P<version>[0-9]{1,18})$")
+
+
+def _label(item):
+    """'sms:stable=3' -> ('sms', 'stable', 3)"""
+    match = _LABEL.match(item)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"--version-label expects MODEL:LABEL=VERSION (e.g. sms:stable=3), "
+                                         f"got {item!r}")
+    return match["model"], match["label"], int(match["version"])
+
 
 def _sizes(text):
     if text == "auto":
@@ -31,8 +46,41 @@ def add_serving_commands(subparsers):
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
     parser.add_argument("--max-text-bytes", type=int, default=65536)
     parser.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024)
+    parser.add_argument("--max-rows", type=int, default=1024, help="rows (instances, texts) per request")
+    parser.add_argument("--num-versions", type=int, default=1, help="newest versions of each model to serve")
+    parser.add_argument("--version-label", action="append", type=_label, metavar="MODEL:LABEL=VERSION",
+                        help="name a version for /labels/<label>/ URLs (repeatable), e.g. sms:stable=3")
+    parser.add_argument("--shutdown-timeout", type=float, default=30.0,
+                        help="seconds to let requests in flight finish on SIGTERM")
+    parser.add_argument("--header-timeout", type=float, default=10.0,
+                        help="seconds a client has to send a request's head (also the keep-alive idle time)")
+    parser.add_argument("--body-timeout", type=float, default=30.0, help="seconds a client has to send a body")
+    parser.add_argument("--generation-slots", type=int, default=16,
+                        help="cache slots of the continuous-batching generation engine, per language model")
+    parser.add_argument("--auth-token-file", help="require 'Authorization: Bearer <token>' (the file's first line)")
+    parser.add_argument("--certfile", help="serve HTTPS with this certificate (PEM; with --keyfile)")
+    parser.add_argument("--keyfile", help="the certificate's private key (PEM)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a non-loopback --host without --auth-token-file or TLS")
     parser.set_defaults(run=_serve)
     return parser
+
+
+def serve_options(args) -> dict:
+    """The server options the parsed flags stand for."""
+    from kerasllm.serving.server import read_token_file
+
+    if (args.certfile is None) != (args.keyfile is None):
+        raise ValueError("--certfile and --keyfile go together")
+    labels = {}
+    for model, label, version in args.version_label or ():
+        labels.setdefault(model, {})[label] = version
+    return dict(
+        max_rows=args.max_rows, num_versions=args.num_versions, version_labels=labels,
+        shutdown_timeout=args.shutdown_timeout, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+        generation_slots=args.generation_slots,
+        auth_token=read_token_file(args.auth_token_file) if args.auth_token_file else None,
+        certfile=args.certfile, keyfile=args.keyfile, insecure=args.insecure)
 
 
 def _serve(args):
@@ -43,5 +91,5 @@ def _serve(args):
           num_batch_threads=args.num_batch_threads, allowed_batch_sizes=_sizes(args.allowed_batch_sizes),
           enable_batching=not args.no_batching, request_timeout=args.request_timeout,
           poll_seconds=args.poll_seconds, max_text_bytes=args.max_text_bytes,
-          max_request_bytes=args.max_request_bytes)
+          max_request_bytes=args.max_request_bytes, **serve_options(args))
     return 0

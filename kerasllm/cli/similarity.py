@@ -26,6 +26,8 @@ def add_similarity_commands(subparsers):
     build.add_argument("--min-df", type=int, default=1, help="keep features in at least this many documents")
     build.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                        help="precision of the stored vectors (float16: half the memory)")
+    build.add_argument("--index-kind", choices=("auto", "exact", "ivf", "hnsw"), default="auto",
+                       help="exact scan, or a FAISS index (ivf, hnsw) rescored exactly (default: ivf from 200k docs)")
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(run=_build)
 
@@ -60,10 +62,10 @@ def _build(args):
     start = time.perf_counter()
     index = tasks.build_similarity_index(texts, ids=ids, n_components=args.components, seed=args.seed,
                                          ngram_range=(1, args.ngrams), char_ngram_range=_char_range(args.char_ngrams),
-                                         min_df=args.min_df, dtype=args.dtype)
+                                         min_df=args.min_df, dtype=args.dtype, index=args.index_kind)
     seconds = time.perf_counter() - start
     path = index.save(args.out)
-    print(f"indexed {len(index)} documents: {index.features.n_features} features, {index.dimensions} dimensions, "
+    print(f"indexed {len(index)} documents: {index.features_.n_features} features, {index.dimensions} dimensions, "
           f"{seconds:.2f} s; saved to {path}")
     return 0
 
@@ -81,9 +83,9 @@ def _query(args):
         print(f"# {text}")
         for rank, (doc_id, score) in enumerate(result, 1):
             snippet = ""
-            if index.texts is not None:
+            if index.texts_ is not None:
                 position = index.ids_position(doc_id)
-                snippet = "  " + " ".join(index.texts[position].split())[:80]
+                snippet = "  " + " ".join(index.texts_[position].split())[:80]
             print(f"{rank:3d}  {score:.4f}  {doc_id}{snippet}")
     return 0
 

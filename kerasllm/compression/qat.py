@@ -8,9 +8,11 @@ config sound. SimpleRNN/LSTM/GRU are not quantized in training (no sound config:
 loops inside the layer); with the default SimpleRNN the recurrence is refolded into the
 embedding table first (``training.refold``), so the table QAT trains is the table exported.
 
-After fine-tuning, the trained float weights (which now sit where int8 rounding does little
-harm) are copied into a plain model that the classifier exporter converts with full int8
-post-training quantization (``ptq.convert_with_fallback``).
+What ships is the quantization-aware graph itself (tfmot's way): an unrolled twin of the trained
+QAT model, holding its weights and its learned quantizer ranges, is converted with
+``Optimize.DEFAULT`` and no representative data, so every scale in the file comes from training
+(nothing is recalibrated). The layers left float in training (the recurrence) stay float32 in
+the file; ``info["float_layers"]`` names them.
 """
 from __future__ import annotations
 
@@ -125,8 +127,46 @@ def copy_from_qat(qat, plain):
         layer.set_weights([by_name[w.name.split("/")[-1].split(":")[0]].numpy() for w in layer.weights])
 
 
+def layer_weights(model):
+    """{"layer name/i": array}: every weight of every layer (quantizer ranges included), keyed so
+    that a model built with other trainable flags or unrolling receives them unchanged."""
+    return {f"{layer.name}/{i}": w for layer in model.layers for i, w in enumerate(layer.get_weights())}
+
+
+def attach_qat_model(clf, weights):
+    """Give ``clf`` (the QAT-trained classifier, refolded) ``qat_model``: the unrolled QAT graph that
+    converts to TFLite builtins, with ``weights`` (``layer_weights`` of the trained QAT model)."""
+    from kerasllm.models.classifier import build_model
+
+    twin, _, _ = quantize_aware_model(build_model(clf.config, unroll=True))
+    for layer in twin.layers:
+        if layer.weights:
+            layer.set_weights([weights[f"{layer.name}/{i}"] for i in range(len(layer.weights))])
+    clf.qat_model = twin
+    return clf
+
+
+def qat_tflite_bytes(clf):
+    """The QAT graph converted the tfmot way: ``Optimize.DEFAULT``, no representative dataset, so
+    the converter keeps the trained ranges. One full-length signature ``predict_<max_length>``."""
+    from kerasllm._tf import tf
+    from kerasllm.export import tflite as tflite_lib
+    from kerasllm.export.flatbuffer import rename_signatures
+    from kerasllm.models.classifier import input_width
+
+    model = clf.qat_model
+    spec = tf.TensorSpec([None, input_width(clf.config)], tf.int32, name="token_ids")
+    function = tf.function(lambda token_ids: {"probabilities": model(token_ids, training=False)},
+                           input_signature=[spec]).get_concrete_function()
+    holder = tf.Module()
+    holder.model = model
+    flatbuffer = tflite_lib.convert([function], holder, quantization="dynamic")  # Optimize.DEFAULT only
+    return rename_signatures(flatbuffer, {"serving_default": f"predict_{clf.config.max_length}"})
+
+
 def qat_classifier(clf, texts, labels, epochs=2, learning_rate=None, keep_zeros=False, seed=0):
-    """Fine-tune ``clf`` with int8 fake quantization; returns ``(classifier, info)``.
+    """Fine-tune ``clf`` with int8 fake quantization; returns ``(classifier, info)``; the classifier's
+    ``qat_model`` is the trained quantization-aware graph that ``ptq.convert(..., qat=True)`` ships.
 
     ``keep_zeros=True`` (pruning-preserving QAT, for a pruned model): weights that are exactly
     zero stay zero, so the sparsity survives. ``info`` names the quantized and the float layers.
@@ -147,8 +187,11 @@ def qat_classifier(clf, texts, labels, epochs=2, learning_rate=None, keep_zeros=
     copy_from_qat(qat, plain)
     out = with_model(clf, plain)
     out._refolded = getattr(clf, "_refolded", False)
+    attach_qat_model(out, layer_weights(qat))
     return out, {"quantized_layers": quantized, "float_layers": skipped,
-                 "scheme": "int8 weights (Embedding tables: per-tensor; Dense: tfmot default 8-bit)"}
+                 "scheme": "int8 fake quantization in training (Embedding tables: per-tensor weights; Dense: "
+                           "tfmot default 8-bit); shipped as the QAT graph with its trained ranges; "
+                           f"float32 in training and in the file: {', '.join(skipped) or 'nothing'}"}
 
 
 def _KeepZeros(model, keras):

@@ -35,15 +35,30 @@ class CompressionReport:
     def __getitem__(self, name):
         return self.variants[name]
 
-    def best(self, max_quality_drop=0.01, size="tflite_bytes"):
-        """The smallest variant (by ``size``: "tflite_bytes" or "gzip_bytes") whose quality drop is at
-        most ``max_quality_drop`` (accuracy: absolute, 0.01 = one point; loss: relative, 0.01 = 1%).
+    @property
+    def failed(self):
+        """The rows of methods that failed (``status`` "failed", ``error`` says why)."""
+        return [r for r in self.rows if r["status"] != "ok"]
+
+    def best(self, max_quality_drop=0.01, metric=None, size="tflite_bytes"):
+        """The smallest working variant (by ``size``: "tflite_bytes" or "gzip_bytes") whose drop in
+        ``metric`` is at most ``max_quality_drop`` (classifier: "macro_f1" (default) or "accuracy",
+        absolute, 0.01 = one point, measured on the *selection* half of the validation set, not the
+        test half the report shows; language model: "loss", relative, 0.01 = 1%).
         The float model qualifies, so there is always an answer."""
         if size not in ("tflite_bytes", "gzip_bytes"):
             raise ValueError(f"size must be 'tflite_bytes' or 'gzip_bytes', got {size!r}")
         if max_quality_drop < 0:
             raise ValueError(f"max_quality_drop must be >= 0, got {max_quality_drop}")
-        fits = [r for r in self.rows if r["quality_drop"] <= max_quality_drop + 1e-9]
+        metrics = self._metrics()
+        metric = metric or ("macro_f1" if "macro_f1" in metrics else self.quality)
+        if metric not in metrics:
+            raise ValueError(f"metric must be one of {metrics} for this report, got {metric!r}")
+
+        def drop(r):
+            return r["selection_drops"][metric] if "selection_drops" in r else r["quality_drop"]
+
+        fits = [r for r in self.rows if r["status"] == "ok" and drop(r) <= max_quality_drop + 1e-9]
         return self.variants[min(fits, key=lambda r: (r[size], r["p50_ms"]))["name"]]
 
     # -- presentation -------------------------------------------------------------------------
@@ -53,16 +68,34 @@ class CompressionReport:
     def to_markdown(self):
         metrics = self._metrics()
         drop_unit = "points" if self.higher_is_better else "%"
+        extra = [(k, label) for k, label in (("parameters", "parameters"), ("xla_tokens_per_s", "XLA tok/s"),
+                                             ("tflite_tokens_per_s", "TFLite tok/s")) if k in self.rows[0]]
         head = (["variant", "quantization", "TFLite KB", "× float", "gzip KB", "× float"] + metrics
-                + [f"drop ({drop_unit})", "p50 ms"])
+                + [f"{self.quality} drop ({drop_unit}) [95% CI]", "p50 ms"] + [label for _, label in extra])
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        scale = 100
         for r in self.rows:
+            if r["status"] != "ok":
+                cells = [r["name"], f"FAILED ({r['quantization']})"] + ["—"] * (len(head) - 2)
+                lines.append("| " + " | ".join(cells) + " |")
+                continue
             cells = [r["name"], r["quantization"], f"{r['tflite_bytes'] / 1024:.1f}", f"{r['size_ratio']:.3f}",
                      f"{r['gzip_bytes'] / 1024:.1f}", f"{r['gzip_ratio']:.3f}"]
             cells += [f"{r[m]:.4f}" for m in metrics]
-            cells += [f"{r['quality_drop'] * 100:+.2f}", f"{r['p50_ms']:.3f}"]
+            ci = r.get("drop_ci", {}).get(self.quality)
+            interval = f" [{ci[0] * scale:+.2f}, {ci[1] * scale:+.2f}]" if ci else ""
+            cells += [f"{r['quality_drop'] * scale:+.2f}{interval}", f"{r['p50_ms']:.3f}"]
+            cells += ["—" if r.get(k) is None else f"{r[k]:,.0f}" for k, _ in extra]
             lines.append("| " + " | ".join(cells) + " |")
-        notes = [f"- **{r['name']}**: {note}" for r in self.rows for note in r.get("notes", [])]
+        notes = [f"- **{r['name']}**: FAILED: {r['error']}" for r in self.failed]
+        if "tokens" in self.rows[0]:
+            notes.append(f"- drop: relative validation-loss increase over {self.rows[0]['tokens']} tokens, [95% "
+                         "paired bootstrap interval over tokens]")
+        elif "drop_ci" in self.rows[0]:
+            notes.append(f"- drop: float minus variant on the test half ({self.rows[0].get('test_size', '?')} "
+                         f"texts), [95% paired bootstrap interval]; `best()` chooses on the other half "
+                         f"({self.rows[0].get('selection_size', '?')} texts)")
+        notes += [f"- **{r['name']}**: {note}" for r in self.rows for note in r.get("notes", [])]
         for name, info in self.details.items():
             notes.append(f"- **{name}**: " + "; ".join(f"{k}: {_short(v)}" for k, v in info.items()))
         return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
@@ -96,16 +129,17 @@ class CompressionReport:
         scale = 100.0 if self.quality == "accuracy" else 1.0
         ylabel = ("validation accuracy (%)" if self.quality == "accuracy"
                   else f"validation {self.quality} (nats per token, lower is better)")
-        latencies = [r["p50_ms"] for r in self.rows]
+        rows = [r for r in self.rows if r["status"] == "ok"]
+        latencies = [r["p50_ms"] for r in rows]
         low, high = min(latencies), max(latencies)
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), dpi=120, sharey=True)
         for ax, size, label in ((axes[0], "tflite_bytes", "TFLite file size (KB, log scale)"),
                                 (axes[1], "gzip_bytes", "gzip-compressed size (KB, log scale)")):
             points = []  # [x, y, labels]: variants this close share one label
-            ys = [r[self.quality] * scale for r in self.rows]
+            ys = [r[self.quality] * scale for r in rows]
             near = 0.04 * ((max(ys) - min(ys)) or 1.0)
-            for i, r in enumerate(self.rows):
+            for i, r in enumerate(rows):
                 x, y = r[size] / 1024, r[self.quality] * scale
                 area = 80 + 700 * ((r["p50_ms"] - low) / (high - low) if high > low else 0.5)
                 ax.scatter([x], [y], s=area, alpha=0.5, edgecolors="black",
@@ -123,7 +157,7 @@ class CompressionReport:
                 ax.annotate("\n".join(names), (x, y), textcoords="offset points", fontsize=7.5,
                             xytext=(0, 14) if crowded else (10, -4), ha="center" if crowded else "left",
                             va="bottom" if crowded else "top" if len(names) > 1 else "center")
-            sizes = [r[size] / 1024 for r in self.rows]
+            sizes = [r[size] / 1024 for r in rows]
             ax.set_xlim(min(sizes) / 1.4, max(sizes) * 3.0)  # room for the labels on the right
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -146,3 +180,43 @@ class CompressionReport:
 def _short(value):
     text = json.dumps(value, default=str) if not isinstance(value, str) else value
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def failed_row(name, quantization, error):
+    """The report row of a method that failed: no sizes or scores, the reason in ``error``."""
+    return {"name": name, "status": "failed", "quantization": quantization, "error": error, "notes": []}
+
+
+def classification_scores(y, predicted, n_classes):
+    """{"accuracy", "macro_f1"} of label indices ``predicted`` against ``y``."""
+    return {"accuracy": float(np.mean(np.asarray(y) == np.asarray(predicted))),
+            "macro_f1": float(_macro_f1(np.asarray(y)[None], np.asarray(predicted)[None], n_classes)[0])}
+
+
+def _macro_f1(y, predicted, n_classes):
+    """Macro-F1 of each row of the [resamples, n] label arrays (classes absent from both count 0, as sklearn)."""
+    f1 = []
+    for c in range(n_classes):
+        tp = np.sum((predicted == c) & (y == c), axis=1)
+        fp = np.sum((predicted == c) & (y != c), axis=1)
+        fn = np.sum((predicted != c) & (y == c), axis=1)
+        f1.append(np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0))
+    return np.mean(f1, axis=0)
+
+
+def bootstrap_drop(y, base, other, n_classes, metric="accuracy", n=1000, seed=0, level=0.95):
+    """``level`` percentile interval of metric(base) - metric(other) over ``n`` paired bootstrap
+    resamples of the texts (both models scored on the same resampled texts)."""
+    y, base, other = (np.asarray(a) for a in (y, base, other))
+    if n <= 0:
+        return None
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(n, len(y)))
+    ys, bs, os_ = y[idx], base[idx], other[idx]
+    if metric == "accuracy":
+        drops = np.mean(bs == ys, axis=1) - np.mean(os_ == ys, axis=1)
+    elif metric == "macro_f1":
+        drops = _macro_f1(ys, bs, n_classes) - _macro_f1(ys, os_, n_classes)
+    else:
+        raise ValueError(f"metric must be 'accuracy' or 'macro_f1', got {metric!r}")
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(drops, tail)), float(np.percentile(drops, 100 - tail))]

@@ -1,5 +1,19 @@
 """Classifier export: an XLA-compiled SavedModel that takes raw strings, and a TFLite file that
-takes token ids and carries its tokenizer and labels."""
+takes token ids and carries its tokenizer and labels.
+
+Both run the model maths of ``kerasllm.models.classifier_layers`` (``ClassifierParts``); this
+module only chooses shapes (length buckets, batch sizes) and folds the recurrent input projection
+into the embedding table. It never imports ``kerasllm.models.classifier``: the classifier object
+is passed in (``config``, ``tokenizer``, ``model``, ``classes``).
+
+TFLite ids layout (one signature per length bucket, ``predict_<n>``; the buckets are listed in the
+attached config as ``[n words, g char-grams]``): int32 ``token_ids [batch, n + g]``; columns
+``0..n-1`` hold the text's word ids in order, ``n..n+g-1`` its character n-gram ids (bag path
+only); 0 is padding. Word id 1 is an unknown word, 2 an unknown short number, 3 an unknown long
+number, 4 an unknown word with digits; n-grams outside the vocabulary are left out.
+``WordTokenizer.encode`` pads on the right; padding anywhere else in a section (e.g. on the
+left) gives the same probabilities, because every layer skips id 0.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,9 +23,22 @@ import numpy as np
 from kerasllm._tf import tf
 from kerasllm.export import TFLITE_FILE
 from kerasllm.export import tflite as tflite_lib
-from kerasllm.models.classifier import build_model, input_width
+from kerasllm.models.classifier_layers import input_width, model_parts
 from kerasllm.text.word import fill_row
 from kerasllm.text.word_graph import GraphWordTokenizer
+
+# The XLA signature runs padded to one of these batch sizes (else a multiple of the last), so
+# XLA compiles a handful of shapes instead of one per batch size it is sent.
+SERVING_BATCH_SIZES = (1, 8, 64, 256)
+
+
+def padded_batch_size(n, sizes=SERVING_BATCH_SIZES):
+    """The batch size ``n`` rows run at (works on ints and on scalar tensors)."""
+    top = sizes[-1]
+    rounded = (n + top - 1) // top * top
+    if isinstance(n, int):
+        return next((s for s in sizes if s >= n), rounded)
+    return tf.reduce_min(tf.where(tf.constant(sizes) >= n, tf.constant(sizes), rounded))
 
 
 class ClassifierModule(tf.Module):
@@ -29,14 +56,19 @@ class ClassifierModule(tf.Module):
         self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
         self.predict_ids = tf.function(self._predict_ids, input_signature=[ids_spec])
 
+    def _padded_probabilities(self, ids):
+        n = tf.shape(ids)[0]
+        padded = tf.pad(ids, [[0, padded_batch_size(n) - n], [0, 0]])
+        return self._probabilities(padded)[:n]
+
     def _outputs(self, probs):
         return {"probabilities": probs, "label": tf.gather(self.labels, tf.argmax(probs, axis=1))}
 
     def _serve(self, texts):
-        return self._outputs(self._probabilities(self.tokenizer(texts)))
+        return self._outputs(self._padded_probabilities(self.tokenizer(texts)))
 
     def _predict_ids(self, token_ids):
-        return self._outputs(self._probabilities(token_ids))
+        return self._outputs(self._padded_probabilities(token_ids))
 
 
 def write_saved_model(clf, directory):
@@ -46,39 +78,53 @@ def write_saved_model(clf, directory):
 
 
 def length_buckets(config):
-    """Word lengths with a TFLite signature each: short texts run a short unrolled recurrence."""
+    """(words, char grams) per TFLite signature: short texts run a short unrolled recurrence."""
     buckets = [n for n in (8, 16, 32, 64, 128, 256) if n < config.max_length] + [config.max_length]
     return [(n, bucket_grams(config, n)) for n in buckets]
 
 
 def bucket_grams(config, n_words):
-    return -(-config.max_char_grams * n_words // config.max_length) if config.char_ngrams else 0
+    if not (config.bag_of_ngrams and config.char_ngrams):
+        return 0
+    return -(-config.max_char_grams * n_words // config.max_length)
+
+
+class _Lowered(tf.Module):
+    """The classifier at each length bucket, for conversion; holds the folded projection table."""
+
+    def __init__(self, clf):
+        super().__init__(name="lowered_classifier")
+        self.model = clf.model
+        self.parts = model_parts(clf.model)
+        folded = self.parts.fold()
+        self.folded = None if folded is None else tf.Variable(folded, trainable=False, name="folded_projection")
+
+    def __call__(self, ids, n_words):
+        return tf.nn.softmax(self.parts.logits(ids, n_words, training=False, folded=self.folded))
 
 
 def tflite_bytes(clf, quantization=None, representative_texts=None, model=None, buckets=None):
     """TFLite bytes with one signature per length bucket, ``predict_<words>``: token_ids in,
-    probabilities out. The bucket models share the trained layers, so the weights are stored once.
+    probabilities out. The bucket functions share the trained weights, stored once.
 
     ``model``: convert this Keras model (same input as ``clf.model``) as one full-length
-    signature instead, e.g. a compressed variant whose layers differ.
-    ``buckets``: the (words, char grams) buckets to convert; default ``length_buckets(clf.config)``.
-    With a single signature the converter names it ``serving_default``.
+    signature instead, e.g. a compressed variant whose layers differ (so is a model that
+    ``build_model`` did not make). ``buckets``: the (words, char grams) buckets to convert;
+    default ``length_buckets(clf.config)``. With a single signature the converter names it
+    ``serving_default``.
     """
     cfg = clf.config
     buckets = length_buckets(cfg) if buckets is None else [tuple(b) for b in buckets]
+    if model is None and model_parts(clf.model) is None:
+        model = clf.model
     holder = tf.Module()
-    holder.model = clf.model if model is None else model
     if model is not None:
-        twins = {f"predict_{cfg.max_length}": (model, cfg.max_length, cfg.max_char_grams)}
-    elif FoldedSimpleRNN.applies(cfg):
-        holder.folded = FoldedSimpleRNN(clf.model, cfg)
-        twins = {f"predict_{n}": (lambda ids, n=n: holder.folded(ids, n), n, g) for n, g in buckets}
+        holder.model = model
+        twins = {f"predict_{cfg.max_length}": (lambda ids: model(ids, training=False), cfg.max_length,
+                                               bucket_grams(cfg, cfg.max_length))}
     else:
-        twins = {}
-        for n_words, n_grams in buckets:
-            twin = build_model(cfg, unroll=True, max_length=n_words, max_char_grams=n_grams, share=clf.model)
-            twins[f"predict_{n_words}"] = (twin, n_words, n_grams)
-        holder.twins = [twin for twin, _, _ in twins.values()]
+        holder.lowered = lowered = _Lowered(clf)
+        twins = {f"predict_{n}": (lambda ids, n=n: lowered(ids, n), n, g) for n, g in buckets}
     functions = []
     for key, (twin, n_words, n_grams) in twins.items():
         spec = tf.TensorSpec([None, input_width(cfg, n_words, n_grams)], tf.int32, name="token_ids")
@@ -109,56 +155,24 @@ def tflite_bytes(clf, quantization=None, representative_texts=None, model=None, 
     return flatbuffer
 
 
-class FoldedSimpleRNN(tf.Module):
-    """The default classifier (one-way SimpleRNN, last state) lowered by hand for TFLite, same math.
-
-    Keras' unrolled, masked SimpleRNN costs 8 TFLite ops a step (two matmuls, a mask tile and two
-    selects among them). Here the input projection is folded into the embedding table
-    (``E @ W + b``, one gather for all steps) and padding is handled once at the end by taking the
-    state at the last real word, so a step is 3 ops: matmul, add, tanh.
-    """
+class FoldedSimpleRNN:
+    """Kept for ``kerasllm.compression.training.refold``: the old one-way SimpleRNN lowering is now
+    ``Recurrence.fold`` inside the model maths, so there is nothing left to refold."""
 
     @staticmethod
     def applies(cfg):
-        return cfg.architecture == "simple_rnn" and not cfg.bidirectional and cfg.pooling == "last"
-
-    def __init__(self, model, cfg):
-        super().__init__(name="folded_simple_rnn")
-        cell = model.get_layer("simple_rnn").cell
-        embeddings = model.get_layer("embedding").embeddings
-        self.projected = tf.Variable(tf.matmul(embeddings, cell.kernel) + cell.bias, trainable=False,
-                                     name="projected_embeddings")
-        self.recurrent = cell.recurrent_kernel
-        self.logits = model.get_layer("rnn_logits")
-        self.cfg, self.model = cfg, model
-
-    def __call__(self, ids, n_words):
-        words = ids[:, :n_words]
-        inputs = tf.unstack(tf.gather(self.projected, words), axis=1)
-        h = tf.tanh(inputs[0])  # the first step's state input is zero
-        states = [h]
-        for x in inputs[1:]:
-            h = tf.tanh(x + tf.matmul(h, self.recurrent))
-            states.append(h)
-        length = tf.reduce_sum(tf.cast(words > 0, tf.int32), axis=1)
-        last = tf.gather(tf.stack(states, axis=1), tf.maximum(length - 1, 0), batch_dims=1)
-        last = last * tf.cast(length > 0, last.dtype)[:, None]  # an empty text keeps the zero state
-        logits = self.logits(last)
-        if self.cfg.bag_of_ngrams:
-            layer = self.model.get_layer
-            grams = tf.concat([ids, layer("bigrams")(words)], axis=1)
-            bag = layer("bag_of_ngrams")([layer("ngram_logits_table")(grams), grams])
-            logits = logits + layer("bag_scale")(bag)
-        return tf.nn.softmax(logits)
+        return False
 
 
 def tflite_config(clf, quantization=None, model=None, buckets=None):
     """The config attached to the classifier's .tflite (what ``TFLiteClassifier`` reads)."""
+    cfg = clf.config
     if buckets is None:
-        buckets = length_buckets(clf.config) if model is None else [
-            (clf.config.max_length, clf.config.max_char_grams if clf.config.char_ngrams else 0)]
+        whole = model is not None or model_parts(clf.model) is None
+        buckets = [(cfg.max_length, bucket_grams(cfg, cfg.max_length))] if whole else length_buckets(cfg)
     return {"kind": "classifier", "labels": clf.classes, "tokenizer": clf.tokenizer.get_config(),
-            "quantization": quantization, "buckets": [[int(n), int(g)] for n, g in buckets]}
+            "quantization": quantization, "buckets": [[int(n), int(g)] for n, g in buckets],
+            "ids_layout": "word ids then char n-gram ids per row; 0 = padding, any side; see kerasllm.export.classifier"}
 
 
 def write_tflite(clf, directory, quantization=None, representative_texts=None, model=None, buckets=None,
@@ -169,4 +183,3 @@ def write_tflite(clf, directory, quantization=None, representative_texts=None, m
     path = Path(directory) / TFLITE_FILE
     path.write_bytes(tflite_lib.attach(flatbuffer, tflite_config(clf, quantization, model, buckets)))
     return quantization
-

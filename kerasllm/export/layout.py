@@ -19,6 +19,31 @@ from pathlib import Path
 
 MANIFEST = "kerasllm.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_VERSION_RE = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also takes '²', which int() refuses
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment, for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(path) -> Path:
+    """Give ``path`` the modes an ordinary ``open``/``mkdir`` would have (0644 files, 0755 folders under
+    the usual umask 022): ``tempfile`` creates 0600/0700, which a server running as another user (a
+    container's non-root user, a shared volume) cannot read."""
+    path = Path(path)
+    mode = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, mode & ~_umask())
+    return path
 
 
 def check_model_name(name: str) -> str:
@@ -35,7 +60,7 @@ def versions(model_dir) -> list[int]:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(int(p.name) for p in model_dir.iterdir() if _VERSION_RE.fullmatch(p.name) and p.is_dir())
 
 
 def resolve_version(path, version=None) -> Path:
@@ -82,6 +107,7 @@ def write_json_atomic(path, obj):
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=1, ensure_ascii=False)
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -96,7 +122,7 @@ def publish(model_dir, write, version=None) -> Path:
     model_dir = Path(model_dir)
     check_model_name(model_dir.name)
     model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=model_dir))
+    tmp = make_readable(tempfile.mkdtemp(prefix=".tmp-", dir=model_dir))
     try:
         write(tmp)
         number = int(version) if version is not None else (versions(model_dir) or [0])[-1] + 1
@@ -120,7 +146,7 @@ def replace_dir(path, write, marker, kind) -> Path:
     if path.exists() and not (path / marker).is_file() and (not path.is_dir() or any(path.iterdir())):
         raise FileExistsError(f"{path} exists and is not a {kind}: refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = make_readable(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         write(tmp)
         if path.exists():

@@ -3,15 +3,25 @@
 ``write_serving_bundle(root)`` writes, at the root:
 
 - ``models.config``: a ``ModelServerConfig`` (text proto) naming every model under the root, newest version served;
-- ``batching_parameters.txt``: TF Serving's ``BatchingParameters`` (same names as the embedded server);
+- ``batching_parameters.txt``: TF Serving's ``BatchingParameters`` for ``--batching_parameters_file``; with
+  ``--enable_per_model_batching_parameters`` TF Serving takes only the thread pool from it;
 - ``monitoring.config``: Prometheus metrics at ``/monitoring/prometheus/metrics`` on the REST port;
 - ``tf_serving_launch.txt``: the exact docker and binary commands, ``--xla_cpu_compilation_enabled`` included
   (the signatures are XLA-compiled);
 
-and into each model's newest version that lacks them, warm-up records
+into each served version, ``batching_params.pbtxt`` (TF Serving's per-model batching file, read from the
+version folder; a copy in ``assets.extra/``) when the model can be batched: TF Serving batches every signature
+of a batched model, so only a model whose every signature input and output has a batch dimension gets one
+(``kerasllm.export.batching_params``), with ``pad_variable_length_inputs`` when some input has an open width;
+
+and into each model's served versions that lack them, warm-up records
 (``<version>/assets.extra/tf_serving_warmup_requests``, ``PredictionLog`` records TF Serving replays before it
 serves a version, so no user request pays for tracing and XLA compilation). Every record is run against the
-SavedModel before it is kept: TF Serving refuses to load a version whose warm-up fails.
+SavedModel before it is kept: TF Serving refuses to load a version whose warm-up fails. A batched model is
+warmed at each allowed batch size; at most 1000 records (TF Serving's kMaxNumRecords).
+
+Files are written 0644 and folders 0755 (less what the umask removes), so a server running as another user
+can read them.
 
 The config files use absolute paths and the docker command mounts the root at the same path inside the
 container, so one ``models.config`` serves both.
@@ -23,13 +33,16 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from kerasllm.export.layout import check_model_name, versions
+from kerasllm.export.batching_params import (BATCHING_PARAMS_FILE, BatchingOptions, model_batching,
+                                             signature_batchable)
+from kerasllm.export.layout import check_model_name, make_readable, versions
 
 MODELS_CONFIG = "models.config"
 BATCHING_FILE = "batching_parameters.txt"
 MONITORING_FILE = "monitoring.config"
 LAUNCH_FILE = "tf_serving_launch.txt"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000  # TF Serving refuses a version with more (saved_model_warmup_util.h)
 METRICS_PATH = "/monitoring/prometheus/metrics"
 SAMPLE_TEXTS = ("hello world", "this is a short message to warm up the model", "ok")
 # values for scalar inputs found on kerasllm's signatures; small so warm-up is quick
@@ -43,6 +56,7 @@ def _write_atomic(path: Path, data: bytes):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        make_readable(tmp)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -85,18 +99,32 @@ def models_config(root, names, num_versions=1, version_labels=None) -> str:
 
 def batching_parameters(max_batch_size=32, batch_timeout_micros=2000, max_enqueued_batches=128,
                         num_batch_threads=2, allowed_batch_sizes="auto") -> str:
-    from kerasllm.serving.batching import BatchingOptions
+    return BatchingOptions(max_batch_size, batch_timeout_micros, max_enqueued_batches, num_batch_threads,
+                           allowed_batch_sizes).to_pbtxt()
 
-    # same checks as the embedded server (the last allowed size must equal max_batch_size, ...)
-    options = BatchingOptions(max_batch_size, batch_timeout_micros, max_enqueued_batches, num_batch_threads,
-                              allowed_batch_sizes)
-    lines = [f"max_batch_size {{ value: {options.max_batch_size} }}",
-             f"batch_timeout_micros {{ value: {options.batch_timeout_micros} }}",
-             f"max_enqueued_batches {{ value: {options.max_enqueued_batches} }}",
-             f"num_batch_threads {{ value: {options.num_batch_threads} }}"]
-    # (no pad_variable_length_inputs: padding token inputs with zeros would change what they mean)
-    lines += [f"allowed_batch_sizes: {size}" for size in options.allowed_batch_sizes]
-    return "\n".join(lines) + "\n"
+
+def signature_shapes(version_dir) -> dict:
+    """{signature: ({input: shape}, {output: shape})} from ``saved_model.pb`` (None: unknown size or rank)."""
+    def shape(info):
+        if info.tensor_shape.unknown_rank:
+            return None
+        return tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
+
+    return {name: ({k: shape(v) for k, v in sig.inputs.items()}, {k: shape(v) for k, v in sig.outputs.items()})
+            for name, sig in _signature_defs(version_dir).items()}
+
+
+def write_model_batching(version_dir, options: BatchingOptions):
+    """Write (or remove) the version's per-model batching file; returns the options written or None."""
+    version_dir = Path(version_dir)
+    batching = model_batching(signature_shapes(version_dir), options)
+    for path in (version_dir / BATCHING_PARAMS_FILE, version_dir / "assets.extra" / BATCHING_PARAMS_FILE):
+        if batching is None:
+            if path.exists():
+                path.unlink()
+        else:
+            _write_atomic(path, batching.to_pbtxt().encode())
+    return batching
 
 
 def monitoring_config() -> str:
@@ -116,6 +144,7 @@ def launch_commands(root, rest_api_port=8501, grpc_port=8500, docker_image=None,
              "--file_system_poll_wait_seconds=1",
              "--enable_batching=true",
              f"--batching_parameters_file={q(str(root / BATCHING_FILE))}",
+             "--enable_per_model_batching_parameters=true",
              f"--monitoring_config_file={q(str(root / MONITORING_FILE))}",
              "--enable_model_warmup=true",
              "--xla_cpu_compilation_enabled=true"]
@@ -159,20 +188,33 @@ def _example_inputs(signature_def, batch, texts):
     return arrays
 
 
-def warmup_requests(model_name, version_dir, batch_sizes=(1,), texts=SAMPLE_TEXTS, check=True) -> list:
-    """``PredictionLog`` records for every signature of the SavedModel at ``version_dir``: one per batch size
-    for signatures with a batch dimension. With ``check`` each is run first and dropped if it fails."""
+def warmup_requests(model_name, version_dir, batch_sizes=(1,), texts=SAMPLE_TEXTS, check=True,
+                    batching: BatchingOptions | None = None) -> list:
+    """``PredictionLog`` records TF Serving can replay on the SavedModel at ``version_dir``.
+
+    With ``batching`` (the model's per-model batching, see ``write_model_batching``) every request goes
+    through TF Serving's batching session: each signature is warmed at every allowed batch size (at most
+    ``max_batch_size``), so XLA compiles the padded shapes before the first user. Without it requests run as
+    sent: ``batch_sizes`` for signatures with a batch dimension, batch 1 for the others. With ``check`` each
+    is run first and dropped if it fails."""
     from kerasllm._tf import tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
         raise TypeError("texts must be a non-empty list of strings")
+    shapes = signature_shapes(version_dir)
+    if batching is not None and model_batching(shapes, batching) is None:
+        raise ValueError(f"{version_dir} has signatures without a batch dimension: TF Serving cannot batch it")
+    if batching is not None:
+        sizes = [b for b in (batching.allowed_batch_sizes or batch_sizes) if b <= batching.max_batch_size] or [1]
     loaded = tf.saved_model.load(str(version_dir)) if check else None
     records = []
     for signature_name, signature_def in sorted(_signature_defs(version_dir).items()):
-        batched = all(not i.tensor_shape.unknown_rank and i.tensor_shape.dim and i.tensor_shape.dim[0].size < 0
-                      for i in signature_def.inputs.values() if i.tensor_shape.dim)
-        for batch in (batch_sizes if batched else (1,)):
+        if batching is None:  # run as sent: any batch size for a signature with a batch dimension
+            sizes = batch_sizes if signature_batchable(*shapes[signature_name]) else (1,)
+        for batch in sizes:
+            if len(records) >= MAX_WARMUP_RECORDS:
+                return records
             arrays = _example_inputs(signature_def, batch, list(texts))
             if check:
                 try:
@@ -188,7 +230,8 @@ def warmup_requests(model_name, version_dir, batch_sizes=(1,), texts=SAMPLE_TEXT
     return records
 
 
-def write_warmup_requests(version_dir, model_name, batch_sizes=(1,), texts=SAMPLE_TEXTS, overwrite=False):
+def write_warmup_requests(version_dir, model_name, batch_sizes=(1,), texts=SAMPLE_TEXTS, overwrite=False,
+                          batching: BatchingOptions | None = None):
     """Write ``<version_dir>/assets.extra/tf_serving_warmup_requests`` (a TFRecord file of ``PredictionLog``).
     Best called on the export's temporary folder before it is published; on a published version the file
     is added atomically (TF Serving reads it when it loads the version). Returns the path or None."""
@@ -198,7 +241,7 @@ def write_warmup_requests(version_dir, model_name, batch_sizes=(1,), texts=SAMPL
     path = Path(version_dir) / WARMUP_FILE
     if path.exists() and not overwrite:
         return path
-    records = warmup_requests(model_name, version_dir, batch_sizes, texts)
+    records = warmup_requests(model_name, version_dir, batch_sizes, texts, batching=batching)
     if not records:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,6 +251,7 @@ def write_warmup_requests(version_dir, model_name, batch_sizes=(1,), texts=SAMPL
         with tf.io.TFRecordWriter(tmp) as writer:
             for record in records:
                 writer.write(record.SerializeToString())
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -251,13 +295,19 @@ def write_serving_bundle(root, max_batch_size=32, batch_timeout_micros=2000, max
         "# TensorFlow Serving for the models in this folder (REST on "
         f"{rest_api_port}, gRPC on {grpc_port}; same REST API as `kerasllm serve`)\n"
         f"# docker:\n{commands['docker']}\n# binary:\n{commands['binary']}\n").encode())
-    if warmup:
-        from kerasllm.serving.batching import BatchingOptions
-
-        # warm every shape the server will run (TF Serving pads batches to the allowed sizes)
-        sizes = BatchingOptions(max_batch_size, allowed_batch_sizes=allowed_batch_sizes).allowed_batch_sizes or (1,)
-        for name in names:
-            newest = root / name / str(versions(root / name)[-1])
-            written["warmup"][name] = write_warmup_requests(newest, name, sizes, warmup_texts)
+    options = BatchingOptions(max_batch_size, batch_timeout_micros, max_enqueued_batches, num_batch_threads,
+                              allowed_batch_sizes)
+    written["batching"] = {}
+    for name in names:
+        for version in versions(root / name)[-num_versions:]:
+            version_dir = root / name / str(version)
+            if not (version_dir / "saved_model.pb").is_file():
+                continue
+            # a stale warm-up file written under other batching rules would be replayed as is: rewrite it
+            batching = write_model_batching(version_dir, options)
+            written["batching"][name] = batching  # (versions ascend: the newest is what is left)
+            if warmup:
+                written["warmup"][name] = write_warmup_requests(
+                    version_dir, name, texts=warmup_texts, batching=batching, overwrite=True)
     written.update(commands)
     return written

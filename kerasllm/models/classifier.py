@@ -1,49 +1,68 @@
 """Text classifier: raw strings in, labels and probabilities out.
 
-Default architecture ``simple_rnn``: Embedding -> SimpleRNN -> Dense softmax, with padding masked
-and gradients clipped. A plain recurrent net on its own loses to TF-IDF + logistic regression on
-topic-like tasks, so by default a linear bag-of-n-grams path (unigrams and hashed bigrams, the
-fastText idea) adds its logits to the RNN's: the RNN reads word order, the bag path carries the
-lexical evidence that logistic regression is good at. ``bag_of_ngrams=False`` gives the plain net.
+Default: a two-way SimpleRNN over word embeddings, max- and mean-pooled over time, whose logits
+add to those of a linear bag of n-grams (words, hashed word bigrams, character n-grams). Each
+path is also trained to classify on its own (an extra loss per path), so the sum is an
+ensemble of two models that read text differently. ``bag_of_ngrams=False`` gives the recurrent
+path alone, ``recurrent=False`` the bag alone. The maths lives in ``classifier_layers``.
 
-The model takes int32 token ids [batch, max_length] (0 = padding) so one Keras graph serves
-training, the SavedModel (behind an in-graph tokenizer) and TFLite (behind the Python tokenizer).
+``TextClassifier`` is a scikit-learn estimator: its settings are its constructor arguments
+(``get_params``/``set_params``, ``sklearn.base.clone``), and what ``fit`` learns lives in
+attributes ending in ``_`` (``classes_``, ``config_``, ``tokenizer_``, ``model_``, ``history_``).
+A second ``fit`` starts again from the settings.
+
+The Keras model takes int32 token ids [batch, width] (0 = padding) so one graph serves training,
+the SavedModel (behind an in-graph tokenizer) and TFLite (behind the Python tokenizer).
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 from dataclasses import asdict, dataclass, field
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
-from kerasllm.data import check_labelled
+from kerasllm.models.classifier_layers import KINDS as ARCHITECTURES
+from kerasllm.models.classifier_layers import (POOLINGS, ClassifierParts, build_model, idf_weights,  # noqa: F401
+                                               input_width, model_parts, paths_model, training_model)
 from kerasllm.text.word import WordTokenizer, check_texts
 
-ARCHITECTURES = ("simple_rnn", "lstm", "gru")
-POOLINGS = ("last", "average")
 CONFIG_FILE = "classifier.json"
 WEIGHTS_FILE = "weights.h5"
+FORMAT = "kerasllm.classifier/2"
 EXPORT_KERAS_DIR = "keras"  # in an export's version folder: the trainable model, for fine-tuning and compression
 
 
 @dataclass
 class ClassifierConfig:
+    """Settings (every field but ``labels``); a fitted model's ``config_`` is a copy with the
+    learned sizes filled in (vocab_size, max_length, char_vocab_size, max_char_grams, labels)."""
+
     architecture: str = "simple_rnn"
     vocab_size: int = 20000
     max_length: int | None = None  # None: the 95th percentile of training lengths, within [16, 128]
-    embedding_dim: int = 32
-    units: int = 32
-    bidirectional: bool = False
-    pooling: str = "last"  # "last": final state; "average": masked mean of all states
+    embedding_dim: int = 64
+    units: int = 32  # per direction
+    bidirectional: bool = True
+    pooling: str = "max_mean"  # "last", "average", "max" or "max_mean" over the real words
+    recurrent: bool = True  # the recurrent path (False: the bag of n-grams alone)
     bag_of_ngrams: bool = True
     bigram_buckets: int = 2**15
     char_ngrams: int = 3  # character n-grams of each word in the bag path (0: none)
     max_char_grams: int | None = None  # None: 4 per word
     char_vocab_size: int = 20000
-    bag_power: float = 0.5  # bag pooling: sum / count**power (1: mean, 0.5: L2-style)
-    bag_learning_rate_multiplier: float = 10.0
-    dropout: float = 0.5
+    bag_fit: str = "logistic"  # "logistic": the bag is fitted first (logistic regression, C=bag_c), then
+    # frozen while the recurrent path trains; "joint": both train together by gradient descent
+    bag_c: float = 10.0
+    bag_learning_rate_multiplier: float = 10.0  # "joint" only
+    bag_dropout: float = 0.0  # share of n-gram ids dropped in training
+    embedding_dropout: float = 0.2  # share of words dropped from the recurrent path in training
+    dropout: float = 0.5  # on the pooled recurrent features
+    path_loss_weight: float = 0.5  # weight of each path's own loss beside the sum's
     learning_rate: float = 3e-3
     clipnorm: float = 1.0
     batch_size: int = 32
@@ -51,201 +70,250 @@ class ClassifierConfig:
     patience: int = 3
     validation_fraction: float = 0.1
     class_weight: object = None  # None, "balanced" or {label: weight}
-    labels: list = field(default_factory=list)
+    labels: list = field(default_factory=list)  # learned
+    ngram_idf: list | None = None  # learned: the bag path's idf weight per n-gram id
+    bag_offset: list | None = None  # learned: the fitted bag's intercept per class
+    recurrent_scale: float = 1.0  # learned: the recurrent logits' weight in the sum (chosen on validation)
 
     def validate(self):
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        for name in ("vocab_size", "embedding_dim", "units", "batch_size", "max_epochs"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("vocab_size", "embedding_dim", "units", "batch_size", "max_epochs", "bigram_buckets"):
+            value = getattr(self, name)
+            if not isinstance(value, Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_length is not None and (not isinstance(self.max_length, Integral) or self.max_length < 2):
+            raise ValueError(f"max_length must be None or an integer >= 2, got {self.max_length!r}")
+        for name in ("dropout", "embedding_dropout", "bag_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not 0.0 < self.validation_fraction < 0.5:
             raise ValueError(f"validation_fraction must be in (0, 0.5), got {self.validation_fraction}")
+        if self.bag_fit not in ("logistic", "joint"):
+            raise ValueError(f"bag_fit must be 'logistic' or 'joint', got {self.bag_fit!r}")
+        if not self.bag_c > 0:
+            raise ValueError(f"bag_c must be a positive number, got {self.bag_c!r}")
+        if not (self.recurrent or self.bag_of_ngrams):
+            raise ValueError("recurrent and bag_of_ngrams are both False: the classifier needs at least one path")
         if not (self.class_weight is None or self.class_weight == "balanced" or isinstance(self.class_weight, dict)):
             raise ValueError(f"class_weight must be None, 'balanced' or a dict label -> weight, got {self.class_weight!r}")
         return self
 
 
-def input_width(config: ClassifierConfig, max_length=None, max_char_grams=None):
-    words = config.max_length if max_length is None else max_length
-    grams = config.max_char_grams if max_char_grams is None else max_char_grams
-    return words + (grams if config.bag_of_ngrams and config.char_ngrams else 0)
+LEARNED = ("labels", "ngram_idf", "bag_offset", "recurrent_scale")
+SETTINGS = tuple(f.name for f in dataclasses.fields(ClassifierConfig) if f.name not in LEARNED)
 
 
-def build_model(config: ClassifierConfig, unroll=False, max_length=None, max_char_grams=None, share=None):
-    """ids [batch, width] -> class probabilities; the columns are the WordTokenizer's output:
-    word ids, then (with char_ngrams) character n-gram ids.
-
-    Export twins: ``share`` (a trained model) lends its layers, so the twins share its weights;
-    ``unroll=True`` unrolls the recurrence (it then converts to TFLite builtins at any batch
-    size and survives int8 conversion); ``max_length``/``max_char_grams`` give a shorter input,
-    which gives the same answer for any text that fits, because padding is masked everywhere.
-    """
-    from kerasllm._tf import keras
-    from kerasllm.models.classifier_layers import HashedBigrams, MaskedMean
-
-    n_words = config.max_length if max_length is None else max_length
-    layer = _layer_factory(share)
-    n_classes = len(config.labels)
-    ids = keras.Input(shape=(input_width(config, max_length, max_char_grams),), dtype="int32", name="token_ids")
-    words = ids
-    if ids.shape[1] > n_words:
-        words = keras.layers.Lambda(lambda t: t[:, :n_words], name="word_ids")(ids)
-    x = layer("embedding", lambda name: keras.layers.Embedding(config.vocab_size, config.embedding_dim,
-                                                               mask_zero=True, name=name))(words)
-    x = keras.layers.Dropout(config.dropout, name="embedding_dropout")(x)
-    h = _recurrent(config, unroll, share)(x)
-    if config.pooling == "average":
-        h = MaskedMean(name="average_pooling")([h, words])
-    h = keras.layers.Dropout(config.dropout, name="rnn_dropout")(h)
-    logits = layer("rnn_logits", lambda name: keras.layers.Dense(n_classes, name=name))(h)
-    if config.bag_of_ngrams:
-        # ids already holds words and character n-grams (ids below total_vocab); bigrams go after them
-        total_vocab = config.vocab_size + (config.char_vocab_size if config.char_ngrams else 0)
-        bigrams = HashedBigrams(config.vocab_size, config.bigram_buckets, offset=total_vocab, name="bigrams")(words)
-        grams = keras.layers.Concatenate(axis=1, name="ngrams")([ids, bigrams])
-        table = layer("ngram_logits_table",
-                      lambda name: keras.layers.Embedding(total_vocab + config.bigram_buckets, n_classes, name=name))
-        bag = MaskedMean(power=config.bag_power, name="bag_of_ngrams")([table(grams), grams])
-        # Adam moves each weight by about the learning rate per step whatever its gradient, so the
-        # sparse bag path would learn far slower than the RNN; scaling its output speeds it up.
-        bag = keras.layers.Rescaling(config.bag_learning_rate_multiplier, name="bag_scale")(bag)
-        logits = keras.layers.Add(name="logits")([logits, bag])
-    probs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
-    return keras.Model(ids, probs, name="text_classifier")
+def check_labels(labels, n_texts, name="labels"):
+    """Labels as a list of str or of int (numpy scalars become Python ones); never None, never mixed."""
+    if labels is None:
+        raise ValueError(f"{name} are required to train a classifier")
+    if isinstance(labels, (str, bytes)):
+        raise TypeError(f"{name} must be a list of labels, got a single {type(labels).__name__}")
+    labels = list(labels)
+    if len(labels) != n_texts:
+        raise ValueError(f"texts and {name} differ in length: {n_texts} texts, {len(labels)} labels")
+    out = []
+    for i, label in enumerate(labels):
+        if isinstance(label, (str, np.str_)):
+            out.append(str(label))
+        elif isinstance(label, (Integral, np.integer)) and not isinstance(label, (bool, np.bool_)):
+            out.append(int(label))
+        else:
+            raise TypeError(f"{name}[{i}] is {label!r} ({type(label).__name__}); labels must be str or int")
+    kinds = {type(label) for label in out}
+    if len(kinds) > 1:
+        raise TypeError(f"{name} mix str and int (e.g. {next(l for l in out if isinstance(l, str))!r} and "
+                        f"{next(l for l in out if isinstance(l, int))!r}); use one type")
+    return out
 
 
-def _layer_factory(share):
-    """layer(name, make): the shared model's layer of that name, else a new one."""
-    return (lambda name, make: share.get_layer(name)) if share is not None else (lambda name, make: make(name))
-
-
-def _recurrent(config, unroll, share):
-    from kerasllm._tf import keras
-
-    kinds = {"simple_rnn": keras.layers.SimpleRNN, "lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
-    sequences = config.pooling == "average"
-    if share is None:
-        rnn = kinds[config.architecture](config.units, return_sequences=sequences, unroll=unroll,
-                                         name=config.architecture)
-        return keras.layers.Bidirectional(rnn, name="bidirectional") if config.bidirectional else rnn
-    # Wrap the trained cells in new RNN layers: same weights, possibly unrolled. (Not through
-    # keras' Bidirectional, which rebuilds its layers from config and so would make new weights.)
-    trained = share.get_layer("bidirectional" if config.bidirectional else config.architecture)
-    if not config.bidirectional:
-        return keras.layers.RNN(trained.cell, return_sequences=sequences, unroll=unroll)
-    forward = keras.layers.RNN(trained.forward_layer.cell, return_sequences=sequences, unroll=unroll)
-    backward = keras.layers.RNN(trained.backward_layer.cell, return_sequences=sequences, unroll=unroll,
-                                go_backwards=True)
-
-    def both_ways(x):
-        back = backward(x)
-        if sequences:  # keras' Bidirectional puts the backward outputs back in time order
-            back = keras.layers.Lambda(lambda t: t[:, ::-1])(back)
-        return keras.layers.Concatenate()([forward(x), back])
-
-    return both_ways
-
-class TextClassifier:
-    """Estimator: ``fit(texts, labels)``, ``predict``, ``predict_proba``, ``evaluate``, ``save``, export."""
+class TextClassifier(ClassifierMixin, BaseEstimator):
+    """Estimator: ``fit(texts, labels)``, ``predict``, ``predict_proba``, ``evaluate``, ``score``,
+    ``save``, export. Keyword arguments: any ``ClassifierConfig`` setting."""
 
     kind = "classifier"
 
-    def __init__(self, **hparams):
-        self.config = ClassifierConfig(**hparams).validate()
-        self.tokenizer = None
-        self.model = None
-        self.history = {}
-        self._predict_fn = None
+    def __init__(self, **params):
+        unknown = sorted(set(params) - set(SETTINGS))
+        if unknown:
+            raise TypeError(f"unknown TextClassifier settings {unknown}; known: {', '.join(SETTINGS)}")
+        defaults = ClassifierConfig()
+        for name in SETTINGS:
+            setattr(self, name, params.get(name, getattr(defaults, name)))
+
+    # scikit-learn reads the settings from the constructor's signature: the dataclass's fields
+    __init__.__signature__ = inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                             default=f.default if f.default is not dataclasses.MISSING else None)
+           for f in dataclasses.fields(ClassifierConfig) if f.name not in LEARNED])
+
+    def settings(self):
+        """The settings as a validated ``ClassifierConfig`` (no labels)."""
+        return ClassifierConfig(**{name: getattr(self, name) for name in SETTINGS}).validate()
+
+    # Names older code (compression) uses for the learned state.
+    config = property(lambda self: self._fitted("config_"), lambda self, v: setattr(self, "config_", v))
+    tokenizer = property(lambda self: self._fitted("tokenizer_"), lambda self, v: setattr(self, "tokenizer_", v))
+    model = property(lambda self: self._fitted("model_"), lambda self, v: setattr(self, "model_", v))
+    history = property(lambda self: getattr(self, "history_", {}))
 
     @property
     def classes(self):
-        return list(self.config.labels)
+        return list(self._fitted("config_").labels)
+
+    @property
+    def classes_(self):
+        return self.classes
+
+    def _fitted(self, name):
+        value = getattr(self, name, None)
+        if value is None:
+            raise RuntimeError("the classifier is not trained: call fit(texts, labels) first")
+        return value
+
+    def __sklearn_is_fitted__(self):
+        return getattr(self, "model_", None) is not None
 
     # -- training -----------------------------------------------------------------------------
-    def fit(self, texts, labels, validation=None, epochs=None, seed=0, verbose=1, strategy=None):
-        """Train on ``texts``/``labels``. ``strategy``: None, "mirrored", "multi_worker" or a
-        ``tf.distribute.Strategy`` (data-parallel; the batch size stays the global batch size)."""
+    def fit(self, texts, labels, validation=None, epochs=None, seed=0, verbose=0, strategy=None):
+        """Train on ``texts``/``labels`` (str or int labels). ``validation``: (texts, labels) for early
+        stopping, else a stratified share of the data is held out (classes with one example stay in
+        training); with fixed ``epochs`` and no ``validation`` every example trains.
+        ``strategy``: None, "mirrored", "multi_worker" or a ``tf.distribute.Strategy``."""
         from kerasllm import distribute
         from kerasllm._tf import keras, no_autotune, tf
 
-        texts, labels = check_labelled(texts, labels)
+        cfg = self.settings()
+        texts = check_texts(texts)
+        labels = check_labels(labels, len(texts))
+        if not texts:
+            raise ValueError("no training data: texts is empty")
+        classes = sorted(set(labels))
+        if len(classes) < 2:
+            raise ValueError(f"need at least two classes to train a classifier, got only {classes}")
         if validation is not None:
-            val_texts, val_labels = check_labelled(*validation)
+            val_texts = check_texts(validation[0], "validation texts")
+            val_labels = check_labels(validation[1], len(val_texts), "validation labels")
+            unknown = sorted(set(val_labels) - set(classes), key=str)
+            if unknown:
+                raise ValueError(f"validation labels {unknown} do not occur in the training labels {classes}")
+        elif epochs is None and (cfg.recurrent or cfg.bag_fit == "joint"):  # a fitted bag alone needs none
+            train_idx, val_idx = holdout(labels, cfg.validation_fraction, seed)
+            val_texts, val_labels = [texts[i] for i in val_idx], [labels[i] for i in val_idx]
+            texts, labels = [texts[i] for i in train_idx], [labels[i] for i in train_idx]
         else:
-            texts, labels, val_texts, val_labels = _holdout(texts, labels, self.config.validation_fraction, seed)
-        cfg = self.config
-        cfg.labels = sorted(set(labels))
-        unknown = sorted(set(val_labels) - set(cfg.labels))
-        if unknown:
-            raise ValueError(f"validation labels {unknown} do not occur in the training labels {cfg.labels}")
-        if cfg.max_length is None:
-            lengths = WordTokenizer().lengths(texts)
-            cfg.max_length = int(np.clip(np.percentile(lengths, 95), 16, 128))
+            val_texts, val_labels = [], []
+        cw = self._class_weights(cfg.class_weight, classes, labels)
+
+        max_length = cfg.max_length
+        if max_length is None:
+            max_length = int(np.clip(np.percentile(WordTokenizer().lengths(texts), 95), 16, 128))
         char_ngrams = cfg.char_ngrams if cfg.bag_of_ngrams else 0
-        self.tokenizer = WordTokenizer(max_length=cfg.max_length, char_ngrams=char_ngrams,
-                                       max_char_grams=cfg.max_char_grams)
-        self.tokenizer.fit(texts, max_tokens=cfg.vocab_size, max_char_tokens=cfg.char_vocab_size)
-        cfg.vocab_size = self.tokenizer.vocab_size
-        cfg.char_vocab_size = len(self.tokenizer.char_vocabulary)
-        cfg.max_char_grams = self.tokenizer.max_char_grams
+        tokenizer = WordTokenizer(max_length=max_length, char_ngrams=char_ngrams, max_char_grams=cfg.max_char_grams)
+        tokenizer.fit(texts, max_tokens=cfg.vocab_size, max_char_tokens=cfg.char_vocab_size)
+        learned = dataclasses.replace(cfg, labels=classes, max_length=max_length, vocab_size=tokenizer.vocab_size,
+                                      char_vocab_size=len(tokenizer.char_vocabulary),
+                                      max_char_grams=tokenizer.max_char_grams)
+
+        x_train = tokenizer.encode(texts)
+        index = {label: i for i, label in enumerate(classes)}
+        y_train = np.array([index[l] for l in labels], np.int32)
+        table = None
+        if learned.bag_of_ngrams:
+            parts = ClassifierParts(learned, len(classes))
+            grams = np.concatenate([parts.ngram_ids(x_train[i:i + 4096]).numpy() for i in range(0, len(x_train), 4096)])
+            idf = idf_weights(grams, parts.bag_size)
+            learned.ngram_idf = idf.tolist()
+            if cfg.bag_fit == "logistic":
+                table, learned.bag_offset = fit_bag(grams, idf, y_train, len(classes), cfg.bag_c,
+                                                    None if cw is None else cw[y_train])
 
         keras.utils.set_random_seed(seed)
         strategy = distribute.get_strategy(strategy)
         with distribute.scope(strategy):
-            self.model = build_model(cfg)
-            self.model.compile(
-                optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=cfg.clipnorm),
-                loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"],
-            )
-        index = {label: i for i, label in enumerate(cfg.labels)}
-        x, y = self.tokenizer.encode(texts), np.array([index[l] for l in labels], np.int32)
-        vx, vy = self.tokenizer.encode(val_texts), np.array([index[l] for l in val_labels], np.int32)
-        train = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        train = no_autotune(train.batch(cfg.batch_size).prefetch(2))
-        val = no_autotune(tf.data.Dataset.from_tensor_slices((vx, vy)).batch(256))
-        early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
-        history = self.model.fit(
-            train, validation_data=val, epochs=epochs or cfg.max_epochs, callbacks=[early] if epochs is None else [],
-            class_weight=self._class_weights(y), verbose=verbose,
-        )
-        self.history = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+            model = build_model(learned)
+            parts = model_parts(model)
+            if table is not None:
+                parts.table.set_weights([table])
+                parts.table.trainable = False
+            trainer = training_model(model)
+            heads = len(trainer.outputs)
+            optimizer = keras.optimizers.Adam(cfg.learning_rate, clipnorm=cfg.clipnorm)
+            if heads == 1:
+                trainer.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            else:
+                trainer.compile(optimizer=optimizer, loss=["sparse_categorical_crossentropy"] * heads,
+                                loss_weights=[1.0] + [cfg.path_loss_weight] * (heads - 1),
+                                metrics=[["accuracy"]] + [[] for _ in range(heads - 1)])
+
+        def dataset(x, ys, shuffle):
+            y = np.array([index[l] for l in ys], np.int32)
+            def per_head(v):
+                return v if heads == 1 else (v,) * heads
+
+            items = (x, per_head(y)) if cw is None else (x, per_head(y), per_head(cw[y]))
+            data = tf.data.Dataset.from_tensor_slices(items)
+            if shuffle:
+                data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+            return no_autotune(data.batch(cfg.batch_size if shuffle else 256).prefetch(2))
+
+        train = dataset(x_train, labels, True)
+        val = dataset(tokenizer.encode(val_texts), val_labels, False) if val_texts else None
+        callbacks = []
+        if epochs is None and val is not None:
+            monitor = "val_probabilities_loss" if heads > 1 else "val_loss"
+            callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience,
+                                                           restore_best_weights=True))
+        history = {}
+        if learned.recurrent or table is None:  # a fitted bag alone is already trained
+            history = trainer.fit(train, validation_data=val, epochs=epochs or cfg.max_epochs, callbacks=callbacks,
+                                  verbose=verbose).history
+        if table is not None:
+            parts.table.trainable = True  # frozen for training only (compression fine-tunes it)
+            if learned.recurrent and val is not None:
+                x_val, y_val = tokenizer.encode(val_texts), np.array([index[l] for l in val_labels], np.int32)
+                learned.recurrent_scale = parts.recurrent_scale.scale = choose_recurrent_scale(model, x_val, y_val)
+                if validation is None:  # the held-out texts were ours: the final bag learns from them too
+                    grams = np.concatenate([grams, parts.ngram_ids(x_val).numpy()])
+                    y_all = np.concatenate([y_train, y_val])
+                    table, offset = fit_bag(grams, idf, y_all, len(classes), cfg.bag_c,
+                                            None if cw is None else cw[y_all])
+                    parts.table.set_weights([table])
+                    learned.bag_offset = parts.bag_scale.offset = offset
+        self.config_, self.tokenizer_, self.model_ = learned, tokenizer, model
+        self.history_ = {k: [float(v) for v in vs] for k, vs in history.items()}
         self._predict_fn = None
         return self
 
-    def _class_weights(self, y):
-        cw = self.config.class_weight
+    @staticmethod
+    def _class_weights(cw, classes, labels):
+        """Per-class weights as an array indexed like ``classes``, or None."""
         if cw is None:
             return None
         if cw == "balanced":
-            counts = np.bincount(y, minlength=len(self.classes)).astype(float)
-            return {i: len(y) / (len(counts) * c) for i, c in enumerate(counts) if c > 0}
-        missing = set(cw) - set(self.classes)
+            counts = np.array([labels.count(c) for c in classes], float)
+            return np.where(counts > 0, len(labels) / (len(classes) * np.maximum(counts, 1)), 1.0).astype(np.float32)
+        missing = [k for k in cw if k not in classes]
         if missing:
-            raise ValueError(f"class_weight names unknown labels {sorted(missing)}; labels are {self.classes}")
-        return {self.classes.index(k): float(v) for k, v in cw.items()}
+            raise ValueError(f"class_weight names unknown labels {missing}; labels are {classes}")
+        return np.array([float(cw.get(c, 1.0)) for c in classes], np.float32)
 
     # -- inference ----------------------------------------------------------------------------
-    def _require_model(self):
-        if self.model is None:
-            raise RuntimeError("the classifier is not trained: call fit(texts, labels) first")
-
     def predict_proba(self, texts):
-        self._require_model()
+        model = self._fitted("model_")
         texts = check_texts(texts)
         if not texts:
             return np.zeros((0, len(self.classes)), np.float32)
-        if self._predict_fn is None:
+        if getattr(self, "_predict_fn", None) is None:
             from kerasllm._tf import tf
 
             # A direct call in a graph function: model.predict costs ~80 ms of tf.data set-up per call.
             self._predict_fn = tf.function(
-                lambda ids: self.model(ids, training=False),
+                lambda ids: model(ids, training=False),
                 input_signature=[tf.TensorSpec([None, input_width(self.config)], tf.int32)],
             )
         ids = self.tokenizer.encode(texts)
@@ -257,22 +325,21 @@ class TextClassifier:
 
     def evaluate(self, texts, labels):
         texts = check_texts(texts)
-        labels = [str(l) for l in labels]
-        if len(texts) != len(labels):
-            raise ValueError(f"texts and labels differ in length: {len(texts)} texts, {len(labels)} labels")
+        labels = check_labels(labels, len(texts))
         return classification_metrics(labels, self.predict(texts), self.classes)
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path):
-        """Save config, tokenizer and weights to the folder ``path`` (replaced atomically)."""
+        """Save settings, learned config, tokenizer and weights to the folder ``path`` (replaced atomically)."""
         from kerasllm.export.layout import replace_dir
 
-        self._require_model()
+        self._fitted("model_")
 
         def write(tmp):
             with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
-                json.dump({"format": "kerasllm.classifier/1", "config": asdict(self.config),
-                           "tokenizer": self.tokenizer.get_config(), "history": self.history}, f, ensure_ascii=False)
+                json.dump({"format": FORMAT, "settings": _jsonable(self.get_params()),
+                           "config": _jsonable(asdict(self.config)), "tokenizer": self.tokenizer.get_config(),
+                           "history": self.history}, f, ensure_ascii=False)
             self.model.save_weights(str(tmp / WEIGHTS_FILE))
 
         return replace_dir(path, write, CONFIG_FILE, "classifier")
@@ -287,13 +354,16 @@ class TextClassifier:
             raise FileNotFoundError(f"{path} is not a saved classifier: {CONFIG_FILE} is missing") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path / CONFIG_FILE} is damaged: {e}") from None
-        if saved.get("format") != "kerasllm.classifier/1":
-            raise ValueError(f"{path} holds {saved.get('format')!r}, not a kerasllm classifier")
-        clf = cls(**saved["config"])
-        clf.tokenizer = WordTokenizer.from_config(saved["tokenizer"])
-        clf.history = saved.get("history", {})
-        clf.model = build_model(clf.config)
-        clf.model.load_weights(str(path / WEIGHTS_FILE))
+        if saved.get("format") != FORMAT:
+            raise ValueError(f"{path} holds {saved.get('format')!r}, not a {FORMAT} classifier "
+                             "(an older kerasllm saved it: train it again)")
+        clf = cls(**_from_jsonable(saved["settings"]))
+        clf.config_ = ClassifierConfig(**_from_jsonable(saved["config"]))
+        clf.tokenizer_ = WordTokenizer.from_config(saved["tokenizer"])
+        clf.history_ = saved.get("history", {})
+        clf.model_ = build_model(clf.config_)
+        clf.model_.load_weights(str(path / WEIGHTS_FILE))
+        clf._predict_fn = None
         return clf
 
     # -- export -------------------------------------------------------------------------------
@@ -301,7 +371,7 @@ class TextClassifier:
         """SavedModel (raw strings in, XLA-compiled) at the top of ``directory``; ``model.tflite`` beside it."""
         from kerasllm.export.classifier import write_saved_model, write_tflite
 
-        self._require_model()
+        self._fitted("model_")
         extra = {"labels": self.classes, "max_length": self.config.max_length, "keras": EXPORT_KERAS_DIR}
         self.save(Path(directory) / EXPORT_KERAS_DIR)
         if "saved_model" in formats:
@@ -311,23 +381,82 @@ class TextClassifier:
         return extra
 
 
+def _jsonable(settings):
+    """class_weight keys may be int labels, which JSON objects would turn into strings: store pairs."""
+    out = dict(settings)
+    if isinstance(out.get("class_weight"), dict):
+        out["class_weight"] = {"pairs": [[k, v] for k, v in out["class_weight"].items()]}
+    return out
+
+
+def _from_jsonable(settings):
+    out = dict(settings)
+    if isinstance(out.get("class_weight"), dict) and "pairs" in out["class_weight"]:
+        out["class_weight"] = {k: v for k, v in out["class_weight"]["pairs"]}
+    return out
+
+
+def fit_bag(grams, idf, y, n_classes, c, sample_weight=None):
+    """The bag path fitted as L2-regularised logistic regression on the features ``IdfBag`` computes
+    (idf per occurrence, L2-normalised): (table [ids, classes], intercept per class)."""
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=c, max_iter=1000).fit(bag_features(grams, idf), y, sample_weight=sample_weight)
+    coef, intercept = lr.coef_, lr.intercept_
+    if n_classes == 2:  # one logit z for the second class: softmax([-z/2, z/2]) is the same sigmoid
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+    return coef.T.astype(np.float32), [float(v) for v in intercept]
+
+
+def bag_features(grams, idf):
+    """The sparse matrix [rows, ids] whose product with the table is what ``IdfBag`` computes."""
+    from scipy.sparse import csr_matrix
+
+    rows = np.repeat(np.arange(len(grams)), grams.shape[1])
+    ids = grams.ravel()
+    weights = idf[ids]
+    keep = weights > 0
+    norm = np.sqrt(np.maximum(np.bincount(rows[keep], weights[keep] ** 2, minlength=len(grams)), 1e-12))
+    return csr_matrix((weights[keep] / norm[rows[keep]], (rows[keep], ids[keep])), shape=(len(grams), len(idf)))
+
+
+def choose_recurrent_scale(model, x_val, y_val, scales=(0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)):
+    """The weight of the recurrent logits in the sum with a fitted bag's that gives the lowest
+    validation log-loss (the two paths are trained apart, so their scales need not match)."""
+    recurrent, bag = paths_model(model).predict(x_val, batch_size=256, verbose=0)
+    losses = []
+    for scale in scales:
+        z = bag + scale * recurrent
+        z = z - z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        losses.append(-log_p[np.arange(len(y_val)), y_val].mean())
+    return float(scales[int(np.argmin(losses))])
+
+
 def load_classifier(path):
     """Load a classifier saved with ``TextClassifier.save``."""
     return TextClassifier.load(path)
 
 
-def _holdout(texts, labels, fraction, seed):
-    """Stratified hold-out for early stopping (plain random when a class is too small to stratify)."""
-    from collections import Counter
-
-    from sklearn.model_selection import train_test_split
-
-    stratify = labels if min(Counter(labels).values()) >= 2 else None
-    n_val = max(1, int(round(len(texts) * fraction)))
-    if stratify is not None and n_val < len(set(labels)):
-        stratify = None
-    a, b, c, d = train_test_split(texts, labels, test_size=n_val, random_state=seed, stratify=stratify)
-    return list(a), list(c), list(b), list(d)
+def holdout(labels, fraction, seed):
+    """(train indices, validation indices): about ``fraction`` of each class held out, at least
+    one example of each class kept in training (a class with one example is never held out)."""
+    rng = np.random.default_rng(seed)
+    by_class = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    train, val = [], []
+    for label in sorted(by_class, key=str):
+        idx = rng.permutation(by_class[label]).tolist()
+        k = min(len(idx) - 1, int(round(len(idx) * fraction)))
+        val += idx[:k]
+        train += idx[k:]
+    if not val:  # tiny data: hold out one example of the largest class
+        largest = max(by_class.values(), key=len)
+        if len(largest) > 1:
+            val = [largest[-1]]
+            train.remove(largest[-1])
+    return sorted(train), sorted(val)
 
 
 def classification_metrics(y_true, y_pred, classes):

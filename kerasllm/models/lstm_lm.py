@@ -1,8 +1,9 @@
 """LSTM language model: Embedding -> stacked LSTM -> Dense, in tf_keras.
 
-Same generation interface as ``TransformerLM`` (``init_cache``/``prefill``/``decode``); the
-"cache" is the carried (h, c) state of every layer, so there is no context limit when generating.
-Left padding is masked: a padded row keeps its zero state until its first real token.
+Same generation interface as ``TransformerLM`` (``init_cache``, ``call_with_cache``, ``prefill``,
+``decode``); the "cache" is the carried (h, c) state of every layer, so there is no context limit
+when generating and ``index`` only decides which steps are padding. Left padding is masked: a
+padded row keeps its (zero) state until its first real token.
 """
 from __future__ import annotations
 
@@ -72,16 +73,28 @@ class LSTMLM(keras.Model):
     def decode_constants(self):
         return tf.zeros([])
 
-    def prefill(self, tokens, pad, cache):
-        mask = tf.range(tf.shape(tokens)[1])[None, :] >= pad[:, None]
+    def call_with_cache(self, tokens, cache, index, pad=None, constants=None):
+        """tokens [B, S] at steps ``index ..`` -> (logits [B, S, V], state); steps ``< pad[b]`` are skipped."""
+        x, cache = self._run(tokens, cache, index, pad)
+        return self.head(x), cache
+
+    def _run(self, tokens, cache, index, pad):
         x = self.embedding(tokens)
+        mask = None
+        if pad is not None:
+            mask = (index + tf.range(tf.shape(tokens)[1]))[None, :] >= pad[:, None]
         new_cache = []
         for lstm, (h, c) in zip(self.lstms, cache):
             x, h, c = lstm(x, mask=mask, initial_state=[h, c])
             new_cache.append((h, c))
-        return self.head(x[:, -1]), tuple(new_cache)
+        return x, tuple(new_cache)
 
-    def decode(self, token, pos, pad, cache, constants=None):
+    def prefill(self, tokens, pad, cache):
+        x, cache = self._run(tokens, cache, 0, pad)
+        return self.head(x[:, -1]), cache
+
+    def decode(self, token, index, pad, cache, constants=None):
+        """One step for every row (decode steps come after the padding, so no mask is needed)."""
         x = self.embedding(token)
         new_cache = []
         for lstm, (h, c) in zip(self.lstms, cache):

@@ -1,18 +1,26 @@
 """Decoder-only Transformer language model (GPT-2 style), in tf_keras.
 
 Pre-LayerNorm blocks, causal multi-head attention with one fused QKV projection, GELU MLP,
-learned positions, input/output embeddings tied, dropout. Besides ``call`` (whole sequences,
-for training and the uncached reference) the model has the three methods the compiled
-decode loop needs (``kerasllm.generation``):
+input/output embeddings tied, dropout; positions learned (``positions="learned"``, GPT-2) or
+rotary (``positions="rotary"``, RoPE on queries and keys; no position table).
 
-- ``init_cache(batch, length)``: a preallocated key/value cache, per layer ``[B * heads, length, head_dim]``;
-- ``prefill(tokens, pad, cache)``: run left-padded prompts, write their keys/values at 0..P-1;
-- ``decode(token, pos, pad, cache)``: one token per row at position ``pos``, written in place
-  with ``dynamic_update_slice``; attention reads the cache under a mask.
+The generation API (used by ``kerasllm.generation``, the exports and the serving layer):
 
-Rows of a batch are left-padded to one length (``pad[b]`` leading pad tokens), so all rows
-write the same cache slot each step; pads are masked out of attention and positions count
-from each row's first real token, which makes a padded row compute what it computes alone.
+- ``init_cache(batch, length)``: a zero key/value cache, per layer ``(k, v)``, each
+  ``[batch * heads, length, head_dim]`` (batch and heads merged: the layout the matmuls use).
+- ``call_with_cache(tokens, cache, index, pad)``: ``tokens`` [B, S] go to cache slots
+  ``index .. index + S - 1``; every query attends over the cache slots ``<=`` its own and
+  ``>= pad[b]``. Returns ``(logits [B, S, vocab], cache)``. One code path for every S: a prefill
+  is ``index = 0`` and a decode step is ``S = 1``; nothing is chosen by a static shape.
+- ``prefill(tokens, pad, cache)`` -> (logits of the last position [B, V], cache): ``call_with_cache``
+  at index 0, projecting only the last position to the vocabulary.
+- ``decode(token, index, pad, cache, constants)`` -> (logits [B, V], cache): one token per row at
+  slot ``index``; ``constants`` is ``decode_constants()`` computed once outside the loop.
+
+Rows of a batch are left-padded to one width (``pad[b]`` leading pad tokens), so every row
+writes the same cache slot each step; pads are masked out and positions count from each row's
+first real token (position = slot - pad), so a padded row computes what it computes alone.
+The caller keeps position = slot - pad below ``context_length`` (``kerasllm.generation.window``).
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ from kerasllm._tf import keras, tf
 from kerasllm.models.ops import dynamic_update_slice
 
 NEG = -1e9  # masked attention score: exp underflows to exactly 0, and a fully masked row stays finite
+POSITIONS = ("learned", "rotary")
 
 
 def _check_positive(name, value):
@@ -39,6 +48,7 @@ class TransformerConfig:
     ff: int = 512
     context_length: int = 256
     dropout: float = 0.0
+    positions: str = "learned"
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden", "layers", "heads", "ff", "context_length"):
@@ -47,6 +57,10 @@ class TransformerConfig:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.positions == "rotary" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head size, got hidden/heads = {self.head_dim}")
 
     @property
     def head_dim(self) -> int:
@@ -56,10 +70,25 @@ class TransformerConfig:
     def num_params(self) -> int:
         h, f = self.hidden, self.ff
         block = 4 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * f + f) + (f * h + h)
-        return self.vocab_size * h + self.context_length * h + self.layers * block + 2 * h
+        table = self.context_length * h if self.positions == "learned" else 0
+        return self.vocab_size * h + table + self.layers * block + 2 * h
 
     def to_dict(self):
         return asdict(self)
+
+
+def rotary_tables(positions, head_dim, heads):
+    """cos and sin [B * heads, S, head_dim] for integer ``positions`` [B, S] (RoPE, halves rotated)."""
+    inv_freq = 1.0 / (10000.0 ** (tf.range(0, head_dim, 2, dtype=tf.float32) / head_dim))
+    angles = tf.cast(positions, tf.float32)[..., None] * inv_freq  # [B, S, head_dim / 2]
+    angles = tf.repeat(tf.concat([angles, angles], -1), heads, axis=0)  # row b*heads + h, like q and k
+    return tf.cos(angles), tf.sin(angles)
+
+
+def _rotate(x, rope):
+    cos, sin = rope
+    x1, x2 = tf.split(x, 2, axis=-1)
+    return x * cos + tf.concat([-x2, x1], -1) * sin
 
 
 class Block(keras.layers.Layer):
@@ -77,23 +106,24 @@ class Block(keras.layers.Layer):
         self.out = keras.layers.Dense(config.hidden, kernel_initializer=proj_init(), name="out")
         self.drop = keras.layers.Dropout(config.dropout)
 
-    def call(self, x, mask, cache=None, start=None, training=False):
-        """x [B, S, hidden]; mask [B or 1, 1, S, keys] bool. With ``cache`` ((k, v), each
-        [B * heads, T, head_dim]) the new keys/values are written at ``start``; a single-token
-        step (S == 1) attends over the whole cache, a prefill only over its own tokens."""
+    def call(self, x, mask, cache=None, index=None, rope=None, training=False):
+        """x [B, S, hidden]; mask [B or 1, 1, S, keys] bool. Without ``cache`` the keys are the S
+        tokens themselves; with ``cache`` ((k, v), each [B * heads, T, head_dim]) the new keys and
+        values are written at slot ``index`` and the queries attend over all T slots (the mask
+        hides the ones not yet written)."""
         b, s = tf.shape(x)[0], tf.shape(x)[1]
         qkv = tf.reshape(self.qkv(self.ln1(x)), [b, s, 3, self.heads, self.head_dim])
         # [3, B * heads, S, head_dim]: batch and heads merged so the cache and the attention
         # matmuls share one layout (a reshape between them makes XLA copy the cache every step)
         qkv = tf.reshape(tf.transpose(qkv, [2, 0, 3, 1, 4]), [3, b * self.heads, s, self.head_dim])
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        keys, values = k, v
+        q, keys, values = qkv[0], qkv[1], qkv[2]
+        if rope is not None:
+            q, keys = _rotate(q, rope), _rotate(keys, rope)
         if cache is not None:
-            kc = _update(cache[0], k, start)
-            vc = _update(cache[1], v, start)
-            cache = (kc, vc)
-            if x.shape[1] == 1:
-                keys, values = kc, vc
+            # an XLA dynamic-update-slice, in place inside the compiled loop (TFLite: DYNAMIC_UPDATE_SLICE)
+            keys = dynamic_update_slice(cache[0], keys, [0, index, 0])
+            values = dynamic_update_slice(cache[1], values, [0, index, 0])
+            cache = (keys, values)
         scores = tf.matmul(q, keys, transpose_b=True) * (1.0 / math.sqrt(self.head_dim))
         scores = tf.reshape(scores, [b, self.heads, s, -1])
         weights = tf.nn.softmax(tf.where(mask, scores, NEG))
@@ -106,12 +136,6 @@ class Block(keras.layers.Layer):
         return x, cache
 
 
-def _update(cache, new, start):
-    """Write ``new`` [B * heads, S, D] into ``cache`` [B * heads, T, D] at time ``start``: an XLA
-    dynamic-update-slice, done in place inside the compiled loop (TFLite: DYNAMIC_UPDATE_SLICE)."""
-    return dynamic_update_slice(cache, new, [0, start, 0])
-
-
 class TransformerLM(keras.Model):
     architecture = "transformer"
 
@@ -121,8 +145,9 @@ class TransformerLM(keras.Model):
         init = lambda: keras.initializers.RandomNormal(stddev=0.02)  # noqa: E731
         self.token_embedding = keras.layers.Embedding(config.vocab_size, config.hidden,
                                                       embeddings_initializer=init(), name="token_embedding")
-        self.position_embedding = keras.layers.Embedding(config.context_length, config.hidden,
-                                                         embeddings_initializer=init(), name="position_embedding")
+        if config.positions == "learned":
+            self.position_embedding = keras.layers.Embedding(config.context_length, config.hidden,
+                                                             embeddings_initializer=init(), name="position_embedding")
         self.blocks = [Block(config, name=f"block_{i}") for i in range(config.layers)]
         self.ln_f = keras.layers.LayerNormalization(epsilon=1e-5, name="ln_f")
         self.drop = keras.layers.Dropout(config.dropout)
@@ -139,10 +164,18 @@ class TransformerLM(keras.Model):
         self(tf.zeros([1, 2], tf.int32))
         return self
 
-    def _logits(self, x, output_weights=None):
+    def _embed(self, tokens, positions):
+        """Token embeddings (+ learned positions) and the rotary tables (None for learned positions)."""
+        x = self.token_embedding(tokens)
+        if self.config.positions == "learned":
+            return x + self.position_embedding(positions), None
+        return x, rotary_tables(positions, self.config.head_dim, self.config.heads)
+
+    def logits(self, hidden, output_weights=None):
+        """Final LayerNorm and the tied output projection; ``output_weights`` is ``decode_constants()``."""
         if output_weights is None:
-            return tf.matmul(self.ln_f(x), self.token_embedding.embeddings, transpose_b=True)
-        return tf.matmul(self.ln_f(x), output_weights)
+            return tf.matmul(self.ln_f(hidden), self.token_embedding.embeddings, transpose_b=True)
+        return tf.matmul(self.ln_f(hidden), output_weights)
 
     def decode_constants(self):
         """Computed once before the decode loop: the tied output matrix [hidden, vocab]
@@ -150,45 +183,48 @@ class TransformerLM(keras.Model):
         return tf.transpose(self.token_embedding.embeddings)
 
     def call(self, tokens, training=False):
-        """tokens [B, S] -> logits [B, S, vocab]: the whole sequence, no cache."""
-        s = tf.shape(tokens)[1]
-        x = self.token_embedding(tokens) + self.position_embedding(tf.range(s))[None]
-        x = self.drop(x, training=training)
+        """tokens [B, S] -> logits [B, S, vocab]: the whole sequence, no cache (training, reference)."""
+        b, s = tf.shape(tokens)[0], tf.shape(tokens)[1]
         idx = tf.range(s)
+        x, rope = self._embed(tokens, tf.broadcast_to(idx[None], [b, s]))
+        x = self.drop(x, training=training)
         mask = (idx[None, :] <= idx[:, None])[None, None]
         for block in self.blocks:
-            x, _ = block(x, mask, training=training)
-        return self._logits(x)
+            x, _ = block(x, mask, rope=rope, training=training)
+        return self.logits(x)
 
-    # --- the cached path used by kerasllm.generation -------------------------------------
+    # --- the cached path --------------------------------------------------------------------
     def init_cache(self, batch, length):
         c = self.config
         shape = [batch * c.heads, length, c.head_dim]
         return tuple((tf.zeros(shape), tf.zeros(shape)) for _ in range(c.layers))
 
+    def hidden_with_cache(self, tokens, cache, index, pad):
+        """tokens [B, S] at slots index.. -> (final hidden states [B, S, hidden] before ``ln_f``, cache)."""
+        s = tf.shape(tokens)[1]
+        length = cache[0][0].shape[1] or tf.shape(cache[0][0])[1]
+        slots = index + tf.range(s)  # [S]
+        x, rope = self._embed(tokens, tf.maximum(slots[None, :] - pad[:, None], 0))
+        key = tf.range(length)
+        mask = (key[None, None, :] <= slots[None, :, None]) & (key[None, None, :] >= pad[:, None, None])
+        new_cache = []
+        for block, layer_cache in zip(self.blocks, cache):
+            x, layer_cache = block(x, mask[:, None], cache=layer_cache, index=index, rope=rope)
+            new_cache.append(layer_cache)
+        return x, tuple(new_cache)
+
+    def call_with_cache(self, tokens, cache, index, pad=None, constants=None):
+        """tokens [B, S] at cache slots ``index .. index + S - 1`` -> (logits [B, S, V], cache)."""
+        pad = tf.zeros([tf.shape(tokens)[0]], tf.int32) if pad is None else pad
+        x, cache = self.hidden_with_cache(tokens, cache, index, pad)
+        return self.logits(x, constants), cache
+
     def prefill(self, tokens, pad, cache):
         """tokens [B, P] left-padded (``pad`` [B] leading pads) -> (logits of the last position [B, V], cache)."""
-        p = tf.shape(tokens)[1]
-        idx = tf.range(p)
-        positions = tf.maximum(idx[None, :] - pad[:, None], 0)
-        x = self.token_embedding(tokens) + tf.gather(self.position_embedding.embeddings, positions)
-        mask = (idx[None, :] <= idx[:, None])[None] & (idx[None, None, :] >= pad[:, None, None])
-        mask = mask[:, None]  # [B, 1, P, P]
-        new_cache = []
-        for block, layer_cache in zip(self.blocks, cache):
-            x, layer_cache = block(x, mask, cache=layer_cache, start=0)
-            new_cache.append(layer_cache)
-        return self._logits(x[:, -1:])[:, 0], tuple(new_cache)
+        x, cache = self.hidden_with_cache(tokens, cache, 0, pad)
+        return self.logits(x[:, -1:])[:, 0], cache  # (ln_f was built for 3-D input)
 
-    def decode(self, token, pos, pad, cache, constants=None):
-        """token [B] at position ``pos`` (scalar, same slot for every row) -> (logits [B, V], cache)."""
-        length = cache[0][0].shape[1] or tf.shape(cache[0][0])[1]
-        x = self.token_embedding(token[:, None]) + tf.gather(self.position_embedding.embeddings,
-                                                             tf.maximum(pos - pad, 0))[:, None]
-        key = tf.range(length)
-        mask = ((key[None, :] <= pos) & (key[None, :] >= pad[:, None]))[:, None, None]  # [B, 1, 1, T]
-        new_cache = []
-        for block, layer_cache in zip(self.blocks, cache):
-            x, layer_cache = block(x, mask, cache=layer_cache, start=pos)
-            new_cache.append(layer_cache)
-        return self._logits(x, constants)[:, 0], tuple(new_cache)
+    def decode(self, token, index, pad, cache, constants=None):
+        """token [B] at cache slot ``index`` (a scalar, the same for every row) -> (logits [B, V], cache)."""
+        x, cache = self.hidden_with_cache(token[:, None], cache, index, pad)
+        return self.logits(x, constants)[:, 0], cache

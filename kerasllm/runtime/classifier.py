@@ -1,6 +1,9 @@
 """Fast classifier predictors: TFLite (no TensorFlow import at all) or SavedModel, same API."""
 from __future__ import annotations
 
+import threading
+from types import SimpleNamespace
+
 import numpy as np
 
 from kerasllm.export import TFLITE_FILE
@@ -11,12 +14,20 @@ from kerasllm.text.word import WordTokenizer, check_texts, fill_row
 class TFLiteClassifier:
     """Python tokenizer + LiteRT interpreter (no TensorFlow import).
 
-    A single text runs the shortest length bucket it fits (``predict_<words>`` signatures: same
-    answer, shorter recurrence). Batches run the full-length signature on a second interpreter
-    sized for ``batch_size`` rows, so neither interpreter ever re-allocates its tensors.
+    Texts run the shortest length bucket they fit (``predict_<words>`` signatures: same answer,
+    shorter recurrence). One text runs at batch 1; a batch is grouped by bucket, and a bucket with
+    at least ``min_rows`` texts runs in blocks of ``batch_size`` rows on a second interpreter,
+    each signature at one fixed shape, so no interpreter ever re-allocates its tensors.
+
+    Threads: a LiteRT interpreter must not be used by two threads at once, so each thread that
+    calls ``predict``/``predict_proba`` gets its own interpreters on its first call (LiteRT's
+    advice). Cost: that first call loads the file again (milliseconds) and each thread holds
+    its own tensor arena; calls then run in parallel with no lock and one-text latency is
+    unchanged. The tokenizer is shared (its cache is a dict written under the GIL).
     """
 
     batch_size = 64
+    min_rows = 8
 
     def __init__(self, tflite_path, num_threads=1):
         config = tflite_lib.read_attached(tflite_path)
@@ -26,36 +37,66 @@ class TFLiteClassifier:
         self.classes = list(config["labels"])
         self.tokenizer = WordTokenizer.from_config(config["tokenizer"])
         self.buckets = [tuple(b) for b in config["buckets"]]
-        single = tflite_lib.interpreter(self.path, num_threads)
-        self._single = [(n, g, single.get_signature_runner(f"predict_{n}"), np.zeros((1, n + g), np.int32))
-                        for n, g in self.buckets]
-        self._batch = None
+        self._local = threading.local()
+        self._state()  # fail now, not on the first call, if the file is not a working model
 
-    def _predict_one(self, text):
-        words, grams = self.tokenizer.ids_one(text)
-        for n, g, runner, row in self._single:
+    def _state(self):
+        state = getattr(self._local, "state", None)
+        if state is None:
+            single = tflite_lib.interpreter(self.path, self.num_threads)
+            state = self._local.state = SimpleNamespace(
+                single=[(n, g, single.get_signature_runner(f"predict_{n}"), np.zeros((1, n + g), np.int32))
+                        for n, g in self.buckets],
+                batch=None, batch_runners={})
+        return state
+
+    def _bucket(self, words, grams):
+        for i, (n, g) in enumerate(self.buckets):
             if len(words) <= n and len(grams) <= g:
-                break
+                return i
+        return len(self.buckets) - 1  # the tokenizer truncates to the last bucket: it always fits
+
+    def _predict_one(self, text, state):
+        words, grams = self.tokenizer.ids_one(text)
+        n, _, runner, row = state.single[self._bucket(words, grams)]
         fill_row(row[0], words, grams, n)
         return runner(token_ids=row)["probabilities"]
 
+    def _batch_runner(self, state, i):
+        runner = state.batch_runners.get(i)
+        if runner is None:
+            if state.batch is None:
+                state.batch = tflite_lib.interpreter(self.path, self.num_threads)
+            n, g = self.buckets[i]
+            runner = state.batch_runners[i] = (state.batch.get_signature_runner(f"predict_{n}"),
+                                               np.zeros((self.batch_size, n + g), np.int32))
+        return runner
+
     def predict_proba(self, texts):
         texts = check_texts(texts)
+        state = self._state()
         if len(texts) == 1:
-            return self._predict_one(texts[0]).copy()
-        if not texts:
-            return np.zeros((0, len(self.classes)), np.float32)
-        if self._batch is None:
-            n, _ = self.buckets[-1]
-            self._batch = tflite_lib.interpreter(self.path, self.num_threads).get_signature_runner(f"predict_{n}")
-        ids = self.tokenizer.encode(texts)
+            return self._predict_one(texts[0], state).copy()
         out = np.empty((len(texts), len(self.classes)), np.float32)
-        block = np.zeros((self.batch_size, ids.shape[1]), np.int32)
-        for start in range(0, len(ids), self.batch_size):
-            chunk = ids[start:start + self.batch_size]
-            block[: len(chunk)] = chunk
-            block[len(chunk):] = 0
-            out[start:start + len(chunk)] = self._batch(token_ids=block)["probabilities"][: len(chunk)]
+        groups = {}
+        for row, text in enumerate(texts):
+            words, grams = self.tokenizer.ids_one(text)
+            groups.setdefault(self._bucket(words, grams), []).append((row, words, grams))
+        for i, items in groups.items():
+            n, g, single, one = state.single[i]
+            if len(items) < self.min_rows:
+                for row, words, grams in items:
+                    fill_row(one[0], words, grams, n)
+                    out[row] = single(token_ids=one)["probabilities"][0]
+                continue
+            runner, block = self._batch_runner(state, i)
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start:start + self.batch_size]
+                block[len(chunk):] = 0
+                for j, (_, words, grams) in enumerate(chunk):
+                    fill_row(block[j], words, grams, n)
+                probs = runner(token_ids=block)["probabilities"]
+                out[[row for row, _, _ in chunk]] = probs[: len(chunk)]
         return out
 
     def predict(self, texts):
@@ -63,7 +104,15 @@ class TFLiteClassifier:
 
 
 class SavedModelClassifier:
-    """The SavedModel's ``serving_default`` signature: raw strings in, tokenized in-graph."""
+    """The SavedModel's ``serving_default`` signature: raw strings in, tokenized in-graph.
+
+    The signature pads each call to one of a few batch sizes before its XLA-compiled part (see
+    ``kerasllm.export.classifier.SERVING_BATCH_SIZES``); larger inputs go in chunks of the largest,
+    so XLA compiles a handful of shapes in all. TensorFlow functions may be called from several
+    threads at once (no lock here).
+    """
+
+    chunk = 256
 
     def __init__(self, version_dir, labels):
         from kerasllm._tf import tf
@@ -77,7 +126,9 @@ class SavedModelClassifier:
         texts = check_texts(texts)
         if not texts:
             return np.zeros((0, len(self.classes)), np.float32)
-        return self._serve(texts=self._tf.constant(texts, self._tf.string))["probabilities"].numpy()
+        return np.concatenate([
+            self._serve(texts=self._tf.constant(texts[i:i + self.chunk], self._tf.string))["probabilities"].numpy()
+            for i in range(0, len(texts), self.chunk)])
 
     def predict(self, texts):
         return [self.classes[i] for i in self.predict_proba(texts).argmax(axis=1)]

@@ -3,7 +3,8 @@
 TF Serving's knobs and names: a batch closes when it holds ``max_batch_size`` rows or when its oldest
 request has waited ``batch_timeout_micros``; at most ``max_enqueued_batches`` batches' worth of rows
 may wait (beyond that ``submit`` raises ``QueueFull`` at once instead of letting the queue grow);
-``num_batch_threads`` batches run at a time. ``allowed_batch_sizes`` pads a batch up to the next
+``num_batch_threads`` batches run at a time. The queue is also bounded in bytes (``max_queued_bytes``):
+a few requests of huge texts must not hold the memory a thousand short ones would. ``allowed_batch_sizes`` pads a batch up to the next
 allowed size (repeating its last row) so XLA-compiled signatures see a few shapes and compile once each
 (``"auto"``: powers of two up to ``max_batch_size``).
 While all threads are busy the open batch keeps filling, so batches grow with load.
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kerasllm.export.batching_params import BatchingOptions, auto_batch_sizes  # noqa: F401 (re-exported)
+
 
 class QueueFull(Exception):
     """The batch queue is full: the caller should answer 429 and the client retry later."""
@@ -26,62 +29,23 @@ class BatcherClosed(Exception):
     """The batcher is shutting down and takes no new work."""
 
 
-@dataclass(frozen=True)
-class BatchingOptions:
-    max_batch_size: int = 32
-    batch_timeout_micros: int = 2000
-    max_enqueued_batches: int = 128
-    num_batch_threads: int = 2
-    allowed_batch_sizes: tuple = ()
-
-    def __post_init__(self):
-        for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.batch_timeout_micros, int) or self.batch_timeout_micros < 0:
-            raise ValueError(f"batch_timeout_micros must be an integer >= 0, got {self.batch_timeout_micros!r}")
-        sizes = self.allowed_batch_sizes
-        if sizes == "auto":
-            sizes = auto_batch_sizes(self.max_batch_size) if isinstance(self.max_batch_size, int) else ()
-        if isinstance(sizes, str):
-            raise ValueError(f"allowed_batch_sizes must be 'auto' or a tuple of sizes, got {sizes!r}")
-        sizes = tuple(sizes or ())
-        if sizes:
-            if any(not isinstance(s, int) or s < 1 for s in sizes) or list(sizes) != sorted(set(sizes)):
-                raise ValueError(f"allowed_batch_sizes must be increasing positive integers, got {sizes!r}")
-            if sizes[-1] != self.max_batch_size:
-                raise ValueError(f"the last of allowed_batch_sizes {sizes!r} must equal max_batch_size "
-                                 f"({self.max_batch_size}), as in TF Serving")
-        object.__setattr__(self, "allowed_batch_sizes", sizes)
-
-    @property
-    def max_queued_rows(self) -> int:
-        return self.max_enqueued_batches * self.max_batch_size
-
-    def padded_size(self, rows: int) -> int:
-        for size in self.allowed_batch_sizes:
-            if size >= rows:
-                return size
-        return rows
-
-
-def auto_batch_sizes(max_batch_size: int) -> tuple:
-    """Powers of two below ``max_batch_size``, then ``max_batch_size``: an XLA-compiled signature then
-    compiles for a handful of shapes instead of one per batch size seen."""
-    sizes, size = [], 1
-    while size < max_batch_size:
-        sizes.append(size)
-        size *= 2
-    return tuple(sizes) + (max_batch_size,)
-
-
 @dataclass
 class _Task:
     inputs: dict
     rows: int
     future: asyncio.Future
+    nbytes: int = 0
     arrived: float = field(default_factory=time.monotonic)
+
+
+def nbytes(arrays: dict) -> int:
+    """Memory held by request arrays, string payloads included (an object array's nbytes counts pointers)."""
+    total = 0
+    for array in arrays.values():
+        total += array.nbytes
+        if array.dtype == object:
+            total += sum(len(v) for v in array.ravel() if isinstance(v, (bytes, str)))
+    return total
 
 
 def concat_and_pad(tasks, padded: int) -> dict:
@@ -114,11 +78,14 @@ class Batcher:
     ``on_batch(rows, seconds)`` reports each executed batch (metrics).
     """
 
-    def __init__(self, run, options: BatchingOptions, executor, slots: asyncio.Semaphore, on_batch=None):
+    def __init__(self, run, options: BatchingOptions, executor, slots: asyncio.Semaphore, on_batch=None,
+                 max_queued_bytes: int = 256 * 1024 * 1024):
         self._run, self.options, self._executor, self._slots = run, options, executor, slots
         self._on_batch = on_batch
+        self.max_queued_bytes = max_queued_bytes
         self._pending: deque[_Task] = deque()
         self._queued_rows = 0
+        self._queued_bytes = 0
         self._wake = asyncio.Event()
         self._closed = False
         self._running: set[asyncio.Task] = set()
@@ -127,6 +94,10 @@ class Batcher:
     @property
     def queued_rows(self) -> int:
         return self._queued_rows
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
 
     @property
     def idle(self) -> bool:
@@ -139,9 +110,13 @@ class Batcher:
             raise BatcherClosed("the server is shutting down")
         if self._queued_rows + rows > self.options.max_queued_rows and self._queued_rows > 0:
             raise QueueFull(f"the batch queue is full ({self._queued_rows} rows waiting); retry later")
-        task = _Task(inputs, rows, asyncio.get_running_loop().create_future())
+        size = nbytes(inputs)
+        if self._queued_bytes + size > self.max_queued_bytes and self._queued_bytes > 0:
+            raise QueueFull(f"the batch queue is full ({self._queued_bytes} bytes waiting); retry later")
+        task = _Task(inputs, rows, asyncio.get_running_loop().create_future(), size)
         self._pending.append(task)
         self._queued_rows += rows
+        self._queued_bytes += size
         self._wake.set()
         return await task.future
 
@@ -182,11 +157,13 @@ class Batcher:
             if task.future.done():  # the caller gave up (timeout, disconnect)
                 self._pending.popleft()
                 self._queued_rows -= task.rows
+                self._queued_bytes -= task.nbytes
                 continue
             if tasks and rows + task.rows > self.options.max_batch_size:
                 break
             self._pending.popleft()
             self._queued_rows -= task.rows
+            self._queued_bytes -= task.nbytes
             tasks.append(task)
             rows += task.rows
         return tasks

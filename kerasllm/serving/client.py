@@ -23,7 +23,9 @@ class ClientError(Exception):
 
 
 class Client:
-    def __init__(self, url="http://127.0.0.1:8501", timeout=60.0):
+    def __init__(self, url="http://127.0.0.1:8501", timeout=60.0, token=None, ssl_context=None):
+        """``token``: sent as ``Authorization: Bearer <token>`` (a server started with --auth-token-file);
+        ``ssl_context`` for an https URL with a private certificate."""
         parts = urlsplit(url if "://" in url else "http://" + url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"url must look like http://host:port, got {url!r}")
@@ -33,6 +35,8 @@ class Client:
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path.rstrip("/")
         self.timeout = timeout
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._ssl_context = ssl_context
         self._local = threading.local()  # one keep-alive connection per thread
 
     # ---- TF Serving's API --------------------------------------------------------------------
@@ -109,13 +113,18 @@ class Client:
         if conn is None or fresh:
             if conn is not None:
                 conn.close()
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            conn = self._local.conn = cls(self._host, self._port, timeout=self.timeout)
+            conn = self._local.conn = self._new_connection()
         return conn
+
+    def _new_connection(self):
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
+                                               context=self._ssl_context)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
 
     def _send(self, method, path, body):
         payload = None if body is None else json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        headers = {"Content-Type": "application/json", **self._auth} if payload is not None else dict(self._auth)
         for attempt in (0, 1):  # a kept-alive connection the server closed: reconnect once
             conn = self._connection(fresh=attempt == 1)
             try:
@@ -139,11 +148,10 @@ class Client:
         return decoded
 
     def _stream(self, path, body):
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        conn = cls(self._host, self._port, timeout=self.timeout)  # its own connection: the answer is long
+        conn = self._new_connection()  # its own connection: the answer is long
         try:
             conn.request("POST", path, body=json.dumps(body).encode("utf-8"),
-                         headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
+                         headers={"Content-Type": "application/json", "Accept": "text/event-stream", **self._auth})
             response = conn.getresponse()
             if response.status >= 400:
                 data = response.read()

@@ -1,11 +1,14 @@
 """Prometheus text-format metrics (counters and histograms with labels), no extra dependency.
 
-Everything is updated from the event loop thread, so no locks are needed.
+Safe under threads: each metric takes its own lock (the event loop, the batch threads and the model
+poller all write). Counts are Python integers and print exactly (1234567, not 1.23457e+06); float
+values print with ``repr`` (shortest exact form).
 """
 from __future__ import annotations
 
 import bisect
 import math
+import threading
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -20,30 +23,50 @@ def _labels(names, values, extra=()) -> str:
     return "{" + ",".join(pairs) + "}" if pairs else ""
 
 
+def _number(value) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
 class Counter:
     def __init__(self, name, help_text, labelnames=()):
         self.name, self.help, self.labelnames = name, help_text, tuple(labelnames)
         self.values = {}
+        self._lock = threading.Lock()
 
-    def inc(self, *labels, amount=1.0):
-        self.values[labels] = self.values.get(labels, 0.0) + amount
+    def inc(self, *labels, amount=1):
+        with self._lock:
+            self.values[labels] = self.values.get(labels, 0) + amount
 
-    def get(self, *labels) -> float:
-        return self.values.get(labels, 0.0)
+    def get(self, *labels):
+        return self.values.get(labels, 0)
+
+    def remove_matching(self, position: int, value):
+        """Drop every series whose label at ``position`` equals ``value`` (a model that is gone)."""
+        with self._lock:
+            for labels in [k for k in self.values if len(k) > position and k[position] == value]:
+                del self.values[labels]
 
     def render(self):
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} counter"
-        for labels, value in sorted(self.values.items(), key=lambda item: tuple(map(str, item[0]))):
-            yield f"{self.name}{_labels(self.labelnames, labels)} {value:g}"
+        with self._lock:
+            items = sorted(self.values.items(), key=lambda item: tuple(map(str, item[0])))
+        for labels, value in items:
+            yield f"{self.name}{_labels(self.labelnames, labels)} {_number(value)}"
 
 
 class Gauge(Counter):
     def set(self, *labels, value):
-        self.values[labels] = float(value)
+        with self._lock:
+            self.values[labels] = value
 
     def remove(self, *labels):
-        self.values.pop(labels, None)
+        with self._lock:
+            self.values.pop(labels, None)
 
     def render(self):
         for line in super().render():
@@ -55,13 +78,20 @@ class Histogram:
         self.name, self.help, self.labelnames = name, help_text, tuple(labelnames)
         self.buckets = tuple(buckets)
         self.values = {}  # labels -> [per-bucket counts..., +Inf count, sum]
+        self._lock = threading.Lock()
 
     def observe(self, *labels, value):
-        row = self.values.get(labels)
-        if row is None:
-            row = self.values[labels] = [0] * (len(self.buckets) + 1) + [0.0]
-        row[bisect.bisect_left(self.buckets, value)] += 1
-        row[-1] += value
+        with self._lock:
+            row = self.values.get(labels)
+            if row is None:
+                row = self.values[labels] = [0] * (len(self.buckets) + 1) + [0.0]
+            row[bisect.bisect_left(self.buckets, value)] += 1
+            row[-1] += value
+
+    def remove_matching(self, position: int, value):
+        with self._lock:
+            for labels in [k for k in self.values if len(k) > position and k[position] == value]:
+                del self.values[labels]
 
     def counts(self, *labels) -> dict:
         """{upper bound: number of observations in that bucket} (not cumulative), for reports."""
@@ -74,13 +104,15 @@ class Histogram:
     def render(self):
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} histogram"
-        for labels, row in sorted(self.values.items(), key=lambda item: tuple(map(str, item[0]))):
+        with self._lock:
+            items = [(k, list(v)) for k, v in sorted(self.values.items(), key=lambda item: tuple(map(str, item[0])))]
+        for labels, row in items:
             cumulative = 0
             for bound, count in zip(list(self.buckets) + ["+Inf"], row[:-1]):
                 cumulative += count
                 le = 'le="' + (bound if isinstance(bound, str) else f"{bound:g}") + '"'
                 yield f"{self.name}_bucket{_labels(self.labelnames, labels, [le])} {cumulative}"
-            yield f"{self.name}_sum{_labels(self.labelnames, labels)} {row[-1]:g}"
+            yield f"{self.name}_sum{_labels(self.labelnames, labels)} {_number(row[-1])}"
             yield f"{self.name}_count{_labels(self.labelnames, labels)} {cumulative}"
 
 
@@ -100,10 +132,21 @@ class ServerMetrics:
                                 ("model", "signature"))
         self.version = Gauge("kerasllm_model_version", "Newest loaded version of each model", ("model",))
         self.load_failures = Counter("kerasllm_model_load_failures_total", "Versions that failed to load", ("model",))
+        self.generated_tokens = Counter("kerasllm_generated_tokens_total", "Tokens generated", ("model",))
+        self.active_slots = Gauge("kerasllm_generation_active_slots", "Cache slots decoding now", ("model",))
+
+    def all(self):
+        return (self.requests, self.latency, self.batch_size, self.batch_latency, self.rejected, self.version,
+                self.load_failures, self.generated_tokens, self.active_slots)
+
+    def model_removed(self, name):
+        """A model that is no longer served: its gauges go (a gauge of a gone model would read as current);
+        its counters stay, as Prometheus counters must not go back."""
+        for metric in (self.version, self.active_slots):
+            metric.remove_matching(0, name)
 
     def render(self) -> str:
         lines = []
-        for metric in (self.requests, self.latency, self.batch_size, self.batch_latency, self.rejected, self.version,
-                       self.load_failures):
+        for metric in self.all():
             lines.extend(metric.render())
         return "\n".join(lines) + "\n"

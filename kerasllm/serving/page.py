@@ -50,11 +50,11 @@ def render(models: dict) -> str:
     return _template().replace(MODELS_MARKER, data, 1)
 
 
-def add_page_route(app: web.Application, server) -> None:
-    """Register ``GET /`` on ``app``, listing ``server.registry.models`` as they are at each request."""
+def handler(server):
+    """The ``GET /`` handler: the page lists ``server.registry.models`` as they are at each request."""
 
     async def page(request):
         return web.Response(text=render(server.registry.models), content_type="text/html", charset="utf-8",
                             headers={"Cache-Control": "no-store"})
 
-    app.router.add_get("/", page)
+    return page

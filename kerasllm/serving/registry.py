@@ -2,8 +2,13 @@
 
 ``poll()`` (run in a thread) loads versions that appeared and drops ones that went away; the table
 of loaded versions is replaced as a whole (one assignment), so a request sees either the old or the
-new set, and in-flight requests keep the version they started with. Only all-digit folder names are
+new set, and in-flight requests keep the version they started with. Only ASCII-digit folder names are
 versions, so the exporter's ``.tmp-*`` folders (renamed into place when complete) are never read.
+
+Like TF Serving's ``latest`` policy, the ``num_versions`` newest versions that load are served: a newest
+version that fails (broken, or caught half-copied) leaves the newest good older one serving, and its
+failure shows in the model's status. A failed version is retried when its files change (names, sizes
+and times of every file under it), so a copy that was incomplete loads once it is complete.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasllm.export.batching_params import BATCHING_PARAMS_FILE, BatchingOptions
 from kerasllm.export.layout import MANIFEST, check_model_name, versions
 from kerasllm.serving.codec import TensorInfo
 
@@ -74,6 +80,7 @@ class Servable:
     signature_def_json: dict  # TF Serving's metadata, straight from saved_model.pb
     manifest: dict
     loaded_object: object = field(repr=False, default=None)
+    batching: BatchingOptions | None = None  # the version's batching_params.pbtxt (TF Serving's per-model file)
 
 
 def load_servable(name: str, version_dir: Path) -> Servable:
@@ -106,8 +113,11 @@ def load_servable(name: str, version_dir: Path) -> Servable:
             manifest = json.loads((version_dir / MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             manifest = {}
+    batching = None
+    if (version_dir / BATCHING_PARAMS_FILE).is_file():  # as TF Serving: a bad file fails the version
+        batching = BatchingOptions.from_pbtxt((version_dir / BATCHING_PARAMS_FILE).read_text(encoding="utf-8"))
     servable = Servable(name, int(version_dir.name), version_dir, signatures, signature_def_json,
-                        manifest if isinstance(manifest, dict) else {}, loaded)
+                        manifest if isinstance(manifest, dict) else {}, loaded, batching)
     warm_up(servable)
     return servable
 
@@ -137,7 +147,11 @@ def warm_up(servable: Servable, limit=64):
 
 
 class ModelRegistry:
-    """Loaded versions of every model under ``root``; ``num_versions`` newest of each are served."""
+    """Loaded versions of every model under ``root``; ``num_versions`` newest that load are served.
+
+    ``models`` is replaced whole by ``poll`` (one thread at a time) and only read elsewhere: any thread may
+    read it. ``on_change(event, name, version)`` is called from the polling thread with "served",
+    "failed" or "removed"."""
 
     def __init__(self, root, num_versions=1, on_change=None):
         self.root = Path(root)
@@ -148,7 +162,7 @@ class ModelRegistry:
         self.num_versions = num_versions
         self.on_change = on_change
         self.models: dict[str, dict[int, Servable]] = {}  # replaced whole, never mutated
-        self.failures: dict[tuple, str] = {}  # (name, version) -> error, not retried until the folder changes
+        self.failures: dict[tuple, tuple] = {}  # (name, version) -> (fingerprint, error); replaced whole
         self._lock = threading.Lock()  # one poll at a time
 
     def model_dirs(self):
@@ -164,53 +178,58 @@ class ModelRegistry:
         """Load new versions, drop gone ones. Returns True when the served set changed."""
         with self._lock:
             current = self.models
+            failures = dict(self.failures)
             table = {}
             changed = False
             for name, model_dir in self.model_dirs():
-                wanted = [v for v in versions(model_dir) if not _tflite_only(model_dir / str(v))][-self.num_versions:]
-                loaded = dict(current.get(name, {}))
-                for version in wanted:
+                loaded = current.get(name, {})
+                keep = {}
+                for version in reversed(versions(model_dir)):  # newest first, until num_versions load
+                    if _tflite_only(model_dir / str(version)):
+                        continue
+                    if len(keep) >= self.num_versions:
+                        break
                     if version in loaded:
+                        keep[version] = loaded[version]
                         continue
                     version_dir = model_dir / str(version)
-                    key = (name, version, _stamp(version_dir))
-                    if key in self.failures:
-                        continue
+                    print_ = _fingerprint(version_dir)
+                    if failures.get((name, version), (None,))[0] == print_:
+                        continue  # failed with exactly these files: wait for them to change
                     started = time.perf_counter()
                     try:
-                        loaded[version] = load_servable(name, version_dir)
-                        changed = True
-                        log.info("loaded %s version %d in %.2f s", name, version, time.perf_counter() - started)
-                    except Exception as error:  # a bad folder must not stop the other models
-                        self.failures[key] = f"{type(error).__name__}: {error}"
+                        keep[version] = load_servable(name, version_dir)
+                    except Exception as error:  # a bad folder must not stop the other versions or models
+                        # shown in the model's status: no server paths in it
+                        message = _first_line(error).replace(str(version_dir.resolve()), f"{name}/{version}")
+                        message = message.replace(str(version_dir), f"{name}/{version}")
+                        failures[(name, version)] = (print_, f"{type(error).__name__}: {message}")
                         log.error("cannot load %s: %s", version_dir, error)
                         if self.on_change:
                             self.on_change("failed", name, version)
-                on_disk = set(versions(model_dir))
-                keep = {v: s for v, s in loaded.items() if v in wanted}
-                if not keep:  # the newest failed to load: keep serving the newest older one still on disk
-                    older = [v for v in loaded if v in on_disk]
-                    keep = {max(older): loaded[max(older)]} if older else {}
+                        continue
+                    failures.pop((name, version), None)
+                    log.info("loaded %s version %d in %.2f s", name, version, time.perf_counter() - started)
                 if keep:
                     table[name] = keep
-                if set(keep) != set(current.get(name, {})):
+                if set(keep) != set(loaded):
                     changed = True
             if set(table) != set(current):
                 changed = True
+            on_disk = {n: set(versions(self.root / n)) for n in {n for n, _ in failures}}
+            self.failures = {k: v for k, v in failures.items() if k[1] in on_disk.get(k[0], ())}
             if changed:
                 self.models = table  # the atomic switch
                 if self.on_change:
+                    for name in set(current) - set(table):
+                        self.on_change("removed", name, None)
                     for name, served in table.items():
                         self.on_change("served", name, max(served))
             return changed
 
     def failed_versions(self, name) -> dict:
         """{version: error} for versions of ``name`` that failed to load and are still on disk."""
-        found = {v: message for (n, v, _), message in self.failures.items() if n == name}
-        if not found:
-            return {}
-        on_disk = set(versions(self.root / name))
-        return {v: message for v, message in found.items() if v in on_disk}
+        return {v: message for (n, v), (_, message) in self.failures.items() if n == name}
 
 
 def _tflite_only(version_dir: Path) -> bool:
@@ -218,8 +237,18 @@ def _tflite_only(version_dir: Path) -> bool:
     return not (version_dir / "saved_model.pb").exists() and any(version_dir.glob("*.tflite"))
 
 
-def _stamp(path: Path):
+def _first_line(error) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def _fingerprint(path: Path):
+    """Names, sizes and modification times of every file under ``path``: changes while a copy is under way."""
+    found = []
     try:
-        return path.stat().st_mtime_ns
+        for file in sorted(path.rglob("*")):
+            stat = file.stat()
+            found.append((str(file.relative_to(path)), stat.st_size, stat.st_mtime_ns))
     except OSError:
         return None
+    return tuple(found)

@@ -5,6 +5,11 @@ so Chinese needs no spaces. Features are word n-grams (words joined by a space) 
 option, character n-grams of each space-padded word (like scikit-learn's ``char_wb``), marked
 with a leading ``\\x1f`` so they never collide with a word (tokens never hold control characters).
 
+Single-character tokens (a letter, a digit, a punctuation mark) are dropped unless they are CJK
+letters, which are words on their own (``keep_single_chars=False``, the default; scikit-learn's
+default token pattern drops them too, and measured on the shared data sets keeping them costs
+precision on TREC and the documentation topics).
+
 Weights: ``1 + ln(tf)`` (sublinear) or ``tf``, times the smoothed idf ``ln((1 + n) / (1 + df)) + 1``
 (scikit-learn's formula), then each row is scaled to unit length. The same rules run in-graph
 in ``kerasllm.text.tfidf_graph``; ``ids_and_weights`` gives the fixed-width input of the TFLite
@@ -22,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from kerasllm.text.word import (_TF_UNLOWERED, CJK_RANGES, WordTokenizer, _to_ranges, check_texts, default_classes,
-                                 lower, python_class)
+                                 lower, python_class, re2_class)
 
 CHAR_MARK = "\x1f"
 _CHUNK = 8192  # documents per chunk: keeps Python lists of feature ids short for million-doc corpora
@@ -39,6 +44,14 @@ def bucket_width(longest):
 
 
 OTHER, SPLIT, SEPARATOR = 0, 1, 2
+# A one-character token is kept when it is a CJK letter (the same rule in-graph: tfidf_graph).
+CJK_CLASS_RE2 = re2_class(CJK_RANGES)
+
+
+@lru_cache(maxsize=1 << 16)
+def keeps_single_char(ch):
+    c = ord(ch)
+    return unicodedata.category(ch)[0] == "L" and any(lo <= c <= hi for lo, hi in CJK_RANGES)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -78,14 +91,16 @@ _PADDING = _Padding()
 _UNLOWERED = frozenset(_TF_UNLOWERED)
 
 
-def _ascii_token_re(split_ranges, separator_ranges):
+def _ascii_token_re(split_ranges, separator_ranges, words_only=False):
+    """The tokens of ASCII text; ``words_only``: only runs of 2+ word characters (single-character
+    tokens dropped by the regex itself, faster than filtering a list)."""
     def cut(ranges):
         return [[lo, min(hi, 127)] for lo, hi in ranges if lo <= 127]
 
     split, sep = cut(split_ranges), cut(separator_ranges)
     split_class = python_class(split) if split else "(?!)"
     other = "[^" + (python_class(split)[1:-1] if split else "") + python_class(sep)[1:-1] + "]"
-    return re.compile(f"{split_class}|{other}+")
+    return re.compile(f"{other}{{2,}}" if words_only else f"{split_class}|{other}+")
 
 
 def _check_range(value, name):
@@ -108,10 +123,13 @@ class TfidfFeatures:
         max_df: ... and at most this many documents (int) or this share (float in (0, 1]).
         max_features: keep only the features found in the most documents (None: no cap).
         sublinear_tf: use ``1 + ln(count)`` instead of the raw count.
+        keep_single_chars: keep one-character tokens (letters, digits, punctuation); CJK letters are
+            always kept.
     """
 
     def __init__(self, ngram_range=(1, 1), char_ngram_range=None, min_df=1, max_df=1.0, max_features=None,
-                 sublinear_tf=True, split_ranges=None, separator_ranges=None, vocabulary=None, idf=None):
+                 sublinear_tf=True, keep_single_chars=False, split_ranges=None, separator_ranges=None,
+                 vocabulary=None, idf=None):
         self.ngram_range = _check_range(ngram_range, "ngram_range")
         self.char_ngram_range = None if char_ngram_range is None else _check_range(char_ngram_range, "char_ngram_range")
         for name, value in (("min_df", min_df), ("max_df", max_df)):
@@ -125,14 +143,19 @@ class TfidfFeatures:
             raise ValueError(f"max_features must be None or a positive int, got {max_features!r}")
         self.max_features = max_features
         self.sublinear_tf = bool(sublinear_tf)
+        self.keep_single_chars = bool(keep_single_chars)
         if split_ranges is None or separator_ranges is None:
             # This Python's Unicode classes: tabulating all of Unicode takes a third of a second, so
             # it waits until a config is written; meanwhile characters are classified one by one.
             self._tokenizer = None
-            self._ascii_re = _ascii_token_re(*_classes_of(range(128)))
+            classes = _classes_of(range(128))
+            self._ascii_re = _ascii_token_re(*classes)
+            self._ascii_words_re = _ascii_token_re(*classes, words_only=True)
         else:
             self._tokenizer = WordTokenizer(split_ranges=split_ranges, separator_ranges=separator_ranges)
-            self._ascii_re = _ascii_token_re(self._tokenizer.split_ranges, self._tokenizer.separator_ranges)
+            classes = self._tokenizer.split_ranges, self._tokenizer.separator_ranges
+            self._ascii_re = _ascii_token_re(*classes)
+            self._ascii_words_re = _ascii_token_re(*classes, words_only=True)
         self.vocabulary = None if vocabulary is None else list(vocabulary)
         self._index = None if vocabulary is None else {f: i for i, f in enumerate(self.vocabulary)}
         self.idf = None if idf is None else np.asarray(idf, dtype=np.float32)
@@ -157,9 +180,17 @@ class TfidfFeatures:
             return self._ascii_re.findall(text.translate(_PADDING))
         return self._tokenizer._token_re.findall(text)
 
+    def tokens(self, text):
+        """``split``, without the one-character tokens this drops (see ``keep_single_chars``)."""
+        if self.keep_single_chars:
+            return self.split(text)
+        if text.isascii():
+            return self._ascii_words_re.findall(text.lower())
+        return [t for t in self.split(text) if len(t) > 1 or keeps_single_char(t)]
+
     def features(self, text):
         """The list of feature strings of one text (with repeats)."""
-        tokens = self.split(text)
+        tokens = self.tokens(text)
         lo, hi = self.ngram_range
         if hi == 1 and self.char_ngram_range is None:
             return tokens
@@ -217,14 +248,18 @@ class TfidfFeatures:
         return self
 
     # -- transforming -----------------------------------------------------------------------
-    def transform(self, texts):
-        """TF-IDF rows of ``texts`` (unknown features are dropped; a text with none gets an empty row)."""
+    def transform(self, texts, return_unknown=False):
+        """TF-IDF rows of ``texts`` (unknown features are dropped; a text with none gets an empty row).
+
+        ``return_unknown=True`` returns (rows, feature occurrences, occurrences not in the vocabulary).
+        """
         self._require_fit()
         texts = check_texts(texts)
         get = self._index.get
+        tally = [0, 0]
         counts = self._counts(texts, lambda feats: list(map(get, feats, repeat(-1))),  # -1: unknown
-                              lambda: len(self.vocabulary))
-        return self._weigh(counts)
+                              lambda: len(self.vocabulary), tally)
+        return (self._weigh(counts), *tally) if return_unknown else self._weigh(counts)
 
     def ids_and_weights(self, texts, width=None):
         """The fixed-width input of the exported encoders: (ids int32 [n, width], weights float32 [n, width]).
@@ -246,8 +281,9 @@ class TfidfFeatures:
         weights[rows, cols] = x.data
         return ids, weights
 
-    def _counts(self, texts, to_ids, n_columns):
-        """CSR matrix of feature counts, built chunk by chunk (int32 arrays, not Python lists)."""
+    def _counts(self, texts, to_ids, n_columns, tally=None):
+        """CSR matrix of feature counts, built chunk by chunk (int32 arrays, not Python lists).
+        ``tally`` ([occurrences, unknown occurrences]) is increased when given."""
         indices, indptr = [], [np.zeros(1, np.int64)]
         offset = 0
         features = self.features
@@ -256,6 +292,9 @@ class TfidfFeatures:
             lengths = np.fromiter(map(len, rows), np.int64, len(rows))
             flat = np.fromiter(chain.from_iterable(rows), np.int32, int(lengths.sum()))
             known = flat >= 0
+            if tally is not None:
+                tally[0] += len(flat)
+                tally[1] += len(flat) - int(np.count_nonzero(known))
             if not known.all():  # drop unknown features and shorten their rows
                 lengths = np.bincount(np.repeat(np.arange(len(rows)), lengths)[known], minlength=len(rows))
                 flat = flat[known]
@@ -290,12 +329,14 @@ class TfidfFeatures:
             "max_df": self.max_df,
             "max_features": self.max_features,
             "sublinear_tf": self.sublinear_tf,
+            "keep_single_chars": self.keep_single_chars,
             "split_ranges": self.tokenizer.split_ranges,
             "separator_ranges": self.tokenizer.separator_ranges,
         }
 
     @classmethod
     def from_config(cls, config, vocabulary=None, idf=None):
+        config = {"keep_single_chars": True, **config}  # saved before the option: every token was kept
         features = cls(**config, vocabulary=vocabulary, idf=idf)
         if (vocabulary is None) != (idf is None) or (idf is not None and len(features.idf) != len(vocabulary)):
             raise ValueError("vocabulary and idf must be given together and have the same length")

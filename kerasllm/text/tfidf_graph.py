@@ -5,7 +5,7 @@ with 0, weights with 0), so the numeric encoder after it (XLA or TFLite) is the 
 Width is rounded up to a power of two so an XLA-compiled consumer sees few distinct shapes.
 """
 from kerasllm._tf import tf
-from kerasllm.text.tfidf import CHAR_MARK, MIN_WIDTH, TfidfFeatures
+from kerasllm.text.tfidf import CHAR_MARK, CJK_CLASS_RE2, MIN_WIDTH, TfidfFeatures
 from kerasllm.text.word import SPECIAL_TOKENS, WordTokenizer
 from kerasllm.text.word_graph import GraphWordTokenizer
 
@@ -23,6 +23,7 @@ class GraphTfidfFeatures(tf.Module):
         self.ngram_range = features.ngram_range
         self.char_ngram_range = features.char_ngram_range
         self.sublinear_tf = features.sublinear_tf
+        self.keep_single_chars = features.keep_single_chars
         self.n_features = features.n_features
         self.table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(features.vocabulary, tf.string),
@@ -33,6 +34,11 @@ class GraphTfidfFeatures(tf.Module):
     def features(self, texts):
         """Ragged [batch, None] feature strings, as ``TfidfFeatures.features`` (order aside)."""
         tokens = self.tokenizer.tokens(texts)
+        if not self.keep_single_chars:  # TfidfFeatures.tokens: one-character tokens only when CJK letters
+            flat = tokens.flat_values
+            keep = (tf.strings.length(flat, unit="UTF8_CHAR") > 1) | (
+                tf.strings.regex_full_match(flat, CJK_CLASS_RE2) & tf.strings.regex_full_match(flat, r"\p{L}"))
+            tokens = tf.ragged.boolean_mask(tokens, tokens.with_flat_values(keep))
         lo, hi = self.ngram_range
         parts = [tokens] if lo == 1 else []
         for n in range(max(lo, 2), hi + 1):

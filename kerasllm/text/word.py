@@ -25,6 +25,9 @@ from functools import lru_cache
 import numpy as np
 
 PAD, OOV = 0, 1
+# Character n-grams come from a token's first MAX_GRAM_CHARS characters: a 10 MB "word" costs
+# no more than a long one (the graph tokenizer applies the same cut).
+MAX_GRAM_CHARS = 64
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[NUM]", "[LONGNUM]", "[ALNUM]"]
 # Out-of-vocabulary shapes, tried in order; ASCII digits only so Python and RE2 agree.
 OOV_SHAPES = ((3, "[0-9]{5,}"), (2, "[0-9]+"), (4, ".*[0-9].*"))
@@ -115,6 +118,14 @@ def check_texts(texts, name="texts"):
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"{name}[{i}] must be a str, got {type(t).__name__}: {t!r:.60}")
+        if not t.isascii():
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:
+                # a lone surrogate (e.g. from decoding with errors="surrogateescape"): it has no
+                # UTF-8 form, so the SavedModel could not take it; reject it the same way everywhere
+                raise ValueError(f"{name}[{i}] holds a lone surrogate {t[e.start]!r} at character {e.start}: "
+                                 "texts must be valid Unicode (decode bytes with errors='replace')") from None
     return texts
 
 
@@ -161,7 +172,7 @@ class WordTokenizer:
         return [index[t] if t in index else self._oov(t) for t in tokens]
 
     def _grams(self, token):
-        n, marked = self.char_ngrams, f"<{token}>"
+        n, marked = self.char_ngrams, f"<{token[:MAX_GRAM_CHARS]}>"
         return [marked[i:i + n] for i in range(len(marked) - n + 1)]
 
     def _gram_ids(self, tokens):
@@ -220,7 +231,7 @@ class WordTokenizer:
         if found is None:
             word = self._index[token] if token in self._index else self._oov(token)
             found = (word, tuple(self._gram_ids([token])) if self.char_ngrams else ())
-            if len(self._cache) < 200_000:
+            if len(self._cache) < 200_000 and len(token) <= MAX_GRAM_CHARS:
                 self._cache[token] = found
         return found
 

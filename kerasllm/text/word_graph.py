@@ -1,6 +1,6 @@
 """The WordTokenizer's rules as TensorFlow string ops, for graphs that take raw strings."""
 from kerasllm._tf import tf
-from kerasllm.text.word import OOV, OOV_SHAPES, SPECIAL_TOKENS, WordTokenizer, re2_class
+from kerasllm.text.word import MAX_GRAM_CHARS, OOV, OOV_SHAPES, SPECIAL_TOKENS, WordTokenizer, re2_class
 
 
 class GraphWordTokenizer(tf.Module):
@@ -14,10 +14,10 @@ class GraphWordTokenizer(tf.Module):
         self._split = "(" + re2_class(tokenizer.split_ranges) + ")"
         first = len(SPECIAL_TOKENS)
         vocab = tokenizer.vocabulary[first:]
+        # a table needs one key: with no word seen twice, a space (never a token) maps to "not found"
+        keys, values = (vocab, tf.range(first, len(vocab) + first, dtype=tf.int32)) if vocab else ([" "], [-1])
         self.table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                tf.constant(vocab, tf.string), tf.range(first, len(vocab) + first, dtype=tf.int32)
-            ),
+            tf.lookup.KeyValueTensorInitializer(tf.constant(keys, tf.string), tf.constant(values, tf.int32)),
             default_value=-1,
         )
         self.char_ngrams, self.max_char_grams = tokenizer.char_ngrams, tokenizer.max_char_grams
@@ -48,7 +48,7 @@ class GraphWordTokenizer(tf.Module):
         return tf.where(ids < 0, oov, ids)
 
     def _gram_ids(self, tokens):
-        marked = tf.strings.join(["<", tokens, ">"])
+        marked = tf.strings.join(["<", tf.strings.substr(tokens, 0, MAX_GRAM_CHARS, unit="UTF8_CHAR"), ">"])
         chars = tf.strings.unicode_split(marked, "UTF-8")
         grams = tf.strings.ngrams(chars, self.char_ngrams, separator="").merge_dims(1, 2)
         ids = tf.ragged.map_flat_values(self.char_table.lookup, grams)

@@ -1,0 +1,66 @@
+"""Choose a Transformer's size for a wall-clock training budget on this machine.
+
+The machine's fp32 matrix-multiply rate is measured (a fraction of a second), the training loop is
+assumed to reach ``UTILISATION`` of it (benchmarks/lm_training.py measures the real fraction), and the
+largest size whose token budget covers ``TOKENS_PER_PARAM`` tokens per parameter is chosen: a model
+too large for the budget stays under-trained, one too small stops improving early.
+"""
+from __future__ import annotations
+
+import time
+
+# (layers, hidden, context), smallest to largest; heads = hidden // 32, ff = 4 x hidden
+SIZES = ((2, 64, 64), (3, 96, 64), (4, 128, 64), (4, 128, 128), (6, 192, 128), (8, 256, 256))
+TOKENS_PER_PARAM = 8
+UTILISATION = 0.3
+BATCH_SIZE = 16
+
+
+def matmul_rate(n=512, seconds=0.3):
+    """This machine's fp32 matrix-multiply FLOP/s on the threads TensorFlow uses: the best of
+    repeated products over about ``seconds`` (the best, because a shared machine only slows it)."""
+    from kerasllm._tf import tf
+
+    a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
+    tf.matmul(a, b).numpy()
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        tf.matmul(a, b).numpy()
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
+    return best
+
+
+def size_config(layers, hidden, context, vocab_size):
+    return {"layers": layers, "hidden": hidden, "heads": max(1, hidden // 32), "ff": 4 * hidden,
+            "context_length": context, "vocab_size": vocab_size}
+
+
+def matmul_params(cfg):
+    h, f = cfg["hidden"], cfg["ff"]
+    return cfg["layers"] * (h * 3 * h + h * h + 2 * h * f) + cfg["vocab_size"] * h
+
+
+def flops_per_token(cfg):
+    """Training FLOPs per token: 6 x matmul parameters + the attention square (12 x layers x context x hidden)."""
+    return 6 * matmul_params(cfg) + 12 * cfg["layers"] * cfg["context_length"] * cfg["hidden"]
+
+
+def plan(time_budget_s, vocab_size, rate=None):
+    """A dict of Transformer hyperparameters (layers, hidden, heads, ff, context_length, batch_size)
+    for ``time_budget_s`` seconds of training, and a sentence saying why."""
+    rate = matmul_rate() if rate is None else rate
+    chosen = size_config(*SIZES[0], vocab_size)
+    tokens = 0.0
+    for size in SIZES:
+        cfg = size_config(*size, vocab_size)
+        t = time_budget_s * rate * UTILISATION / flops_per_token(cfg)
+        if t < TOKENS_PER_PARAM * matmul_params(cfg) and size != SIZES[0]:
+            break
+        chosen, tokens = cfg, t
+    chosen.pop("vocab_size")
+    chosen["batch_size"] = BATCH_SIZE
+    why = (f"for {time_budget_s:g} s at {rate / 1e9:.0f} GFLOP/s measured: {chosen['layers']} layers x "
+           f"{chosen['hidden']}, context {chosen['context_length']}, batch {BATCH_SIZE} "
+           f"(about {tokens / 1e6:.1f}M training tokens expected)")
+    return chosen, why

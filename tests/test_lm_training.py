@@ -1,0 +1,137 @@
+"""Language-model training: distillation from a teacher, throughput paths, budgets, strategies, progress."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def _kl_to(teacher, student, text):
+    """Mean KL(teacher || student) of the next-token distributions over ``text`` (one window)."""
+    from kerasllm._tf import tf
+
+    ids = teacher.tokenizer.encode(text)[None, :teacher.context_length]
+    p = tf.nn.log_softmax(teacher.model(ids)).numpy()
+    q = tf.nn.log_softmax(student.model(ids)).numpy()
+    return float(np.mean(np.sum(np.exp(p) * (p - q), axis=-1)))
+
+
+STUDENT = dict(steps=150, seed=1, hidden=32, layers=1, heads=2, ff=64, batch_size=16, learning_rate=1e-2,
+               warmup_steps=5, verbose=0)
+
+
+def test_distilled_student_matches_teacher_better_than_one_trained_on_text(tiny_lm, lm_text):
+    import tasks
+
+    # Over reversed text the text's own next characters and the teacher's (forward) predictions
+    # disagree, so only a student that learns from the teacher comes close to it.
+    reversed_text = lm_text[:20000][::-1]
+    distilled = tasks.train_language_model(reversed_text, teacher=tiny_lm, distill_alpha=0.0, **STUDENT)
+    plain = tasks.train_language_model(reversed_text, teacher=tiny_lm, distill_alpha=1.0, **STUDENT)  # text only
+    assert distilled.tokenizer is tiny_lm.tokenizer and distilled.context_length == tiny_lm.context_length
+    held_out = lm_text[-2000:][::-1]
+    assert _kl_to(tiny_lm, distilled, held_out) < 0.5 * _kl_to(tiny_lm, plain, held_out)
+
+
+def test_distillation_rejects_bad_teacher_and_settings(tiny_lm, lm_text):
+    import tasks
+
+    with pytest.raises(TypeError, match="teacher must be a trained LanguageModel"):
+        tasks.train_language_model(lm_text, teacher="gpt", steps=1)
+    with pytest.raises(ValueError, match="longer than the teacher's context"):
+        tasks.train_language_model(lm_text, teacher=tiny_lm, context_length=tiny_lm.context_length + 1, steps=1,
+                                   verbose=0)
+    with pytest.raises(ValueError, match="distill_alpha"):
+        tasks.train_language_model(lm_text, teacher=tiny_lm, distill_alpha=1.5, steps=1, verbose=0)
+
+
+# --- data-parallel training: the pattern of tests/test_distributed.py, for language models ----------
+WORKER = Path(__file__).with_name("lm_distributed_worker.py")
+
+
+def _run(mode, out, *extra, env=None):
+    return subprocess.Popen([sys.executable, str(WORKER), mode, str(out), *map(str, extra)],
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _finish(process, replicas=1):
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    assert f"replicas {replicas}" in output  # the strategy really ran that many replicas
+
+
+@pytest.fixture(scope="module")
+def single_device_logits(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lm_single") / "logits.npy"
+    _finish(_run("single", out))
+    return np.load(out)
+
+
+def test_mirrored_training_and_resume_match_single_device(single_device_logits, tmp_path):
+    _finish(_run("mirrored", tmp_path / "logits.npy", tmp_path / "ckpt"), replicas=2)
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), single_device_logits, atol=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "logits_resumed.npy"), single_device_logits, atol=1e-4)
+
+
+def test_two_workers_on_loopback_match_single_device(single_device_logits, tmp_path):
+    from tests.test_distributed import _free_ports
+
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    processes = [
+        _run("multi_worker", tmp_path / "logits.npy",
+             env={"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})})
+        for i in range(2)
+    ]
+    for p in processes:
+        _finish(p, replicas=2)
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), single_device_logits, atol=1e-4)
+
+
+# --- progress and time budgets ------------------------------------------------------------------------
+def test_progress_line_shows_elapsed_rate_and_estimate():
+    import io
+
+    from kerasllm.training.lm import Progress
+
+    out = io.StringIO()
+    p = Progress(1, steps=100, stream=out)
+    p.update(50, 10.0, 5.0, 5000.0, 2.0)
+    assert out.getvalue() == "step 50/100  00:10 elapsed, ~00:10 left  5.0 steps/s, 5.0k tok/s  loss 2.0000\n"
+    budget = Progress(1, time_budget_s=600, stream=io.StringIO())
+    assert "~09:50 left" in budget.line_for(7, 10.0, 2.0, 100.0, 3.0)  # the budget bounds the estimate
+    assert "compiling" in budget.line_for(1, 1.0, None, 0.0, 4.0)
+
+
+def test_training_prints_progress_never_unknown(lm_text, capsys):
+    import tasks
+
+    tasks.train_language_model(lm_text[:5000], context_length=16, steps=3, hidden=16, layers=1, heads=2, ff=32,
+                               batch_size=4, verbose=1)
+    out = capsys.readouterr().out
+    assert "step 3/3" in out and "elapsed" in out and "Unknown" not in out
+
+
+def test_budget_plan_grows_with_the_budget_and_machine_speed():
+    from kerasllm.training.budget import flops_per_token, matmul_params, plan
+
+    small, why = plan(60, 65, rate=50e9)
+    large, _ = plan(3600, 65, rate=50e9)
+    faster, _ = plan(60, 65, rate=500e9)
+    assert "GFLOP/s" in why and str(small["hidden"]) in why
+    size = lambda c: matmul_params({**c, "vocab_size": 65})  # noqa: E731
+    assert size(small) < size(large) and size(small) < size(faster)
+    assert flops_per_token({**large, "vocab_size": 65}) > flops_per_token({**small, "vocab_size": 65})
+
+
+def test_time_budget_alone_chooses_and_reports_the_size(lm_text):
+    import tasks
+
+    lm = tasks.train_language_model(lm_text[:20000], time_budget_s=6, verbose=0, batch_size=4)
+    plan_note, cfg = lm.history["plan"], lm.history["config"]
+    assert plan_note and f"{cfg['layers']} layers x {cfg['hidden']}" in plan_note
+    assert cfg["batch_size"] == 4  # what the user set stays as set
+    assert lm.history["steps"] >= 1 and lm.history["train_seconds"] < 60

@@ -1,0 +1,133 @@
+"""Language models behind the server: OpenAI-compatible completions (tested with the real ``openai`` client),
+``:generate`` for character and subword models, and continuous batching whose greedy output equals a solo
+``generate``."""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.test_serving import ServerThread
+
+PROMPTS = ["The return value", "A module is a fu", "", "x" * 100, "def "]
+
+
+@pytest.fixture(scope="module")
+def subword_lm(lm_text):
+    import tasks
+
+    return tasks.train_language_model(lm_text, architecture="transformer", tokenizer="subword", vocab_size=300,
+                                      context_length=48, steps=40, seed=0, hidden=32, layers=1, heads=2, ff=64,
+                                      batch_size=16, learning_rate=3e-3, warmup_steps=5, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def lm_server(tiny_lm, subword_lm, tmp_path_factory):
+    import tasks
+
+    root = tmp_path_factory.mktemp("lm_models")
+    tasks.export(tiny_lm, root / "chars", formats=("saved_model",))
+    tasks.export(subword_lm, root / "words", formats=("saved_model",))
+    server = ServerThread(root, generation_slots=4)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def openai_client(lm_server):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=lm_server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_models_list(openai_client):
+    assert sorted(m.id for m in openai_client.models.list()) == ["chars", "words"]
+
+
+@pytest.mark.parametrize("model,lm_fixture", [("chars", "tiny_lm"), ("words", "subword_lm")])
+def test_concurrent_greedy_completions_equal_solo_generate(openai_client, request, model, lm_fixture):
+    """Requests of mixed lengths join the running slots at different steps (4 slots, 10 requests, some past
+    the context): each answer is what the model generates for that prompt alone."""
+    lm = request.getfixturevalue(lm_fixture)
+    jobs = [(p, n) for p in PROMPTS for n in (12, 90)]
+
+    def one(job):
+        prompt, n = job
+        return openai_client.completions.create(model=model, prompt=prompt, max_tokens=n, temperature=0)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(one, jobs))
+    # the reference in one batch per length (a padded batch generates what each prompt does alone:
+    # tests/test_language_model.py::test_batched_equals_one_at_a_time)
+    solo = {n: dict(zip(PROMPTS, lm.generate(PROMPTS, max_new_tokens=n))) for n in (12, 90)}
+    for (prompt, n), answer in zip(jobs, answers):
+        choice = answer.choices[0]
+        assert prompt + choice.text == solo[n][prompt], (prompt, n)
+        assert choice.finish_reason == "length"
+        assert answer.usage.completion_tokens == n
+        assert answer.usage.prompt_tokens == max(1, len(lm.tokenizer.encode(prompt)))
+        assert answer.usage.total_tokens == answer.usage.prompt_tokens + n
+
+
+def test_streaming_with_the_openai_client(openai_client, tiny_lm):
+    stream = openai_client.completions.create(model="chars", prompt="The return value", max_tokens=30,
+                                              temperature=0, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert "The return value" + text == tiny_lm.generate("The return value", max_new_tokens=30)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 30 and not chunks[-1].choices
+
+
+def test_stream_is_server_sent_events_ending_with_done(lm_server):
+    status, data = lm_server.raw("POST", "/v1/completions", json.dumps(
+        {"model": "words", "prompt": "The", "max_tokens": 8, "stream": True}).encode())
+    assert status == 200
+    lines = [line for line in data.decode().split("\n\n") if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    pieces = [json.loads(line[6:])["choices"][0]["text"] for line in lines[:-1]]
+    assert "The" not in pieces[0] or pieces[0] != "The"  # the prompt is never sent back
+
+
+def test_sampling_settings_seed_n_and_stop(openai_client):
+    first = openai_client.completions.create(model="chars", prompt="The", max_tokens=40, temperature=0.9,
+                                             top_p=0.95, seed=7, n=2)
+    again = openai_client.completions.create(model="chars", prompt="The", max_tokens=40, temperature=0.9,
+                                             top_p=0.95, seed=7, n=2)
+    texts = [c.text for c in first.choices]
+    assert texts == [c.text for c in again.choices]  # a seed repeats its draws
+    assert texts[0] != texts[1]  # n samples differ
+    stop = texts[0][5:7]
+    cut = openai_client.completions.create(model="chars", prompt="The", max_tokens=40, temperature=0.9,
+                                           top_p=0.95, seed=7, stop=[stop])
+    assert cut.choices[0].text == texts[0][:texts[0].find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_completion_errors_are_openai_shaped(openai_client, lm_server):
+    import openai
+
+    with pytest.raises(openai.NotFoundError):
+        openai_client.completions.create(model="nope", prompt="x", max_tokens=2)
+    with pytest.raises(openai.BadRequestError) as error:
+        openai_client.completions.create(model="chars", prompt="x", max_tokens=2, extra_body={"beam": 3})
+    assert "beam" in str(error.value)
+    status, data = lm_server.raw("POST", "/v1/completions", b'{"model": "chars", "prompt": "x", "n": 0}')
+    assert status == 400 and json.loads(data)["error"]["type"] == "invalid_request_error"
+
+
+def test_generate_verb_for_subword_and_character_models(lm_server, subword_lm, tiny_lm):
+    for model, lm in (("words", subword_lm), ("chars", tiny_lm)):
+        status, data = lm_server.raw("POST", f"/v1/models/{model}:generate", json.dumps(
+            {"prompts": ["The", "A module"], "max_new_tokens": 20}).encode())
+        assert status == 200, data
+        assert json.loads(data)["completions"] == [lm.generate(p, max_new_tokens=20) for p in ("The", "A module")]
+        status, data = lm_server.raw("POST", f"/v1/models/{model}:generate", json.dumps(
+            {"prompts": ["The"], "max_new_tokens": 20, "stream": True}).encode())
+        events = [json.loads(line[6:]) for line in data.decode().splitlines() if line.startswith("data: ")]
+        pieces = "".join(e["text"] for e in events if "text" in e)
+        assert events[-1]["completions"] == ["The" + pieces] == [lm.generate("The", max_new_tokens=20)]
+        status, data = lm_server.raw("POST", f"/v1/models/{model}:generate",
+                                     b'{"prompts": ["The"], "max_new_tokens": 2, "beams": 4}')
+        assert status == 400 and "beams" in json.loads(data)["error"]
