@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -257,7 +256,7 @@ def train_language_model_to(corpus, target_loss=LM_TARGET_LOSS, max_steps=LM_MAX
 
     lm = tasks.train_language_model(corpus, architecture="transformer", tokenizer="char", context_length=LM_CONTEXT,
                                     steps=max_steps, seed=seed, eval_every=min(LM_EVAL_EVERY, max_steps),
-                                    target_val_loss=target_loss, verbose=1 if sys.stdout.isatty() else 0,
+                                    target_val_loss=target_loss, verbose=1,  # progress: elapsed, rate, estimate
                                     **LM_HPARAMS)
     held_out = corpus[-len(corpus) // 10:][:60000]
     evaluation = lm.evaluate(held_out)
