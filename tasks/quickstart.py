@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -137,17 +136,11 @@ def _run(plan, quick, seed):
     target, cap = plan["lm_target_loss"], plan["lm_max_steps"]
     progress.step(f"training a character Transformer LM on {len(corpus):,} characters until its held-out "
                   f"loss reaches {target} nats/char (at most {cap:,} steps)")
-    lm = tasks.train_language_model(corpus, architecture="transformer", tokenizer="char", context_length=LM_CONTEXT,
-                                    steps=cap, seed=seed, eval_every=min(LM_EVAL_EVERY, cap), target_val_loss=target,
-                                    verbose=1 if sys.stdout.isatty() else 0, **LM_HPARAMS)
+    lm, lm_eval, held_out, samples, word_share = train_language_model_to(corpus, target, cap, seed)
     lm_steps, lm_seconds = lm.history["steps"], lm.history["train_seconds"]
-    held_out = corpus[-len(corpus) // 10:][:60000]
-    lm_eval = lm.evaluate(held_out)
     stopped = "reached the target" if lm.history.get("reached_target") else "stopped at the step cap"
     print(f"      {lm_steps:,} steps in {rp.duration_s(lm_seconds)} ({stopped}); held-out: "
           f"{lm_eval['loss']:.3f} nats/char, perplexity {lm_eval['perplexity']:.2f}")
-    samples = lm.generate(list(LM_PROMPTS), max_new_tokens=120, temperature=0.6, top_k=10, seed=seed)
-    word_share = known_word_share([s[len(p):] for p, s in zip(LM_PROMPTS, samples)], corpus)
     print(f"      samples: {word_share:.0%} of the generated words occur in the training text")
 
     # 3. similarity index ------------------------------------------------------------------------
@@ -177,7 +170,8 @@ def _run(plan, quick, seed):
     }
     from kerasllm.export.tf_serving import write_serving_bundle
 
-    serving = write_serving_bundle(out)  # models.config, batching, warm-up records for every model above
+    # models.config, batching, and (not with --quick: they compile every batch size) warm-up records
+    serving = write_serving_bundle(out, warmup=not quick)
     for name, paths in exports.items():
         print(f"      {name:<28} {paths['version_dir']}")
 
@@ -252,6 +246,23 @@ def _run(plan, quick, seed):
             "classifier_metrics": metrics, "lm_eval": lm_eval, "lm_steps": lm_steps, "lm_seconds": lm_seconds,
             "samples": samples, "known_word_share": word_share, "similarity": dict(zip(questions, answers)),
             "seconds": time.time() - start}
+
+
+def train_language_model_to(corpus, target_loss=LM_TARGET_LOSS, max_steps=LM_MAX_STEPS, seed=0):
+    """The quickstart's language model: trained until its periodic held-out loss reaches
+    ``target_loss`` or ``max_steps``. Returns (lm, evaluation over the held-out text (its last 10%),
+    that text, samples for LM_PROMPTS, share of sampled words found in ``corpus``)."""
+    import tasks
+
+    lm = tasks.train_language_model(corpus, architecture="transformer", tokenizer="char", context_length=LM_CONTEXT,
+                                    steps=max_steps, seed=seed, eval_every=min(LM_EVAL_EVERY, max_steps),
+                                    target_val_loss=target_loss, verbose=1,  # progress: elapsed, rate, estimate
+                                    **LM_HPARAMS)
+    held_out = corpus[-len(corpus) // 10:][:60000]
+    evaluation = lm.evaluate(held_out)
+    samples = lm.generate(list(LM_PROMPTS), max_new_tokens=120, temperature=0.6, top_k=10, seed=seed)
+    share = known_word_share([s[len(p):] for p, s in zip(LM_PROMPTS, samples)], corpus)
+    return lm, evaluation, held_out, samples, share
 
 
 def known_word_share(texts, corpus):
