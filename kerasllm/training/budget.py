@@ -10,8 +10,10 @@ from __future__ import annotations
 import time
 
 # (layers, hidden, context), smallest to largest; heads = hidden // 32, ff = 4 x hidden
-SIZES = ((2, 64, 64), (3, 96, 64), (4, 128, 64), (4, 128, 128), (6, 192, 128), (8, 256, 256))
-TOKENS_PER_PARAM = 8
+# (context 128 rather than 64 for the 4 x 128 model: it costs 8% more per token, and a longer
+# context lowers the loss of every position an evaluation window holds)
+SIZES = ((2, 64, 64), (3, 96, 64), (4, 128, 128), (6, 192, 128), (8, 256, 256))
+TOKENS_PER_PARAM = 6
 UTILISATION = 0.3
 BATCH_SIZE = 16
 
