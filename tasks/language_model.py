@@ -128,7 +128,8 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
         sized = {"hidden", "layers", "heads", "ff"}
         for key, value in chosen.items():
             if key == "context_length":
-                context_length = value if context_given is None else context_length
+                if context_given is None:  # (a short text caps it)
+                    context_length = max(2, min(value, (len(train_ids) - 2) // 2))
             elif key not in hparams and not (key in sized and sized & set(hparams)):
                 hp[key] = value
         if hp["verbose"]:
