@@ -21,8 +21,8 @@ BATCH_SIZE = 16
 def matmul_rate(n=512, seconds=1.0):
     """The fp32 matrix-multiply FLOP/s available now on the threads TensorFlow uses: products
     repeated for about ``seconds``, total work over total time. On a shared core that is the share
-    training will get (two 20-minute runs at load 16-20 reached 1.95 nats/char with 758 steps and
-    2.27 with 433 steps of a larger model: under load, fewer parameters and more steps win)."""
+    training will get (20-minute runs at load 16-20: 4 x 128 reached 1.95 and 2.27 nats/char in 758
+    and 433 steps; the 3 x 96 this rule chose reached 1.55 in 15,695 steps as the load fell to 7)."""
     from kerasllm._tf import tf
 
     a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
