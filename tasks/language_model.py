@@ -5,9 +5,8 @@ import json
 import os
 from pathlib import Path
 
-# Defaults per architecture (documented in train_language_model). Small batches of many steps learn
-# most per CPU-second: with context_length=128 the Transformer defaults reached 1.54-1.61 nats/char on
-# tiny Shakespeare's last 10% after 19 minutes on the shared 2-core machine (benchmarks/shakespeare.py).
+# Defaults per architecture (documented in train_language_model); with only a time budget the
+# Transformer's size, context and batch come from kerasllm.training.budget instead.
 MODEL_DEFAULTS = {
     "transformer": {"hidden": 128, "layers": 4, "heads": 4, "ff": 512, "dropout": 0.0, "positions": "learned"},
     "lstm": {"hidden": 256, "layers": 2, "dropout": 0.0},
@@ -43,6 +42,14 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
     whichever comes first (1000 steps when neither is given). With ``checkpoint_dir`` a killed run
     resumes from its last checkpoint.
 
+    With only ``time_budget_s`` (no ``steps``; Transformer, no teacher or strategy) the size is chosen
+    for the budget on this machine (``kerasllm.training.budget.plan``: layers, hidden, heads, ff,
+    context_length, batch_size), printed and kept in ``lm.history["plan"]``; what you set stays as set.
+    ``context_length`` otherwise defaults to 256 (to the teacher's with ``teacher``).
+
+    ``strategy``: None, "mirrored" (this machine's devices), "multi_worker" (the cluster in
+    ``TF_CONFIG``) or a ``tf.distribute.Strategy``: the global ``batch_size`` is split over the replicas.
+
     hparams (defaults): model — transformer: hidden=128, layers=4, heads=4, ff=512, dropout=0.0,
     positions="learned" (or "rotary");
     lstm: hidden=256, layers=2, dropout=0.0. Training — batch_size=8, learning_rate=3e-3,
@@ -57,9 +64,9 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
     + (1 - distill_alpha) x T² x cross-entropy with the teacher's softmax at T = distill_temperature
     (defaults 0.5 and 1.0). ``context_length`` defaults to the teacher's; a longer one is an error.
 
-    Tiny Shakespeare (1.54-1.61 nats/char on the last 10% after 1140 s on 2 shared CPU cores)::
+    Tiny Shakespeare, the whole file, 20 minutes (benchmarks/shakespeare.py)::
 
-        train_language_model("../shared/data/tinyshakespeare.txt", context_length=128, time_budget_s=1140)
+        train_language_model("../shared/data/tinyshakespeare.txt", time_budget_s=1200)
     """
     if architecture not in MODEL_DEFAULTS:
         raise ValueError(f"architecture must be 'transformer' or 'lstm', got {architecture!r}")
@@ -124,7 +131,8 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
         sized = {"hidden", "layers", "heads", "ff"}
         for key, value in chosen.items():
             if key == "context_length":
-                context_length = value if context_given is None else context_length
+                if context_given is None:  # (a short text caps it)
+                    context_length = max(2, min(value, (len(train_ids) - 2) // 2))
             elif key not in hparams and not (key in sized and sized & set(hparams)):
                 hp[key] = value
         if hp["verbose"]:

@@ -16,7 +16,8 @@ def add_language_model_commands(subparsers):
     train.add_argument("--text", required=True, help="a UTF-8 text file")
     train.add_argument("--architecture", choices=("transformer", "lstm"), default="transformer")
     train.add_argument("--tokenizer", choices=("char", "subword"), default="char")
-    train.add_argument("--context-length", type=int, default=256)
+    train.add_argument("--context-length", type=int, default=None,
+                       help="default: chosen for --seconds (alone), else 256")
     train.add_argument("--steps", type=int, default=None)
     train.add_argument("--seconds", type=float, default=None, help="wall-clock training budget")
     train.add_argument("--seed", type=int, default=0)

@@ -165,9 +165,12 @@ class Progress:
             self.stream.flush()
 
 
-def use_xla(steps=None, time_budget_s=None):
-    """XLA fuses the training step's element-wise work, but compiling costs seconds (tens on a busy
-    machine), which pays off only over a few hundred steps or a few minutes."""
+def use_xla(model, steps=None, time_budget_s=None):
+    """XLA fuses the Transformer's element-wise work, but compiling costs seconds (tens on a busy
+    machine), which pays off only over a few hundred steps or a few minutes. The LSTM trains as a
+    plain TF graph: XLA on CPU ran its recurrence far slower (benchmarks/lm_training.py, lstm rows)."""
+    if getattr(model, "architecture", None) == "lstm":
+        return False
     return (steps is None or steps >= 300) and (time_budget_s is None or time_budget_s >= 120)
 
 
@@ -252,7 +255,7 @@ def train(model, train_ids, val_ids=None, *, context_length, steps=None, time_bu
         return tf.reduce_sum(per_token) / tokens_per_step, tf.reduce_sum(hard) / tokens_per_step
 
     if strategy is None:
-        @tf.function(jit_compile=use_xla(steps, time_budget_s))
+        @tf.function(jit_compile=use_xla(model, steps, time_budget_s))
         def run(offsets, count):  # the first ``count`` rows of offsets: whole training steps in one call
             def body(i, total):
                 with tf.GradientTape() as tape:
@@ -267,7 +270,7 @@ def train(model, train_ids, val_ids=None, *, context_length, steps=None, time_bu
     else:
         per_replica = batch_size // replicas
 
-        @tf.function(jit_compile=use_xla(steps, time_budget_s))
+        @tf.function(jit_compile=use_xla(model, steps, time_budget_s))
         def gradients(offsets):
             with tf.GradientTape() as tape:
                 loss, hard = losses(offsets)
