@@ -14,9 +14,10 @@ MODEL_DEFAULTS = {
 }
 TRAIN_DEFAULTS = {"batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 50, "weight_decay": 0.1,
                   "clipnorm": 1.0, "min_lr_ratio": 0.1, "checkpoint_every": 250, "eval_every": None,
-                  "eval_max_batches": 8}
+                  "eval_max_batches": 8, "distill_temperature": 1.0, "distill_alpha": 0.5}
 OTHER = {"vocab_size": 2048, "validation_fraction": 0.1, "checkpoint_dir": None, "verbose": 1}
 DEFAULT_STEPS = 1000
+DEFAULT_CONTEXT = 256
 
 
 def _read(text_or_path):
@@ -32,8 +33,8 @@ def _read(text_or_path):
     return text_or_path
 
 
-def train_language_model(text_or_path, architecture="transformer", tokenizer="char", context_length=256, steps=None,
-                         time_budget_s=None, seed=0, **hparams):
+def train_language_model(text_or_path, architecture="transformer", tokenizer="char", context_length=None, steps=None,
+                         time_budget_s=None, seed=0, teacher=None, **hparams):
     """Train a language model on a text (or a UTF-8 file) and return a ``LanguageModel``.
 
     The last ``validation_fraction`` (10%) of the text is held out; the final validation loss is in
@@ -47,6 +48,12 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
     checkpoint_every=250, eval_every=None, eval_max_batches=8, verbose=1. Tokenizer — vocab_size=2048
     (subword only), validation_fraction=0.1.
 
+    Distillation: with ``teacher`` (a trained ``LanguageModel``) the new model (the student: its size
+    from the hparams above) uses the teacher's tokenizer and learns from the teacher's next-token
+    distribution over the same windows of the text: loss = distill_alpha x cross-entropy with the text
+    + (1 - distill_alpha) x T² x cross-entropy with the teacher's softmax at T = distill_temperature
+    (defaults 0.5 and 1.0). ``context_length`` defaults to the teacher's; a longer one is an error.
+
     Tiny Shakespeare (1.54-1.61 nats/char on the last 10% after 1140 s on 2 shared CPU cores)::
 
         train_language_model("../shared/data/tinyshakespeare.txt", context_length=128, time_budget_s=1140)
@@ -55,6 +62,10 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
         raise ValueError(f"architecture must be 'transformer' or 'lstm', got {architecture!r}")
     if tokenizer not in ("char", "subword"):
         raise ValueError(f"tokenizer must be 'char' or 'subword', got {tokenizer!r}")
+    if teacher is not None and not (hasattr(teacher, "model") and hasattr(teacher, "context_length")):
+        raise TypeError(f"teacher must be a trained LanguageModel, got {type(teacher).__name__}")
+    if context_length is None:
+        context_length = teacher.context_length if teacher is not None else DEFAULT_CONTEXT
     if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 2:
         raise ValueError(f"context_length must be an int >= 2, got {context_length!r}")
     if not isinstance(seed, int):
@@ -82,7 +93,11 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
 
     ckpt_dir = hp["checkpoint_dir"]
     saved_tok = Path(ckpt_dir) / "tokenizer.json" if ckpt_dir else None
-    if saved_tok is not None and saved_tok.is_file():  # resuming: the ids must not change
+    if teacher is not None:  # the student predicts the teacher's token ids
+        if getattr(teacher, "tokenizer", None) is None:
+            raise ValueError("teacher must be a LanguageModel with a tokenizer (as trained or loaded)")
+        tok = teacher.tokenizer
+    elif saved_tok is not None and saved_tok.is_file():  # resuming: the ids must not change
         tok = tokenizer_from_config(json.loads(saved_tok.read_text(encoding="utf-8")))
     else:
         tok = CharTokenizer().fit(train_text) if tokenizer == "char" else \
@@ -101,7 +116,7 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
         print(f"{architecture} LM, {model.config.num_params:,} parameters, {tokenizer} tokenizer "
               f"(vocab {tok.vocab_size}), {len(train_ids):,} training tokens")
     history = train(model, train_ids, val_ids, context_length=context_length, steps=steps,
-                    time_budget_s=time_budget_s, seed=seed, checkpoint_dir=ckpt_dir,
+                    time_budget_s=time_budget_s, seed=seed, checkpoint_dir=ckpt_dir, teacher=teacher,
                     **{k: hp[k] for k in TRAIN_DEFAULTS}, verbose=hp["verbose"])
     lm = LanguageModel(model, tok)
     lm.history = history

@@ -1,6 +1,6 @@
 """Language-model training: random windows via tf.data, AdamW with warm-up and cosine decay,
 gradient clipping, an XLA-compiled train step, resumable checkpoints, a progress bar with
-loss and tokens per second, and a step or wall-clock budget."""
+loss and tokens per second, a step or wall-clock budget, and optional distillation from a teacher."""
 from __future__ import annotations
 
 import math
@@ -66,6 +66,36 @@ def eval_batches(ids, context_length, batch_size):
         yield x, y, w
 
 
+def distillation_loss(logits, teacher_logits, labels, temperature, alpha):
+    """Per-token loss of a student distilled from a teacher (Hinton et al., 2015): ``alpha`` x
+    cross-entropy with the next token + (1 - alpha) x T² x cross-entropy with the teacher's
+    distribution softened by temperature T (the T² keeps the soft term's gradients at the hard
+    term's scale). alpha=0, T=1 fits the teacher's own next-token distribution."""
+    hard = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    soft_targets = tf.nn.softmax(tf.stop_gradient(teacher_logits) / temperature)
+    soft = tf.nn.softmax_cross_entropy_with_logits(soft_targets, logits / temperature)
+    return alpha * hard + (1.0 - alpha) * temperature ** 2 * soft, hard
+
+
+def check_teacher(teacher, model, context_length, temperature, alpha):
+    """The teacher's Keras model, after checking it can supervise ``model`` on windows of ``context_length``."""
+    teacher_model = getattr(teacher, "model", teacher)
+    if not isinstance(teacher_model, keras.Model) or not hasattr(teacher_model, "config"):
+        raise TypeError(f"teacher must be a trained LanguageModel, got {type(teacher).__name__}")
+    if teacher_model.config.vocab_size != model.config.vocab_size:
+        raise ValueError(f"the teacher's vocabulary ({teacher_model.config.vocab_size}) differs from the "
+                         f"student's ({model.config.vocab_size}): train the student with the teacher's tokenizer")
+    if teacher_model.architecture == "transformer" and context_length > teacher_model.config.context_length:
+        raise ValueError(f"context_length {context_length} is longer than the teacher's context "
+                         f"({teacher_model.config.context_length}); use context_length <= "
+                         f"{teacher_model.config.context_length}")
+    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"distill_temperature must be a positive number, got {temperature!r}")
+    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+        raise ValueError(f"distill_alpha must be in [0, 1], got {alpha!r}")
+    return teacher_model
+
+
 def use_xla(model, steps=None):
     """XLA speeds up the Transformer's training step, but compiling it costs seconds, which pays off
     only over a few hundred steps; compiling the LSTM's while loop and its gradient takes minutes,
@@ -98,15 +128,20 @@ class Evaluator:
 def train(model, train_ids, val_ids=None, *, context_length, steps=None, time_budget_s=None, batch_size=32,
           learning_rate=1e-3, warmup_steps=100, weight_decay=0.1, clipnorm=1.0, min_lr_ratio=0.1, seed=0,
           checkpoint_dir=None, checkpoint_every=250, eval_every=None, eval_max_batches=8, verbose=1,
-          on_checkpoint=None):
+          on_checkpoint=None, teacher=None, distill_temperature=1.0, distill_alpha=0.5):
     """Train ``model`` in place. Stops after ``steps`` or ``time_budget_s`` seconds, whichever comes
-    first (at least one must be given). Returns a history dict."""
+    first (at least one must be given). With ``teacher`` (a LanguageModel over the same token ids)
+    the loss is ``distillation_loss``; the reported loss is always the plain next-token
+    cross-entropy. Returns a history dict."""
     if steps is None and time_budget_s is None:
         raise ValueError("give steps or time_budget_s (or both)")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive int or None, got {steps!r}")
     if time_budget_s is not None and not time_budget_s > 0:
         raise ValueError(f"time_budget_s must be a positive number or None, got {time_budget_s!r}")
+    teacher_model = None
+    if teacher is not None:
+        teacher_model = check_teacher(teacher, model, context_length, distill_temperature, distill_alpha)
     started = time.perf_counter()
     total_guess = steps if steps is not None else 1_000_000
     schedule = WarmupCosine(learning_rate, warmup_steps, total_guess, min_lr_ratio)
@@ -132,10 +167,16 @@ def train(model, train_ids, val_ids=None, *, context_length, steps=None, time_bu
     def train_step(x, y):
         with tf.GradientTape() as tape:
             logits = model(x, training=True)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+            if teacher_model is None:
+                hard = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+                loss = tf.reduce_mean(hard)
+            else:
+                per_token, hard = distillation_loss(logits, teacher_model(x, training=False), y,
+                                                    float(distill_temperature), float(distill_alpha))
+                loss = tf.reduce_mean(per_token)
         grads = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(grads, variables))
-        return loss
+        return tf.reduce_mean(hard)
 
     evaluator = Evaluator(model) if val_ids is not None and len(val_ids) > 1 else None
     history = {"step": [], "loss": [], "val_step": [], "val_loss": [], "tokens_per_s": None}
