@@ -260,3 +260,25 @@ def decoder_for(target_lm, draft_lm):
     if id(draft_lm) not in cache or cache[id(draft_lm)][0] is not draft_lm:
         cache[id(draft_lm)] = (draft_lm, SpeculativeDecoder(target_lm.model, draft_lm.model))
     return cache[id(draft_lm)][1]
+
+
+class _Bound:
+    """A ``SpeculativeDecoder`` with its ``k``, shaped like ``Decoder.chunks`` for the text API
+    (yields all new tokens at once; any chunk size asked for is ignored)."""
+
+    def __init__(self, decoder, num_speculative):
+        self.decoder, self.num_speculative = decoder, num_speculative
+
+    def chunks(self, tokens, pad, max_new_tokens, settings, *_, **__):
+        yield self.decoder.generate(tokens, pad, max_new_tokens, settings, self.num_speculative)[0]
+
+
+def speculative_decoder(target_lm, draft_lm, num_speculative):
+    """What ``LanguageModel.generate(..., draft=, num_speculative=)`` decodes with."""
+    return _Bound(decoder_for(target_lm, draft_lm), num_speculative)
+
+
+def generate_tokens(target_lm, draft_lm, tokens, pad, max_new_tokens, settings, num_speculative):
+    """``LanguageModel.generate_tokens(..., draft=)``: prompt + new tokens, int32 [B, P + max_new_tokens]."""
+    new = decoder_for(target_lm, draft_lm).generate(tokens, pad, max_new_tokens, settings, num_speculative)[0]
+    return np.concatenate([np.asarray(tokens, np.int32), new], axis=1)

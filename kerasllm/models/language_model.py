@@ -89,7 +89,7 @@ class LanguageModel:
         return SamplerSettings(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
 
     def generate_tokens(self, token_ids, max_new_tokens=64, temperature=0.0, top_k=None, top_p=None, seed=None,
-                        stop=None):
+                        stop=None, draft=None, num_speculative=4):
         """int32 [batch, prompt_len] -> int32 [batch, prompt_len + max_new_tokens] (one compiled loop).
         ``stop`` (token-id sequences) is not used at the token level; see ``generate``."""
         tokens = self._check_tokens(token_ids)
@@ -98,6 +98,9 @@ class LanguageModel:
             return tokens
         settings = self._settings(temperature, top_k, top_p, seed)
         pad = np.zeros(tokens.shape[0], np.int32)
+        if draft is not None:  # speculative decoding: kerasllm/generation/speculative.py
+            from kerasllm.generation import speculative
+            return speculative.generate_tokens(self, draft, tokens, pad, n, settings, num_speculative)
         return self._decoder.generate(tokens, pad, n, settings)
 
     def generate_tokens_uncached(self, token_ids, max_new_tokens=64):
@@ -152,13 +155,13 @@ class LanguageModel:
             raise ValueError(f"stop must be a non-empty str or a list of them, got {stop!r}")
         return stops
 
-    def _text_chunks(self, prompts, max_new_tokens, settings, stops, chunk):
+    def _text_chunks(self, prompts, max_new_tokens, settings, stops, chunk, decoder=None):
         """Yield, per compiled chunk, the list of new texts so far (cut at stop sequences) and a done flag."""
         tokens, pad = self._encode_prompts(prompts)
         new_ids = [[] for _ in prompts]
         done = [False] * len(prompts)
         texts = [""] * len(prompts)
-        for part in self._decoder.chunks(tokens, pad, max_new_tokens, settings, chunk=chunk):
+        for part in (decoder or self._decoder).chunks(tokens, pad, max_new_tokens, settings, chunk=chunk):
             for i, row in enumerate(part):
                 if done[i]:
                     continue
@@ -174,10 +177,12 @@ class LanguageModel:
                 return
 
     def generate(self, prompt_or_prompts, max_new_tokens=64, temperature=0.0, top_k=None, top_p=None, seed=None,
-                 stop=None):
+                 stop=None, draft=None, num_speculative=4):
         """Continue one prompt (returns a str) or a list of prompts of any lengths (returns a list):
         each result is the prompt followed by up to ``max_new_tokens`` generated tokens, cut before the
-        first ``stop`` sequence. Greedy when ``temperature`` is 0; ``seed`` makes sampling repeatable."""
+        first ``stop`` sequence. Greedy when ``temperature`` is 0; ``seed`` makes sampling repeatable.
+        ``draft`` (a small ``LanguageModel`` on the same tokenizer): speculative decoding with
+        ``num_speculative`` proposals per round, the same greedy output, faster."""
         prompts, single = self._normalize_prompts(prompt_or_prompts)
         n = _check_int("max_new_tokens", max_new_tokens, 0)
         settings = self._settings(temperature, top_k, top_p, seed)
@@ -185,7 +190,9 @@ class LanguageModel:
         texts = [""] * len(prompts)
         if n:
             chunk = STREAM_CHUNK * 2 if stops else None
-            for texts, _ in self._text_chunks(prompts, n, settings, stops, chunk):
+            from kerasllm.generation.speculative import speculative_decoder  # draft: speculative decoding
+            decoder = speculative_decoder(self, draft, num_speculative) if draft is not None else None
+            for texts, _ in self._text_chunks(prompts, n, settings, stops, chunk, decoder):
                 pass
         out = [p + t for p, t in zip(prompts, texts)]
         return out[0] if single else out
