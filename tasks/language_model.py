@@ -9,7 +9,7 @@ from pathlib import Path
 # most per CPU-second: with context_length=128 the Transformer defaults reached 1.54-1.61 nats/char on
 # tiny Shakespeare's last 10% after 19 minutes on the shared 2-core machine (benchmarks/shakespeare.py).
 MODEL_DEFAULTS = {
-    "transformer": {"hidden": 128, "layers": 4, "heads": 4, "ff": 512, "dropout": 0.0},
+    "transformer": {"hidden": 128, "layers": 4, "heads": 4, "ff": 512, "dropout": 0.0, "positions": "learned"},
     "lstm": {"hidden": 256, "layers": 2, "dropout": 0.0},
 }
 TRAIN_DEFAULTS = {"batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 50, "weight_decay": 0.1,
@@ -42,7 +42,8 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
     whichever comes first (1000 steps when neither is given). With ``checkpoint_dir`` a killed run
     resumes from its last checkpoint.
 
-    hparams (defaults): model — transformer: hidden=128, layers=4, heads=4, ff=512, dropout=0.0;
+    hparams (defaults): model — transformer: hidden=128, layers=4, heads=4, ff=512, dropout=0.0,
+    positions="learned" (or "rotary");
     lstm: hidden=256, layers=2, dropout=0.0. Training — batch_size=8, learning_rate=3e-3,
     warmup_steps=50, weight_decay=0.1, clipnorm=1.0, min_lr_ratio=0.1, checkpoint_dir=None,
     checkpoint_every=250, eval_every=None, eval_max_batches=8, verbose=1. Tokenizer — vocab_size=2048

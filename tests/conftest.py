@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest_lm import lm_text, tiny_lm, tiny_lstm  # noqa: F401  (language-model fixtures)
+from tests.conftest_lm import lm_text, periodic_lm, periodic_runtimes, tiny_lm, tiny_lstm  # noqa: F401  (LM fixtures)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -1,68 +1,46 @@
-"""Speculative decoding: greedy output equals the target's own, the acceptance rule samples the
-target's distribution (chi-square), and bad pairings or arguments get clear errors."""
+"""Speculative decoding: greedy output equals the target's own (alone, batched, past the context),
+the acceptance rule samples the target's distribution (chi-square, on the rule and through the
+compiled loop), and bad pairings or arguments get clear errors."""
 import numpy as np
 import pytest
+
+from tests.conftest_lm import PERIOD
 
 ALPHA = 1e-3  # chi-square tests: a correct rule fails one of them about once in a thousand runs
 
 
 @pytest.fixture(scope="module")
 def draft_lm(tiny_lm, lm_text):
-    """A 1-layer draft distilled from the session's tiny Transformer for a few steps: it agrees with
-    the target often but not always, so rounds both accept and reject."""
+    """A 1-layer draft distilled from the session's tiny Transformer for a few steps."""
     import tasks
 
     return tasks.train_language_model(lm_text, teacher=tiny_lm, steps=40, seed=1, hidden=32, layers=1, heads=2,
                                       ff=64, batch_size=16, learning_rate=1e-2, warmup_steps=5, verbose=0)
 
 
-def _decoder(target, draft):
-    from kerasllm.generation.speculative import decoder_for
-
-    return decoder_for(target, draft)
-
-
-def _greedy():
-    from kerasllm.generation.samplers import SamplerSettings
-
-    return SamplerSettings()
-
-
-@pytest.fixture(scope="module")
-def random_draft(tiny_lm):
-    """An untrained draft: mostly rejected, so rounds end early and stale cache slots get rewritten."""
+def test_greedy_equals_target_greedy_past_the_context(periodic_lm):
+    """The periodic model depends on context, so a wrong cache slot or window changes its output.
+    Generation runs past the context (two cache rebuilds), with a perfect and a useless draft."""
     import kerasllm
 
-    return kerasllm.language_model_from_config("transformer", vocab_size=tiny_lm.vocab_size, hidden=16, layers=1,
-                                               heads=2, context_length=tiny_lm.context_length, seed=3)
+    useless = kerasllm.language_model_from_config("transformer", vocab_size=periodic_lm.vocab_size, hidden=16,
+                                                  layers=1, heads=1, ff=32, context_length=32, seed=3)
+    ids = periodic_lm.tokenizer.encode(PERIOD[3:4])[None]  # a one-token prompt
+    n = 2 * periodic_lm.context_length + 5
+    expected = periodic_lm.generate_tokens(ids, n)
+    for draft, k in ((periodic_lm, 4), (useless, 3)):
+        spec = periodic_lm.with_draft(draft, num_speculative=k)
+        np.testing.assert_array_equal(spec.generate_tokens(ids, n), expected)
+        rate = spec.stats["acceptance_rate"]
+        assert rate == 1.0 if draft is periodic_lm else rate < 0.7, rate  # both accepting and rejecting ran
 
 
-def test_greedy_equals_target_greedy_to_the_end_of_the_window(tiny_lm, draft_lm, random_draft, lm_text):
-    ids = tiny_lm.tokenizer.encode(lm_text[5000:5001])[None]  # a one-token prompt ...
-    n = tiny_lm.context_length  # ... generating until the window is full (the last token sees context_length)
-    expected = tiny_lm.generate_tokens(ids, max_new_tokens=n)
-    rates = {}
-    for name, draft, k in (("distilled", draft_lm, 4), ("untrained", random_draft, 3)):
-        out, stats = _decoder(tiny_lm, draft).generate(ids, np.zeros(1, np.int32), n, _greedy(), num_speculative=k)
-        np.testing.assert_array_equal(out, expected[:, 1:], err_msg=f"{name} draft, k={k}")
-        rates[name] = stats["acceptance_rate"]
-    # both paths ran: rounds where everything was accepted and rounds cut short by a rejection
-    assert rates["distilled"] > 0.5 and rates["untrained"] < 0.5, rates
-    np.testing.assert_array_equal(tiny_lm.generate_tokens(ids, max_new_tokens=n, draft=draft_lm), expected)
-
-
-def test_greedy_batch_of_prompts_of_different_lengths_through_generate(tiny_lm, draft_lm, random_draft, lm_text):
+def test_greedy_batch_of_prompts_of_different_lengths(tiny_lm, draft_lm, lm_text):
     prompts = [lm_text[200:201], lm_text[300:309], lm_text[400:425]]  # left-padded rows sharing one cache index
-    expected = tiny_lm.generate(prompts, max_new_tokens=30)
-    assert tiny_lm.generate(prompts, max_new_tokens=30, draft=draft_lm, num_speculative=3) == expected
-    assert tiny_lm.generate(prompts, max_new_tokens=30, draft=random_draft, num_speculative=2) == expected
-
-
-def test_greedy_with_the_target_as_its_own_draft_accepts_everything(tiny_lm, lm_text):
-    ids = tiny_lm.tokenizer.encode(lm_text[:30])[None]
-    out, stats = _decoder(tiny_lm, tiny_lm).generate(ids, np.zeros(1, np.int32), 25, _greedy(), num_speculative=4)
-    np.testing.assert_array_equal(out, tiny_lm.generate_tokens(ids, max_new_tokens=25)[:, ids.shape[1]:])
-    assert stats["acceptance_rate"] == 1.0 and stats["rounds"] == 5  # 1 token from the prefill, then 5 rounds of 4 + 1
+    spec = tiny_lm.with_draft(draft_lm, num_speculative=3)
+    assert spec.generate(prompts, max_new_tokens=30) == tiny_lm.generate(prompts, max_new_tokens=30)
+    assert 0 < spec.stats["acceptance_rate"] <= 1 and spec.stats["new_tokens"] == 30
+    assert tiny_lm.with_draft(draft_lm, num_speculative=3) is spec  # compiled functions are reused
 
 
 def _rule_draws(p, q, rows, seed, truncate=True):
@@ -78,7 +56,7 @@ def _rule_draws(p, q, rows, seed, truncate=True):
     accepted, tokens = accept_rule(tf.constant(np.broadcast_to(p, (rows,) + p.shape), tf.float32),
                                    tf.constant(np.broadcast_to(q, (rows,) + q.shape), tf.float32),
                                    tf.constant(proposals), tf.constant(rng.random((rows, k)), tf.float32),
-                                   tf.constant(rng.random((rows, k + 1)), tf.float32))
+                                   tf.constant(rng.random(rows), tf.float32))
     accepted, tokens = accepted.numpy(), tokens.numpy()
     n = np.minimum(accepted, rng.integers(0, k + 1, rows)) if truncate else accepted
     return [tokens[n >= j, j] for j in range(k + 1)], accepted
@@ -127,51 +105,52 @@ def test_sampled_speculative_follows_the_target_through_the_loop(tiny_lm, draft_
     acceptance rule chooses, after a round of draft proposals and cache updates) is distributed as
     the target's sum over t1 of p(t1 | prompt) p(t2 | prompt, t1)."""
     from kerasllm._tf import tf
-    from kerasllm.generation.samplers import SamplerSettings
 
     prompt = tiny_lm.tokenizer.encode(lm_text[3000:3010])
-    rows = 3000
-    tokens = np.broadcast_to(prompt, (rows, len(prompt))).astype(np.int32)
-    out, stats = _decoder(tiny_lm, draft_lm).generate(tokens, np.zeros(rows, np.int32), 2,
-                                                      SamplerSettings(temperature=1.0, seed=5), num_speculative=3)
+    rows = 64  # x 40 seeds (XLA compiles very large batches much more slowly)
+    spec = tiny_lm.with_draft(draft_lm, num_speculative=3)
+    tokens = np.broadcast_to(prompt, (rows, len(prompt)))
+    out, rounds = [], []
+    for seed in range(40):
+        out.append(spec.generate_tokens(tokens, 2, temperature=1.0, seed=seed)[:, len(prompt):])
+        rounds.append(spec.stats["rounds"])
+    out = np.concatenate(out)
     vocab = tiny_lm.vocab_size
     p1 = tf.nn.softmax(tiny_lm.model(prompt[None])[0, -1]).numpy().astype(np.float64)
     both = np.concatenate([np.broadcast_to(prompt, (vocab, len(prompt))), np.arange(vocab)[:, None]], 1)
     p2 = p1 @ tf.nn.softmax(tiny_lm.model(both.astype(np.int32))[:, -1]).numpy().astype(np.float64)
     for j, probs in ((0, p1), (1, p2)):
         assert _chi2_pvalue(out[:, j], probs) > ALPHA, f"new token {j}"
-    assert stats["rounds"] == 1
+    assert rounds == [1] * 40
 
 
-def test_sampling_is_repeatable_with_a_seed(tiny_lm, draft_lm, lm_text):
-    from kerasllm.generation.samplers import SamplerSettings
-
-    ids = tiny_lm.tokenizer.encode(lm_text[:10])[None]
-    spec = _decoder(tiny_lm, draft_lm)
-    run = [spec.generate(ids, np.zeros(1, np.int32), 40, SamplerSettings(temperature=0.9, top_k=20, seed=s))[0]
-           for s in (3, 3, 4)]
-    np.testing.assert_array_equal(run[0], run[1])
-    assert not np.array_equal(run[0], run[2])
+def test_sampling_is_seeded_and_really_samples(periodic_lm):
+    ids = periodic_lm.tokenizer.encode(PERIOD[3:4])[None]
+    spec = periodic_lm.with_draft(periodic_lm, num_speculative=4)
+    a = spec.generate_tokens(ids, 31, temperature=4.0, seed=1)
+    np.testing.assert_array_equal(a, spec.generate_tokens(ids, 31, temperature=4.0, seed=1))
+    assert not (a == spec.generate_tokens(ids, 31, temperature=4.0, seed=2)).all()
+    assert not (a == periodic_lm.generate_tokens(ids, 31)).all()
+    b = spec.generate_tokens(ids, 31, temperature=4.0, top_k=3, top_p=0.9, seed=1)  # filters compile too
+    assert b.shape == a.shape and not (a == b).all()
 
 
 def test_bad_pairs_and_arguments(tiny_lm, tiny_lstm, draft_lm, lm_text):
     import kerasllm
-    from kerasllm.generation.speculative import SpeculativeDecoder
 
-    ids = tiny_lm.tokenizer.encode(lm_text[:10])[None]
     other_vocab = kerasllm.language_model_from_config("transformer", vocab_size=tiny_lm.vocab_size + 1, hidden=16,
                                                       layers=1, heads=2, context_length=tiny_lm.context_length)
     with pytest.raises(ValueError, match="share the vocabulary"):
-        SpeculativeDecoder(tiny_lm.model, other_vocab.model)
+        tiny_lm.with_draft(other_vocab)
     with pytest.raises(ValueError, match="Transformer"):
-        SpeculativeDecoder(tiny_lm.model, tiny_lstm.model)
+        tiny_lm.with_draft(tiny_lstm)
     short = kerasllm.language_model_from_config("transformer", vocab_size=tiny_lm.vocab_size, hidden=16, layers=1,
                                                 heads=2, context_length=tiny_lm.context_length // 2)
     with pytest.raises(ValueError, match="context_length"):
-        SpeculativeDecoder(tiny_lm.model, short.model)
+        tiny_lm.with_draft(short)
     with pytest.raises(ValueError, match="num_speculative"):
-        tiny_lm.generate_tokens(ids, max_new_tokens=5, draft=draft_lm, num_speculative=0)
-    with pytest.raises(ValueError, match="context window"):
-        tiny_lm.generate_tokens(ids, max_new_tokens=tiny_lm.context_length, draft=draft_lm)
+        tiny_lm.with_draft(draft_lm, num_speculative=0)
     with pytest.raises(TypeError, match="draft must be a LanguageModel"):
-        tiny_lm.generate_tokens(ids, max_new_tokens=5, draft=draft_lm.model)
+        tiny_lm.with_draft(draft_lm.model)
+    with pytest.raises(ValueError, match="temperature"):  # the shared argument checks run before compiling
+        tiny_lm.with_draft(draft_lm).generate_tokens(tiny_lm.tokenizer.encode("ab")[None], 5, temperature=-1)

@@ -79,7 +79,7 @@ def measure(variant, token_ids, context_length):
             window = np.asarray(token_ids[start:start + context_length + 1], np.int32)
             if len(window) < 2:
                 break
-            out = runtime._prefill(tokens=window[None, :1])
+            out = runtime._prefill(tokens=window[None, :1], pad=np.zeros(1, np.int32))
             for pos in range(1, len(window)):
                 logits = out["logits"][0].astype(np.float64)
                 logits -= logits.max()
@@ -89,7 +89,7 @@ def measure(variant, token_ids, context_length):
                     break
                 cache = {f"cache_{i}": out[f"cache_{i}"] for i in range(n_cache)}
                 begin = time.perf_counter()
-                out = runtime._decode(token=window[pos:pos + 1], pos=np.int32(pos), **cache)
+                out = runtime._decode(token=window[pos:pos + 1], pos=np.int32(pos), pad=np.zeros(1, np.int32), **cache)
                 times.append(time.perf_counter() - begin)
     return {"name": variant.name, "quantization": mode_name(variant.quantization),
             "tflite_bytes": variant.tflite_bytes, "gzip_bytes": variant.gzip_bytes,

@@ -1,23 +1,30 @@
 """Export a ``LanguageModel``: an XLA-compiled SavedModel and a TFLite file with prefill/decode signatures.
 
 SavedModel signatures (TF Serving can call them):
-- ``generate`` (character tokenizer only): string prompts + max_new_tokens, temperature, top_k,
-  top_p, seed -> ``outputs`` strings (prompt + continuation). Tokenizing happens in the graph.
-  One call generates at most up to the context length (long prompts keep their latest tokens).
-- ``generate_tokens``: left-padded int32 tokens [B, P] + pad [B] + the same settings -> ``new_tokens``
-  [B, N] of which the first ``count`` are valid (``kerasllm.load`` continues past the context).
-- ``prefill`` / ``decode``: tokens (and positions) and cache in, logits and cache out.
+- ``generate_tokens``: left-padded int32 ``tokens`` [B, P] + ``pad`` [B] + ``max_new_tokens``,
+  ``temperature`` (0: greedy), ``top_k`` (0: off), ``top_p`` (1 or 0: off), ``seed`` (< 0: a fresh
+  seed) -> ``new_tokens`` [B, max_new_tokens]. The whole window plan of
+  ``kerasllm.generation.window`` runs in the graph (crop, segments, cache rebuilds), each segment
+  one XLA call, so the result equals ``LanguageModel.generate_tokens`` with the same seed.
+- ``generate`` (character tokenizer only): string ``prompts`` + the same settings -> ``outputs``
+  (prompt + continuation, cut at end-of-text). Tokenizing happens in the graph.
+- ``prefill`` (tokens, pad) / ``decode`` (token, pos, pad, cache_i): logits and cache out.
+Argument checks (empty prompt, bad settings, pads) run outside XLA, so they raise clear
+InvalidArgumentErrors (XLA drops ``tf.debugging`` asserts).
 
-TFLite (batch 1): ``prefill`` (tokens [1, P] -> logits [1, V] + cache) and ``decode``
-(token [1], pos, cache -> logits + cache); the cache (Transformer keys/values, or LSTM h/c) is
-explicit tensors ``cache_0 ... cache_{2L-1}``. The tokenizer and model config are attached to the
-``.tflite`` (``kerasllm.export.tflite.attach``) so the file works on its own.
+TFLite (one row per call, static shapes): ``prefill`` (tokens [1, P], pad [1] -> logits [1, V] +
+cache) and ``decode`` (token [1], pos, pad [1], cache -> logits + cache); the cache (Transformer
+keys/values at the context length, or LSTM h/c) is explicit tensors ``cache_0 ... cache_{2L-1}``. The tokenizer and
+model config are attached to the ``.tflite`` (``kerasllm.export.tflite.attach``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from kerasllm._tf import tf
+from kerasllm.generation.samplers import AnySampler
+from kerasllm.generation.window import (MAX_NEW_TOKENS, PAD_MULTIPLE, bucket_extra, first_start, next_start,
+                                        segment_count, window_columns)
 
 SETTINGS_SPEC = dict(
     max_new_tokens=tf.TensorSpec([], tf.int32, name="max_new_tokens"),
@@ -26,6 +33,7 @@ SETTINGS_SPEC = dict(
     top_p=tf.TensorSpec([], tf.float32, name="top_p"),
     seed=tf.TensorSpec([], tf.int32, name="seed"),
 )
+LSTM_CHUNK = 256  # new tokens per XLA call for the LSTM (no window: the state is carried between calls)
 
 
 def _flat(cache):
@@ -40,47 +48,6 @@ def _cache_length(lm):
     return lm.context_length if lm.architecture == "transformer" else 1
 
 
-def first_window(history_len, max_new_tokens, context_length):
-    """How many of the latest tokens to prefill: the rule of ``Decoder.chunks`` (None: all)."""
-    if context_length is None:
-        return None
-    keep = max(1, context_length - min(max_new_tokens, context_length // 2))
-    return keep if history_len > keep else None
-
-
-def _generate_graph(lm, tokens, pad, max_new_tokens, temperature, top_k, top_p, seed):
-    """New tokens [B, N] (the first ``count`` are valid) for left-padded prompts shorter than the
-    context; ``count = min(max_new_tokens, context - prompt_len)`` (callers continue from the result)."""
-    from kerasllm.generation.decode import _loop
-
-    model = lm.model
-    ctx = lm.context_length
-    batch = tf.shape(tokens)[0]
-    if lm.architecture == "transformer":
-        tf.debugging.assert_less(tf.shape(tokens)[1], ctx, message="prompt must be shorter than the context")
-        n = tf.minimum(max_new_tokens, ctx - tf.shape(tokens)[1])
-        cache_len = ctx
-    else:
-        n = tf.minimum(max_new_tokens, ctx)
-        cache_len = 1
-    buffer = tf.zeros([batch, ctx], tf.int32)
-    cache = model.init_cache(batch, cache_len)
-    logits, cache = model.prefill(tokens, pad, cache)
-    greedy = temperature <= 0.0
-    key = ("sample", True, True)
-
-    def sampler(logits, step, key_, t, k, p, s):
-        from kerasllm.generation.samplers import next_token
-
-        sampled = next_token(logits, step, key_, tf.maximum(t, 1e-6), tf.where(k > 0, k, tf.shape(logits)[-1]),
-                             tf.where(p > 0, p, 1.0), s)
-        return tf.where(greedy, tf.argmax(logits, -1, output_type=tf.int32), sampled)
-
-    out, _, _ = _loop(model, logits, cache, tf.shape(tokens)[1], pad, n, 0, buffer, key, temperature, top_k, top_p,
-                      seed, sampler=sampler)
-    return out, n
-
-
 class _Exportable(tf.Module):
     def __init__(self, lm):
         super().__init__()
@@ -88,33 +55,121 @@ class _Exportable(tf.Module):
         self._lm = lm
 
 
+def _check_settings(tokens, pad, max_new_tokens, temperature, top_k, top_p):
+    """Graph-mode checks, outside XLA (so they are kept and raise InvalidArgumentError)."""
+    width = tf.shape(tokens)[1]
+    return [
+        tf.debugging.assert_positive(width, message="tokens must have at least one column (an empty prompt "
+                                                    "has no start token)"),
+        tf.debugging.assert_equal(tf.shape(pad)[0], tf.shape(tokens)[0], message="pad needs one entry per row"),
+        tf.debugging.assert_less(pad, width, message="every row needs at least one real token (pad < width)"),
+        tf.debugging.assert_non_negative(pad, message="pad must be >= 0"),
+        tf.debugging.assert_less_equal(max_new_tokens, MAX_NEW_TOKENS,
+                                       message=f"max_new_tokens must be <= {MAX_NEW_TOKENS}"),
+        tf.debugging.assert_non_negative(max_new_tokens, message="max_new_tokens must be >= 0"),
+        tf.debugging.assert_equal(tf.math.is_finite(temperature) & (temperature >= 0.0), True,
+                                  message="temperature must be a finite number >= 0 (0 is greedy)"),
+        tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0: off)"),
+        tf.debugging.assert_equal(tf.math.is_finite(top_p) & (top_p >= 0.0) & (top_p <= 1.0), True,
+                                  message="top_p must be in (0, 1] (0: off)"),
+    ]
+
+
+class _Generator:
+    """The SavedModel's generation graph: the window plan in a graph loop, each segment (or LSTM
+    chunk) one XLA function running ``AnySampler``'s compiled loop."""
+
+    def __init__(self, lm):
+        self.model, self.ctx = lm.model, lm.window_context
+        self.sampler = AnySampler()
+        model, sampler, ctx = self.model, self.sampler, self.ctx
+        buffer_len = ctx + 1 if ctx is not None else LSTM_CHUNK
+
+        @tf.function(jit_compile=True)
+        def start(tokens, pad, count, step0, seed, t, k, p):
+            # windows are padded to a multiple of PAD_MULTIPLE (fewer XLA compilations), hence the longer cache
+            cache = model.init_cache(tf.shape(tokens)[0], ctx + PAD_MULTIPLE - 1 if ctx is not None else 1)
+            buffer = tf.zeros([tf.shape(tokens)[0], buffer_len], tf.int32)
+            return sampler.start(model, tokens, pad, cache, count, step0, seed, (t, k, p), buffer)
+
+        @tf.function(jit_compile=True)
+        def resume(token, cache, index, pad, count, step0, seed, t, k, p):
+            buffer = tf.zeros([tf.shape(token)[0], buffer_len], tf.int32)
+            return sampler.resume(model, token, cache, index, pad, count, step0, seed, (t, k, p), buffer)
+
+        self.start, self.resume = start, resume
+
+    def __call__(self, tokens, pad, n, t, k, p, seed):
+        """-> new tokens [B, n] (int32)."""
+        batch, width = tf.shape(tokens)[0], tf.shape(tokens)[1]
+        seed = tf.where(seed < 0, tf.random.uniform([], 0, 2 ** 31 - 1, tf.int32), seed)
+        t, p = tf.maximum(t, 0.0), tf.where(p <= 0.0, 1.0, p)
+        longest = width - tf.reduce_min(pad)
+        new = tf.zeros([batch, 0], tf.int32)
+        if self.ctx is not None:
+            def body(produced, start, end, new):
+                count = segment_count(start, end, n - produced, self.ctx, tf.minimum)
+                first, stop, w_pad = window_columns(pad, start, end, tf.reduce_min, tf.maximum)
+                extra = bucket_extra(stop - first, PAD_MULTIPLE)
+                win = tf.concat([tf.zeros([batch, extra], tf.int32), tf.concat([tokens, new], 1)[:, first:stop]], 1)
+                out, _, _ = self.start(win, w_pad + extra, count, produced, seed, t, k, p)
+                end = end + count
+                return produced + count, next_start(end, self.ctx), end, tf.concat([new, out[:, :count]], 1)
+
+            init = (tf.constant(0), first_start(longest, self.ctx, tf.maximum), longest, new)
+            new = tf.while_loop(lambda produced, *_: produced < n, body, init,
+                                shape_invariants=(tf.TensorShape([]),) * 3 + (tf.TensorShape([None, None]),))[3]
+            return new
+        # LSTM: no window; prefill once, then carry the state from chunk to chunk
+        cache = self.model.init_cache(batch, 1)
+
+        def lstm_body(produced, token, cache, new):
+            count = tf.minimum(n - produced, LSTM_CHUNK)
+            out, cache, token = tf.cond(
+                produced == 0,
+                lambda: self.start(tokens, pad, count, produced, seed, t, k, p),
+                lambda: self.resume(token, cache, width + produced - 1, pad, count, produced, seed, t, k, p))
+            return produced + count, token, cache, tf.concat([new, out[:, :count]], 1)
+
+        init = (tf.constant(0), tf.zeros([batch], tf.int32), cache, new)
+        invariants = (tf.TensorShape([]), tf.TensorShape([None]), tf.nest.map_structure(lambda c: c.shape, cache),
+                      tf.TensorShape([None, None]))
+        return tf.while_loop(lambda produced, *_: produced < n, lstm_body, init, shape_invariants=invariants)[3]
+
+
 def build_saved_model_module(lm):
     module = _Exportable(lm)
     model = lm.model
     cache_len = _cache_length(lm)
-    n_cache = 2 * (lm.config.layers)
+    generator = _Generator(lm)
     signatures = {}
 
-    @tf.function(jit_compile=True, input_signature=[tf.TensorSpec([None, None], tf.int32, name="tokens"),
-                                                    tf.TensorSpec([None], tf.int32, name="pad")]
-                 + list(SETTINGS_SPEC.values()))
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="tokens"),
+                                  tf.TensorSpec([None], tf.int32, name="pad")] + list(SETTINGS_SPEC.values()))
     def generate_tokens(tokens, pad, max_new_tokens, temperature, top_k, top_p, seed):
-        out, n = _generate_graph(lm, tokens, pad, max_new_tokens, temperature, top_k, top_p, seed)
-        return {"new_tokens": out, "count": n}
+        with tf.control_dependencies(_check_settings(tokens, pad, max_new_tokens, temperature, top_k, top_p)):
+            return {"new_tokens": generator(tokens, pad, max_new_tokens, temperature, top_k, top_p, seed)}
 
     signatures["generate_tokens"] = generate_tokens
 
-    @tf.function(jit_compile=True, input_signature=[tf.TensorSpec([None, None], tf.int32, name="tokens"),
-                                                    tf.TensorSpec([None], tf.int32, name="pad")])
-    def prefill(tokens, pad):
+    @tf.function(jit_compile=True)
+    def prefill_xla(tokens, pad):
         cache = model.init_cache(tf.shape(tokens)[0], cache_len)
         logits, cache = model.prefill(tokens, pad, cache)
         return {"logits": logits, **{f"cache_{i}": t for i, t in enumerate(_flat(cache))}}
 
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="tokens"),
+                                  tf.TensorSpec([None], tf.int32, name="pad")])
+    def prefill(tokens, pad):
+        checks = [tf.debugging.assert_less_equal(tf.shape(tokens)[1], cache_len if lm.window_context else 2 ** 30,
+                                                 message=f"prefill takes at most {cache_len} tokens (the context)"),
+                  tf.debugging.assert_positive(tf.shape(tokens)[1], message="prefill needs at least one token")]
+        with tf.control_dependencies(checks):
+            return prefill_xla(tf.identity(tokens), pad)
+
     signatures["prefill"] = prefill
-    cache_specs = [tf.TensorSpec(t.shape, tf.float32, name=f"cache_{i}")
+    cache_specs = [tf.TensorSpec([None] + list(t.shape[1:]), tf.float32, name=f"cache_{i}")
                    for i, t in enumerate(_flat(model.init_cache(1, cache_len)))]
-    cache_specs = [tf.TensorSpec([None] + list(s.shape[1:]), tf.float32, name=s.name) for s in cache_specs]
 
     @tf.function(jit_compile=True, input_signature=[tf.TensorSpec([None], tf.int32, name="token"),
                                                     tf.TensorSpec([], tf.int32, name="pos"),
@@ -124,38 +179,37 @@ def build_saved_model_module(lm):
         return {"logits": logits, **{f"cache_{i}": t for i, t in enumerate(_flat(cache))}}
 
     signatures["decode"] = decode
-    assert len(cache_specs) == n_cache
 
     tok = lm.tokenizer
-    ctx = lm.context_length
     if tok is not None and tok.kind == "char":
-        chars = tok.chars
-        codepoints = tf.constant([ord(c) for c in chars], tf.int32)
-        module.char_table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(codepoints, tf.range(1, len(chars) + 1, dtype=tf.int32)), 0)
-        module.id_to_codepoint = tf.Variable(
-            tf.constant([ord(tok.unknown)] + [ord(c) for c in chars], tf.int32), trainable=False)
+        first = tok.first_char_id
+        module.char_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant([ord(c) for c in tok.chars], tf.int32), tf.range(first, first + len(tok.chars))),
+            tok.unknown_id)
+        # id -> code point; ids below the unknown id (padding/end-of-text) never reach it (cut below)
+        module.id_to_codepoint = tf.Variable(tf.constant(
+            [ord(tok.unknown)] * (tok.unknown_id + 1) + [ord(c) for c in tok.chars], tf.int32), trainable=False)
+        eot = tok.end_of_text_id
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompts")] + list(SETTINGS_SPEC.values()))
         def generate(prompts, max_new_tokens, temperature, top_k, top_p, seed):
-            cps = tf.strings.unicode_decode(prompts, "UTF-8", errors="replace")
-            ids = tf.ragged.map_flat_values(module.char_table.lookup, cps)
+            ids = tf.ragged.map_flat_values(module.char_table.lookup,
+                                            tf.strings.unicode_decode(prompts, "UTF-8", errors="replace"))
             lengths = tf.cast(ids.row_lengths(), tf.int32)
-            newline = module.char_table.lookup(tf.constant([ord("\n")]))
-            # an empty prompt starts from a line break (there is no start token)
-            lengths_safe = tf.maximum(lengths, 1)
-            width = tf.reduce_max(lengths_safe)
+            check = tf.debugging.assert_positive(lengths, message="prompts must not be empty (no start token)")
+            with tf.control_dependencies([check]):
+                width = tf.reduce_max(lengths)
+            pad = width - lengths
             dense = ids.to_tensor(shape=[tf.shape(prompts)[0], width])
-            dense = tf.where(lengths[:, None] > 0, dense, tf.broadcast_to(newline, tf.shape(dense)))
-            pad = width - lengths_safe
             j = tf.range(width)[None, :] - pad[:, None]  # left-pad: row b's token j sits at j + pad[b]
             left = tf.where(j >= 0, tf.gather(dense, tf.maximum(j, 0), batch_dims=1), 0)
-            if lm.architecture == "transformer":  # keep the latest tokens, room to generate (Decoder's rule)
-                keep = tf.maximum(1, ctx - tf.minimum(max_new_tokens, ctx // 2))
-                cut = tf.maximum(width - keep, 0)
-                left, pad = left[:, cut:], tf.maximum(pad - cut, 0)
-            out = generate_tokens(left, pad, max_new_tokens, temperature, top_k, top_p, seed)
-            new = out["new_tokens"][:, :out["count"]]
+            new = generate_tokens(left, pad, max_new_tokens, temperature, top_k, top_p, seed)["new_tokens"]
+            keep = tf.fill([tf.shape(new)[0]], tf.shape(new)[1])
+            if eot is not None:  # cut before the first end-of-text
+                hit = tf.equal(new, eot)
+                keep = tf.where(tf.reduce_any(hit, 1), tf.argmax(tf.cast(hit, tf.int32), 1, output_type=tf.int32),
+                                keep)
+            new = tf.RaggedTensor.from_tensor(new, lengths=keep)
             text = tf.strings.unicode_encode(tf.gather(module.id_to_codepoint, new), "UTF-8")
             return {"outputs": tf.strings.join([prompts, text])}
 
@@ -165,23 +219,25 @@ def build_saved_model_module(lm):
 
 
 def build_tflite_functions(lm):
-    """Concrete functions for TFLite: batch 1, cache at the full context length."""
+    """Concrete functions for TFLite: one row (batch 1), the cache at the full context length.
+    Static shapes keep the whole decode step in TFLite's XNNPACK delegate; the runtime runs the rows
+    of a batch one after another, each with its own pads (same tokens as the batched plan)."""
     model = lm.model
     cache_len = _cache_length(lm)
-    example = _flat(model.init_cache(1, cache_len))
-    cache_specs = [tf.TensorSpec(t.shape, tf.float32, name=f"cache_{i}") for i, t in enumerate(example)]
+    cache_specs = [tf.TensorSpec(t.shape, tf.float32, name=f"cache_{i}")
+                   for i, t in enumerate(_flat(model.init_cache(1, cache_len)))]
 
-    @tf.function(input_signature=[tf.TensorSpec([1, None], tf.int32, name="tokens")])
-    def prefill(tokens):
+    @tf.function(input_signature=[tf.TensorSpec([1, None], tf.int32, name="tokens"),
+                                  tf.TensorSpec([1], tf.int32, name="pad")])
+    def prefill(tokens, pad):
         cache = model.init_cache(1, cache_len)
-        logits, cache = model.prefill(tokens, tf.zeros([1], tf.int32), cache)
+        logits, cache = model.prefill(tokens, pad, cache)
         return {"logits": logits, **{f"cache_{i}": t for i, t in enumerate(_flat(cache))}}
 
-    @tf.function(input_signature=[tf.TensorSpec([1], tf.int32, name="token"), tf.TensorSpec([], tf.int32, name="pos")]
-                 + cache_specs)
-    def decode(token, pos, *cache):
-        logits, cache = model.decode(token, pos, tf.zeros([1], tf.int32), _nest(list(cache)),
-                                     model.decode_constants())
+    @tf.function(input_signature=[tf.TensorSpec([1], tf.int32, name="token"), tf.TensorSpec([], tf.int32, name="pos"),
+                                  tf.TensorSpec([1], tf.int32, name="pad")] + cache_specs)
+    def decode(token, pos, pad, *cache):
+        logits, cache = model.decode(token, pos, pad, _nest(list(cache)), model.decode_constants())
         return {"logits": logits, **{f"cache_{i}": t for i, t in enumerate(_flat(cache))}}
 
     return [prefill.get_concrete_function(), decode.get_concrete_function()]

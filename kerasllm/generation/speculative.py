@@ -23,9 +23,18 @@ reads slots up to its own, and each stale slot is rewritten before any query rea
 re-feeds the previous token with the new one each round (one 2-token call), which fills the slot it
 never saw when all ``k`` proposals were kept.
 
-Both models must be Transformers (an LSTM's state cannot be rolled back) with the same vocabulary.
-Thread safety: a ``SpeculativeDecoder`` fills its cache of compiled functions without a lock (two
-threads may compile one shape twice: wasteful, correct).
+Past the context, generation follows the same window plan as plain decoding
+(``kerasllm.generation.window``): each segment prefills its window into both caches and runs the
+speculative loop for that segment's tokens, so greedy output equals plain greedy output there too.
+
+Use: ``lm.with_draft(draft_lm, num_speculative=4)`` -> a ``SpeculativeDecoder`` with the whole
+generation API (``generate``, ``generate_tokens``, ``stream``, stop rules). Both models must be
+Transformers (an LSTM's state cannot take back rejected tokens) with the same vocabulary, and the
+draft's context at least the target's. Random numbers come from the counter-based generator of
+``kerasllm.generation.samplers`` (a seed repeats a sample; ``seed=None`` is fresh per call).
+
+Thread safety: compiled functions are cached without a lock (two threads may compile one shape
+twice: wasteful, correct); ``stats`` (acceptance of the last call) is per object, not per thread.
 """
 from __future__ import annotations
 
@@ -33,12 +42,13 @@ import secrets
 
 import numpy as np
 
-CHUNK = 32  # buffers and cache lengths are rounded up to this, so nearby lengths share a compiled function
+from kerasllm.generation.samplers import TF, SamplerSettings, uniforms
+from kerasllm.generation.window import PAD_MULTIPLE, round_up, segments, window
+from kerasllm.models.language_model_text import GenerationAPI
+
+CHUNK = 32  # buffers are rounded up to this, so nearby lengths share a compiled function
 MAX_SPECULATIVE = 16
-
-
-def _round_up(n, m):
-    return -(-n // m) * m
+_STREAMS = (0x1234567, 0x2345678, 0x3456789)  # seed offsets: proposals, acceptance, final token
 
 
 # --- the rule, on probabilities (TensorFlow; runs inside XLA and eagerly in the tests) ---------------------
@@ -58,14 +68,16 @@ def _leading(ok):
     return tf.reduce_sum(tf.math.cumprod(tf.cast(ok, tf.int32), axis=-1), axis=-1)
 
 
-def accept_rule(p, q, proposals, u_accept, u_fix):
+def accept_rule(p, q, proposals, u_accept, u_final):
     """The speculative sampling rule for one round.
 
     p [B, k + 1, V]: target probabilities at the k proposal positions and one after; q [B, k, V]:
-    the draft probabilities the proposals [B, k] were drawn from; u_accept [B, k], u_fix [B, k + 1]:
+    the draft probabilities the proposals [B, k] were drawn from; u_accept [B, k], u_final [B]:
     independent uniforms in [0, 1). Returns (accepted [B]: how many leading proposals each row
     keeps, tokens [B, k + 1]: at j < k the proposal if accepted, else a draw from
-    norm(max(0, p_j - q_j)); at k a draw from p_k). A row emits tokens[:, :accepted + 1]."""
+    norm(max(0, p_j - q_j)); at k a draw from p_k). A row emits tokens[:, :n + 1] for any
+    n <= accepted (a batch uses its smallest): only one correction per row is ever emitted, so
+    one ``u_final`` serves them all."""
     from kerasllm._tf import tf
 
     k = proposals.shape[1]
@@ -76,7 +88,7 @@ def accept_rule(p, q, proposals, u_accept, u_fix):
     residual = tf.maximum(p[:, :k] - q, 0.0)
     # p == q leaves no residual (and no rejection but by rounding): then draw from p itself
     residual = tf.where(tf.reduce_sum(residual, -1, keepdims=True) > 0, residual, p[:, :k])
-    fix = sample_from(tf.concat([residual, p[:, k:]], axis=1), u_fix)
+    fix = sample_from(tf.concat([residual, p[:, k:]], axis=1), tf.tile(u_final[:, None], [1, k + 1]))
     tokens = tf.concat([tf.where(ok, proposals, fix[:, :k]), fix[:, k:]], axis=1)
     return _leading(ok), tokens
 
@@ -110,175 +122,151 @@ def probabilities(logits, temperature, top_k, top_p, use_top_k, use_top_p):
 
 
 # --- the compiled loop ---------------------------------------------------------------------------------
-def _check_pair(target, draft):
-    for name, m in (("target", target), ("draft", draft)):
-        if getattr(m, "architecture", None) != "transformer":
-            raise ValueError(f"speculative decoding needs Transformer models (an LSTM cache cannot be rolled "
-                             f"back); the {name} is {getattr(m, 'architecture', type(m).__name__)!r}")
-    if target.config.vocab_size != draft.config.vocab_size:
-        raise ValueError(f"draft and target must share the vocabulary: draft vocab_size "
-                         f"{draft.config.vocab_size}, target {target.config.vocab_size}")
-    if draft.config.context_length < target.config.context_length:
-        raise ValueError(f"the draft's context_length ({draft.config.context_length}) must be at least the "
-                         f"target's ({target.config.context_length})")
+def speculative_function(target, draft, batch, cache_len, buffer_len, k, key):
+    """The XLA program for one shape: (window tokens [B, W], pad [B], count, step0, seed, temperature,
+    top_k, top_p) -> (new tokens [B, buffer_len] (the first ``count`` are the answer), rounds, kept).
+    ``target``/``draft`` are Keras models with ``init_cache``/``prefill``/``call_with_cache``."""
+    from kerasllm._tf import tf
+    from kerasllm.models.ops import dynamic_update_slice
+
+    greedy = key[0] == "greedy"
+    use_top_k, use_top_p = (False, False) if greedy else key[1:]
+
+    def run(tokens, pad, count, step0, seed, temperature, top_k, top_p):
+        def probs(logits):
+            return probabilities(logits, temperature, top_k, top_p, use_top_k, use_top_p)
+
+        def draws(stream, step):  # counter-based uniforms [B]: (seed, stream, step, row)
+            return uniforms(seed + _STREAMS[stream], step0 + step, batch, TF)
+
+        t_const, d_const = target.decode_constants(), draft.decode_constants()
+        t_logits, t_cache = target.prefill(tokens, pad, target.init_cache(batch, cache_len))
+        _, d_cache = draft.prefill(tokens, pad, draft.init_cache(batch, cache_len))
+        width = tokens.shape[1]
+        first = tf.argmax(t_logits, -1, output_type=tf.int32) if greedy else \
+            sample_from(probs(t_logits), draws(2, 0))
+        out = dynamic_update_slice(tf.zeros([batch, buffer_len], tf.int32), first[:, None], [0, 0])
+
+        def body(i, rounds, kept, prev, tok, t_cache, d_cache, out):
+            index = width + i - 1  # cache slot of ``tok``, the newest token (in neither cache yet)
+            # draft: k proposals; the first call also (re)writes ``prev`` at index - 1
+            logits, d_cache = draft.call_with_cache(tf.stack([prev, tok], 1), d_cache, index - 1, pad, d_const)
+            logits = logits[:, -1]
+            proposals, qs = [], []
+            for j in range(k):
+                if greedy:
+                    d = tf.argmax(logits, -1, output_type=tf.int32)
+                else:
+                    qs.append(probs(logits))
+                    d = sample_from(qs[-1], draws(0, i + j))
+                proposals.append(d)
+                if j < k - 1:
+                    logits, d_cache = draft.call_with_cache(d[:, None], d_cache, index + 1 + j, pad, d_const)
+                    logits = logits[:, 0]
+            proposals = tf.stack(proposals, 1)
+            # target: verify all k in one cached pass over k + 1 tokens
+            t_logits, t_cache = target.call_with_cache(tf.concat([tok[:, None], proposals], 1), t_cache,
+                                                       index, pad, t_const)
+            if greedy:
+                accepted, new = greedy_rule(t_logits, proposals)
+            else:
+                u_accept = tf.stack([draws(1, i + j) for j in range(k)], 1)
+                accepted, new = accept_rule(probs(t_logits), tf.stack(qs, 1), proposals, u_accept, draws(2, i))
+            n = tf.reduce_min(accepted)  # rows share the cache index: all keep the fewest accepted
+            out = dynamic_update_slice(out, new, [0, i])  # tokens after n are overwritten later
+            seq = tf.concat([tok[:, None], new], 1)
+            return i + n + 1, rounds + 1, kept + n, seq[:, n], seq[:, n + 1], t_cache, d_cache, out
+
+        init = (tf.constant(1), tf.constant(0), tf.constant(0), tokens[:, -1], first, t_cache, d_cache, out)
+        _, rounds, kept, *_, out = tf.while_loop(lambda i, *_: i < count, body, init, maximum_iterations=buffer_len)
+        return out, rounds, kept
+
+    return run
 
 
-def _sampling_key(settings):
-    if settings.temperature == 0:
-        return ("greedy",)
-    return ("sample", bool(settings.top_k), settings.top_p is not None and settings.top_p < 1)
+class SpeculativeDecoder(GenerationAPI):
+    """``target`` (a ``LanguageModel``) generating with ``draft`` proposing ``k`` tokens per round:
+    the whole generation API of ``kerasllm.models.language_model_text.GenerationAPI``. After each
+    call ``stats`` holds rounds, proposed, accepted, acceptance_rate and tokens_per_round."""
 
-
-class SpeculativeDecoder:
-    """Compiled speculative generation for one (target, draft) pair of Keras Transformer LMs
-    (``model`` objects with ``init_cache``/``prefill``/``call_with_cache``/``decode_constants``)."""
-
-    def __init__(self, target, draft):
-        _check_pair(target, draft)
-        self.target, self.draft = target, draft
-        self.context_length = target.config.context_length
+    def __init__(self, target, draft, k=4):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_SPECULATIVE:
+            raise ValueError(f"num_speculative (draft tokens per round) must be an int in [1, {MAX_SPECULATIVE}], "
+                             f"got {k!r}")
+        for name, m in (("target", target), ("draft", draft)):
+            if not hasattr(m, "model") or not hasattr(m, "window_context"):
+                raise TypeError(f"{name} must be a LanguageModel, got {type(m).__name__}")
+            if m.architecture != "transformer":
+                raise ValueError(f"speculative decoding needs Transformer models (an LSTM state cannot take back "
+                                 f"rejected tokens); the {name} is {m.architecture!r}")
+        if draft.vocab_size != target.vocab_size:
+            raise ValueError(f"draft and target must share the vocabulary: draft vocab_size {draft.vocab_size}, "
+                             f"target {target.vocab_size}")
+        if draft.context_length < target.context_length:
+            raise ValueError(f"the draft's context_length ({draft.context_length}) must be at least the target's "
+                             f"({target.context_length})")
+        tok_t, tok_d = target.tokenizer, draft.tokenizer
+        if tok_t is not None and tok_d is not None and tok_t.get_config() != tok_d.get_config():
+            raise ValueError("draft and target must use the same tokenizer (train the draft with "
+                             "train_language_model(..., teacher=target))")
+        self.target, self.draft, self.k = target, draft, int(k)
+        self.tokenizer, self.vocab_size, self.window_context = target.tokenizer, target.vocab_size, \
+            target.window_context
         self._functions = {}
+        self.stats = None
 
-    def _function(self, batch, width, cache_len, buffer_len, k, key):
-        sig = (batch, width, cache_len, buffer_len, k, key)
+    @classmethod
+    def of(cls, target, draft, k=4):
+        """The decoder for (target, draft, k), kept on the target so its compiled functions are reused."""
+        cache = target.__dict__.setdefault("_speculative", {})
+        entry = cache.get((id(draft), k))
+        if entry is None or entry.draft is not draft:
+            entry = cache[(id(draft), k)] = cls(target, draft, k)
+        return entry
+
+    def __repr__(self):
+        return f"SpeculativeDecoder(target={self.target!r}, draft={self.draft!r}, k={self.k})"
+
+    def _function(self, batch, width, cache_len, buffer_len, key):
+        sig = (batch, width, cache_len, buffer_len, key)
         if sig not in self._functions:
             from kerasllm._tf import tf
 
-            self._functions[sig] = tf.function(self._program(batch, cache_len, buffer_len, k, key),
-                                               jit_compile=True, reduce_retracing=False)
+            run = speculative_function(self.target.model, self.draft.model, batch, cache_len, buffer_len, self.k, key)
+            self._functions[sig] = tf.function(run, jit_compile=True, reduce_retracing=False)
         return self._functions[sig]
 
-    def _program(self, batch, cache_len, buffer_len, k, key):
-        from kerasllm._tf import tf
-        from kerasllm.models.ops import dynamic_update_slice
-
-        target, draft = self.target, self.draft
-        greedy = key[0] == "greedy"
-        use_top_k, use_top_p = (False, False) if greedy else key[1:]
-
-        def run(tokens, pad, count, seed, temperature, top_k, top_p):
-            def probs(logits):
-                return probabilities(logits, temperature, top_k, top_p, use_top_k, use_top_p)
-
-            def draws(counter, n):  # counter-based: (seed, round) -> uniforms [B, n]
-                return tf.random.stateless_uniform([batch, n], seed=tf.stack([seed, counter]))
-
-            def pick(logits, u):
-                return tf.argmax(logits, -1, output_type=tf.int32) if greedy else sample_from(probs(logits), u)
-
-            t_const, d_const = target.decode_constants(), draft.decode_constants()
-            t_logits, t_cache = target.prefill(tokens, pad, target.init_cache(batch, cache_len))
-            _, d_cache = draft.prefill(tokens, pad, draft.init_cache(batch, cache_len))
-            width = tokens.shape[1]
-            first = pick(t_logits, draws(0, 1)[:, 0])
-            out = dynamic_update_slice(tf.zeros([batch, buffer_len], tf.int32), first[:, None], [0, 0])
-
-            def body(i, rounds, kept, prev, tok, t_cache, d_cache, out):
-                index = width + i - 1  # cache slot of ``tok``, the newest token (in neither cache yet)
-                u = draws(rounds + 1, 3 * k + 1)
-                # draft: k proposals; the first call also (re)writes ``prev`` at index - 1
-                logits, d_cache = draft.call_with_cache(tf.stack([prev, tok], 1), d_cache, index - 1, pad, d_const)
-                logits = logits[:, -1]
-                proposals, qs = [], []
-                for j in range(k):
-                    if greedy:
-                        d = tf.argmax(logits, -1, output_type=tf.int32)
-                    else:
-                        qs.append(probs(logits))
-                        d = sample_from(qs[-1], u[:, j])
-                    proposals.append(d)
-                    if j < k - 1:
-                        logits, d_cache = draft.call_with_cache(d[:, None], d_cache, index + 1 + j, pad, d_const)
-                        logits = logits[:, 0]
-                proposals = tf.stack(proposals, 1)
-                # target: verify all k in one cached pass over k + 1 tokens
-                t_logits, t_cache = target.call_with_cache(tf.concat([tok[:, None], proposals], 1), t_cache,
-                                                           index, pad, t_const)
-                if greedy:
-                    accepted, new = greedy_rule(t_logits, proposals)
-                else:
-                    accepted, new = accept_rule(probs(t_logits), tf.stack(qs, 1), proposals, u[:, k:2 * k],
-                                                u[:, 2 * k:])
-                n = tf.reduce_min(accepted)  # rows share the cache index: all keep the fewest accepted
-                out = dynamic_update_slice(out, new, [0, i])  # tokens after n are overwritten later
-                seq = tf.concat([tok[:, None], new], 1)
-                return (i + n + 1, rounds + 1, kept + n, seq[:, n], seq[:, n + 1], t_cache, d_cache, out)
-
-            init = (tf.constant(1), tf.constant(0), tf.constant(0), tokens[:, -1], first, t_cache, d_cache, out)
-            i, rounds, kept, *_, out = tf.while_loop(lambda i, *_: i < count, body, init,
-                                                     maximum_iterations=buffer_len)
-            return out, rounds, kept, i
-
-        return run
-
-    def generate(self, tokens, pad, max_new_tokens, settings, num_speculative=4, seed=None):
-        """tokens [B, W] left-padded (``pad`` [B] leading pads) -> (new tokens int32 [B, max_new_tokens],
-        stats: rounds, proposed, accepted, acceptance_rate (of proposals, batch-wide), tokens_per_round).
-
-        Covers generation inside the context window: prompt (without its padding) plus new tokens must
-        fit ``context_length + 1`` (the last new token is predicted from a full window)."""
-        k = num_speculative
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_SPECULATIVE:
-            raise ValueError(f"num_speculative must be an int in [1, {MAX_SPECULATIVE}], got {k!r}")
-        tokens = np.asarray(tokens, np.int32)
+    def _chunks(self, tokens, pad, max_new_tokens, settings: SamplerSettings, seed, chunk=None):
+        """Yield new tokens [B, n] a window segment at a time (``chunk`` is ignored: a segment is one
+        compiled call). ``tokens`` [B, W] left-padded with ``pad`` [B]; ``seed`` int32."""
+        history = np.asarray(tokens, np.int32)
         pad = np.asarray(pad, np.int32)
-        batch, width = tokens.shape
-        real = width - int(pad.min())
-        if real + max_new_tokens - 1 > self.context_length:
-            raise ValueError(f"speculative decoding runs inside the context window: prompt ({real} tokens) + "
-                             f"max_new_tokens ({max_new_tokens}) must be at most context_length + 1 = "
-                             f"{self.context_length + 1}; decode without a draft to go past the context")
-        if max_new_tokens == 0:
-            return np.zeros((batch, 0), np.int32), {"rounds": 0, "proposed": 0, "accepted": 0,
-                                                     "acceptance_rate": float("nan"), "tokens_per_round": float("nan")}
-        key = _sampling_key(settings)
-        # slots written: the prompt, then up to index + k where index < width + max_new_tokens - 1
-        cache_len = _round_up(width + max_new_tokens + k, CHUNK)
-        buffer_len = _round_up(max_new_tokens + k + 1, CHUNK)
-        seed = secrets.randbelow(2 ** 31) if settings.seed is None and seed is None else \
-            int(settings.seed if seed is None else seed) % 2 ** 31
-        params = (np.float32(max(settings.temperature, 1e-6)), np.int32(settings.top_k or 0),
-                  np.float32(1.0 if settings.top_p is None else settings.top_p))
-        out, rounds, kept, emitted = self._function(batch, width, cache_len, buffer_len, k, key)(
-            tokens, pad, np.int32(max_new_tokens), np.int32(seed), *params)
-        rounds, kept, emitted = int(rounds), int(kept), int(emitted)
-        stats = {"rounds": rounds, "proposed": rounds * k, "accepted": kept,
-                 "acceptance_rate": kept / (rounds * k) if rounds else float("nan"),
-                 "tokens_per_round": (emitted - 1) / rounds if rounds else float("nan")}
-        return out.numpy()[:, :max_new_tokens], stats
+        batch, ctx, k = history.shape[0], self.window_context, self.k
+        key = settings.sampler().key
+        params = settings.params()
+        params = (np.float32(max(params[0], 1e-6)),) + tuple(params[1:])
+        stats = {"rounds": 0, "proposed": 0, "accepted": 0}
+        step = 0
+        for seg in segments(history.shape[1] - int(pad.min()), max_new_tokens, ctx):
+            win, w_pad = window(history, pad, seg, PAD_MULTIPLE)
+            width = win.shape[1]
+            # slots written: the window, then up to index + k with index <= width + count - 2
+            cache_len = round_up(width + seg.count - 1 + k, PAD_MULTIPLE)
+            buffer_len = round_up(ctx + 1 + k, CHUNK)
+            out, rounds, kept = self._function(batch, width, cache_len, buffer_len, key)(
+                win, w_pad, np.int32(seg.count), np.int32(step), np.int32(seed), *params)
+            new = out.numpy()[:, :seg.count]
+            history = np.concatenate([history, new], axis=1)
+            step += seg.count
+            stats["rounds"] += int(rounds)
+            stats["proposed"] += int(rounds) * k
+            stats["accepted"] += int(kept)
+            self.stats = self._summary(stats, step)
+            yield new
 
-
-def decoder_for(target_lm, draft_lm):
-    """The ``SpeculativeDecoder`` of two ``LanguageModel``s, kept on the target (one per draft)."""
-    if not hasattr(draft_lm, "model"):
-        raise TypeError(f"draft must be a LanguageModel, got {type(draft_lm).__name__}")
-    tok_t, tok_d = getattr(target_lm, "tokenizer", None), getattr(draft_lm, "tokenizer", None)
-    if tok_t is not None and tok_d is not None and tok_t.get_config() != tok_d.get_config():
-        raise ValueError("draft and target must use the same tokenizer (train the draft with "
-                         "train_language_model(..., teacher=target))")
-    cache = target_lm.__dict__.setdefault("_speculative", {})
-    if id(draft_lm) not in cache or cache[id(draft_lm)][0] is not draft_lm:
-        cache[id(draft_lm)] = (draft_lm, SpeculativeDecoder(target_lm.model, draft_lm.model))
-    return cache[id(draft_lm)][1]
-
-
-class _Bound:
-    """A ``SpeculativeDecoder`` with its ``k``, shaped like ``Decoder.chunks`` for the text API
-    (yields all new tokens at once; any chunk size asked for is ignored)."""
-
-    def __init__(self, decoder, num_speculative):
-        self.decoder, self.num_speculative = decoder, num_speculative
-
-    def chunks(self, tokens, pad, max_new_tokens, settings, *_, **__):
-        yield self.decoder.generate(tokens, pad, max_new_tokens, settings, self.num_speculative)[0]
-
-
-def speculative_decoder(target_lm, draft_lm, num_speculative):
-    """What ``LanguageModel.generate(..., draft=, num_speculative=)`` decodes with."""
-    return _Bound(decoder_for(target_lm, draft_lm), num_speculative)
-
-
-def generate_tokens(target_lm, draft_lm, tokens, pad, max_new_tokens, settings, num_speculative):
-    """``LanguageModel.generate_tokens(..., draft=)``: prompt + new tokens, int32 [B, P + max_new_tokens]."""
-    new = decoder_for(target_lm, draft_lm).generate(tokens, pad, max_new_tokens, settings, num_speculative)[0]
-    return np.concatenate([np.asarray(tokens, np.int32), new], axis=1)
+    @staticmethod
+    def _summary(stats, produced):
+        rounds = stats["rounds"]
+        return {**stats, "acceptance_rate": stats["accepted"] / stats["proposed"] if rounds else float("nan"),
+                "tokens_per_round": (stats["accepted"] + rounds) / rounds if rounds else float("nan"),
+                "new_tokens": produced}  # tokens_per_round: 1 to k + 1, the target's own token included
