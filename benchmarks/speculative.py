@@ -83,8 +83,6 @@ def measure(args):
     """Train (or load) the pair, time plain and speculative decode; returns printable table lines."""
     import numpy as np
 
-    from kerasllm.generation.samplers import SamplerSettings
-    from kerasllm.generation.speculative import decoder_for
 
     if not Path(args.data).is_file():
         raise SystemExit(f"--data: no file at {args.data} (tiny Shakespeare, from ../shared/data)")
@@ -97,28 +95,25 @@ def measure(args):
     starts = np.linspace(0, len(ids) - args.spec_prompt_len - 1, args.prompts).astype(int)
     prompts = [np.asarray(ids[s:s + args.spec_prompt_len], np.int32)[None] for s in starts]
     n = args.spec_new_tokens
-    spec = decoder_for(target, draft)
     ks = [int(k) for k in args.k.split(",")]
+    specs = {k: target.with_draft(draft, num_speculative=k) for k in ks}
     lines = []
-    for mode, settings in (("greedy", SamplerSettings()), ("sampled T=1", SamplerSettings(temperature=1.0, seed=0))):
+    for mode, temperature in (("greedy", 0.0), ("sampled T=1", 1.0)):
         def plain():
-            return [target.generate_tokens(p, max_new_tokens=n, temperature=settings.temperature, seed=settings.seed)
-                    for p in prompts]
+            return [target.generate_tokens(p, n, temperature=temperature, seed=0) for p in prompts]
 
         def speculative(k, stats=None):
             outs = []
             for p in prompts:
-                out, st = spec.generate(p, np.zeros(1, np.int32), n, settings, num_speculative=k)
-                outs.append(out)
+                outs.append(specs[k].generate_tokens(p, n, temperature=temperature, seed=0))
                 if stats is not None:
-                    stats.append(st)
+                    stats.append(specs[k].stats)
             return outs
 
         runs = {"plain": plain, **{f"k={k}": (lambda k=k: speculative(k)) for k in ks}}
         reference = plain()
         stats = {k: [] for k in ks}
-        same = {k: all(np.array_equal(r[:, args.spec_prompt_len:], o)
-                       for r, o in zip(reference, speculative(k, stats[k]))) for k in ks}  # also the warm-up
+        same = {k: all(np.array_equal(r, o) for r, o in zip(reference, speculative(k, stats[k]))) for k in ks}
         times = {name: [] for name in runs}
         for _ in range(args.spec_repeats):  # alternate the variants: plain, k=.., plain, k=.., ...
             for name, fn in runs.items():
@@ -129,9 +124,8 @@ def measure(args):
         lines.append(f"| {mode} | plain (target alone) | {plain_tps:,.0f} | 1.00 | | |")
         for k in ks:
             tps = len(prompts) * n / statistics.median(times[f"k={k}"])
-            proposed = sum(s["proposed"] for s in stats[k])
-            rate = sum(s["accepted"] for s in stats[k]) / proposed
-            per_round = sum(s["tokens_per_round"] * s["rounds"] for s in stats[k]) / sum(s["rounds"] for s in stats[k])
+            rate = sum(s["accepted"] for s in stats[k]) / sum(s["proposed"] for s in stats[k])
+            per_round = sum(s["accepted"] + s["rounds"] for s in stats[k]) / sum(s["rounds"] for s in stats[k])
             check = ("identical to plain" if same[k] else "DIFFERENT from plain") if mode == "greedy" else ""
             lines.append(f"| {mode} | speculative k={k} | {tps:,.0f} | {tps / plain_tps:.2f} | {rate:.2f} "
                          f"({per_round:.2f} tokens/round) | {check} |")
