@@ -233,7 +233,8 @@ class SpeculativeDecoder(GenerationAPI):
             from kerasllm._tf import tf
 
             run = speculative_function(self.target.model, self.draft.model, batch, cache_len, buffer_len, self.k, key)
-            self._functions[sig] = tf.function(run, jit_compile=True, reduce_retracing=False)
+            # autograph off: the loop is an explicit tf.while_loop, the rest plain Python over static values
+            self._functions[sig] = tf.function(run, jit_compile=True, reduce_retracing=False, autograph=False)
         return self._functions[sig]
 
     def _chunks(self, tokens, pad, max_new_tokens, settings: SamplerSettings, seed, chunk=None):
