@@ -6,6 +6,8 @@ Variants, measured in one run on the same dimensions with random weights:
   tflite    kerasllm TFLite ``prefill``/``decode`` signatures driven from Python (cache as tensors)
   keras-hub GPT2CausalLM.generate (greedy) in its own Keras 3 venv (benchmarks/keras_hub_peer.py),
             both as keras-hub runs by default on CPU (jit_compile auto = off) and with jit_compile=True
+  speculative  plain vs speculative decode of a trained "small" target with a distilled draft at
+            batch 1, acceptance rate (benchmarks/speculative.py; its options apply)
 
     python benchmarks/generation.py [--configs tiny,small] [--batches 1,8] [--threads 1] [--core 0]
 
@@ -39,8 +41,9 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--core", type=int, default=0, help="CPU core to pin to; -1: no pinning")
-    p.add_argument("--variants", default="naive,cached,tflite,keras_hub,keras_hub_xla")
-    return p.parse_args()
+    p.add_argument("--variants", default="naive,cached,tflite,keras_hub,keras_hub_xla,speculative")
+    from speculative import add_arguments  # benchmarks/speculative.py: trained small target + distilled draft
+    return add_arguments(p).parse_args()
 
 
 def peer(python, config, batch, args, jit):
@@ -151,6 +154,10 @@ def main():
               f"{bound:,.0f} | | | |")
     for note in notes:
         print("note:", note)
+    if "speculative" in variants:  # speculative vs plain decode, trained "small" target, batch 1
+        from speculative import measure
+        print(f"\nspeculative decoding (benchmarks/speculative.py), load average {os.getloadavg()[0]:.1f}")
+        print("\n".join(measure(args)))
 
 
 def _ratio(a, b):

@@ -1,150 +1,273 @@
-"""Speculative decoding: a small draft LM proposes ``k`` tokens, the target checks them all in one
-cached forward pass (``call_with_cache`` on k + 1 tokens), inside one XLA ``while_loop``.
+"""Speculative decoding (Leviathan et al. 2023, Chen et al. 2023) inside one XLA-compiled loop.
 
-Greedy: the longest prefix of proposals equal to the target's argmax is kept, plus the target's own
-token after it, so the output is the target's greedy output (up to float ties between a one-token
-and a (k+1)-token forward pass). Sampling: the standard acceptance rule (Leviathan et al. 2023;
-Chen et al. 2023): proposal d ~ q is kept with probability min(1, p(d) / q(d)); at the first
-rejection the token is drawn from max(0, p - q) renormalised; if all k are kept a bonus token is
-drawn from p. Each emitted token then follows the target's distribution p (``accept`` below is
-that rule, tested statistically).
+Each round a small draft LM proposes ``k`` tokens one at a time with its own key/value cache; the
+target LM scores all of them in ONE cached forward pass (``call_with_cache`` over ``k + 1`` tokens:
+the last kept token and the ``k`` proposals) and keeps the longest prefix it agrees with plus one
+token of its own, so a round yields 1 to ``k + 1`` tokens for one target pass.
 
-Limits: batch 1; prompt + new tokens within the target's and the draft's context (no cache rebuild);
-temperature only (no top-k / top-p). Rejected proposals stay in the caches beyond the current slot,
-where the attention mask never looks, and are overwritten by the next round.
+- Greedy: a proposal is kept while it is the target's argmax, and the target's argmax follows, so
+  the output is token-for-token the target's own greedy output.
+- Sampling (``accept_rule``): proposal ``d ~ q`` is kept with probability ``min(1, p(d) / q(d))``; at
+  the first rejection the token is drawn from ``norm(max(0, p - q))``; when all ``k`` are kept a
+  bonus token is drawn from the target's next distribution. Each token is then distributed as the
+  target's ``p``, the target's logits after the same temperature / top-k / top-p as plain decoding.
+
+Batches: rows share one cache slot index (the cache layout of ``kerasllm.models.transformer_lm``), so
+every row keeps the same number of tokens per round: the fewest any row accepted. That is still
+exact (a row's kept token at that position is its accepted proposal or its correction, either way
+distributed as ``p``; where to stop depends only on the other rows' independent draws), but the
+speed-up shrinks with the batch; it is largest at batch 1.
+
+Caches: rejected proposals leave stale entries in cache slots after the kept tokens; a query only
+reads slots up to its own, and each stale slot is rewritten before any query reads it. The draft
+re-feeds the previous token with the new one each round (one 2-token call), which fills the slot it
+never saw when all ``k`` proposals were kept.
+
+Past the context, generation follows the same window plan as plain decoding
+(``kerasllm.generation.window``): each segment prefills its window into both caches and runs the
+speculative loop for that segment's tokens, so greedy output equals plain greedy output there too.
+
+Use: ``lm.with_draft(draft_lm, num_speculative=4)`` -> a ``SpeculativeDecoder`` with the whole
+generation API (``generate``, ``generate_tokens``, ``stream``, stop rules). Both models must be
+Transformers (an LSTM's state cannot take back rejected tokens) with the same vocabulary, and the
+draft's context at least the target's. Random numbers come from the counter-based generator of
+``kerasllm.generation.samplers`` (a seed repeats a sample; ``seed=None`` is fresh per call).
+
+Thread safety: compiled functions are cached without a lock (two threads may compile one shape
+twice: wasteful, correct); ``stats`` (acceptance of the last call) is per object, not per thread.
 """
 from __future__ import annotations
 
+import secrets
+
 import numpy as np
 
-from kerasllm.generation.samplers import TF, seed_word, uniforms
+from kerasllm.generation.samplers import TF, SamplerSettings, uniforms
+from kerasllm.generation.window import PAD_MULTIPLE, round_up, segments, window
+from kerasllm.models.language_model_text import GenerationAPI
 
-_STREAMS = (0x1234567, 0x2345678, 0x3456789)  # seed offsets: proposals, acceptance, correction
+CHUNK = 32  # buffers are rounded up to this, so nearby lengths share a compiled function
+MAX_SPECULATIVE = 16
+_STREAMS = (0x1234567, 0x2345678, 0x3456789)  # seed offsets: proposals, acceptance, final token
 
 
-def _pick(probs, u):
-    """Inverse-CDF draw: probs [B, V] (not necessarily normalised), u [B] -> int32 [B]."""
+# --- the rule, on probabilities (TensorFlow; runs inside XLA and eagerly in the tests) ---------------------
+def sample_from(probs, u):
+    """Inverse-CDF draw: probs [..., V] (non-negative, any positive total), u [...] in [0, 1) -> int32 [...]."""
     from kerasllm._tf import tf
 
     cdf = tf.cumsum(probs, axis=-1)
-    idx = tf.reduce_sum(tf.cast(cdf <= u[:, None] * cdf[:, -1:], tf.int32), axis=-1)
-    return tf.minimum(idx, tf.shape(probs)[-1] - 1)
+    below = tf.reduce_sum(tf.cast(cdf <= u[..., None] * cdf[..., -1:], tf.int32), axis=-1)
+    return tf.minimum(below, tf.shape(probs)[-1] - 1)  # a zero-probability token is never drawn
 
 
-def accept(p, q, proposals, u_accept, u_final):
-    """The acceptance rule. p [B, k+1, V] target probabilities (after the last token and after each
-    proposal), q [B, k, V] draft probabilities, proposals [B, k], u_accept [B, k], u_final [B]
-    -> (accepted count a [B], final token [B]): emit proposals[:, :a] then the final token."""
+def _leading(ok):
+    """Per row, how many leading entries of ok [B, k] are True -> int32 [B]."""
     from kerasllm._tf import tf
 
-    k = tf.shape(proposals)[1]
-    p_d = tf.gather(p[:, :-1], proposals, axis=-1, batch_dims=2)
-    q_d = tf.gather(q, proposals, axis=-1, batch_dims=2)
-    keep = u_accept * q_d < p_d  # u < p/q without dividing by a zero q
-    a = tf.reduce_sum(tf.math.cumprod(tf.cast(keep, tf.int32), axis=1), axis=1)
-    q_pad = tf.concat([q, tf.zeros_like(p[:, :1])], axis=1)  # after k accepted: the bonus from p itself
-    residual = tf.maximum(tf.gather(p, a, batch_dims=1) - tf.gather(q_pad, a, batch_dims=1), 0.0)
-    residual = tf.where(tf.reduce_sum(residual, -1, keepdims=True) > 0, residual, tf.gather(p, a, batch_dims=1))
-    del k
-    return a, _pick(residual, u_final)
+    return tf.reduce_sum(tf.math.cumprod(tf.cast(ok, tf.int32), axis=-1), axis=-1)
 
 
-def speculative_function(target, draft, k):
-    """An XLA function (tokens [1, P], n, temperature, seed, cache_len static) -> (new [1, N], accepted, rounds)."""
+def accept_rule(p, q, proposals, u_accept, u_final):
+    """The speculative sampling rule for one round.
+
+    p [B, k + 1, V]: target probabilities at the k proposal positions and one after; q [B, k, V]:
+    the draft probabilities the proposals [B, k] were drawn from; u_accept [B, k], u_final [B]:
+    independent uniforms in [0, 1). Returns (accepted [B]: how many leading proposals each row
+    keeps, tokens [B, k + 1]: at j < k the proposal if accepted, else a draw from
+    norm(max(0, p_j - q_j)); at k a draw from p_k). A row emits tokens[:, :n + 1] for any
+    n <= accepted (a batch uses its smallest): only one correction per row is ever emitted, so
+    one ``u_final`` serves them all."""
+    from kerasllm._tf import tf
+
+    k = proposals.shape[1]
+    at = proposals[..., None]
+    p_d = tf.gather(p[:, :k], at, batch_dims=2)[..., 0]
+    q_d = tf.gather(q, at, batch_dims=2)[..., 0]
+    ok = u_accept * q_d < p_d  # probability min(1, p/q); never when p(d) = 0
+    residual = tf.maximum(p[:, :k] - q, 0.0)
+    # p == q leaves no residual (and no rejection but by rounding): then draw from p itself
+    residual = tf.where(tf.reduce_sum(residual, -1, keepdims=True) > 0, residual, p[:, :k])
+    fix = sample_from(tf.concat([residual, p[:, k:]], axis=1), tf.tile(u_final[:, None], [1, k + 1]))
+    tokens = tf.concat([tf.where(ok, proposals, fix[:, :k]), fix[:, k:]], axis=1)
+    return _leading(ok), tokens
+
+
+def greedy_rule(target_logits, proposals):
+    """Greedy: tokens [B, k + 1] are the target's argmax; proposals are kept while they equal it."""
+    from kerasllm._tf import tf
+
+    tokens = tf.argmax(target_logits, axis=-1, output_type=tf.int32)
+    return _leading(tokens[:, :-1] == proposals), tokens
+
+
+def probabilities(logits, temperature, top_k, top_p, use_top_k, use_top_p):
+    """softmax(logits / temperature) over the top_k most likely tokens (0: all) and the smallest set
+    reaching top_p (1: all): the distribution plain sampling draws from. logits [..., V]."""
+    from kerasllm._tf import tf
+
+    z = logits / temperature
+    neg_inf = tf.constant(float("-inf"), z.dtype)
+    if use_top_k:
+        ordered = tf.sort(z, axis=-1, direction="DESCENDING")
+        kth = tf.gather(ordered, tf.clip_by_value(top_k - 1, 0, tf.shape(z)[-1] - 1), axis=-1)[..., None]
+        z = tf.where((top_k > 0) & (z < kth), neg_inf, z)
+    if use_top_p:
+        ordered = tf.sort(z, axis=-1, direction="DESCENDING")
+        probs = tf.nn.softmax(ordered)
+        before = tf.cumsum(probs, axis=-1, exclusive=True)  # mass of the more likely tokens
+        cutoff = tf.reduce_min(tf.where(before < top_p, ordered, float("inf")), axis=-1, keepdims=True)
+        z = tf.where((top_p < 1) & (z < cutoff), neg_inf, z)
+    return tf.nn.softmax(z)
+
+
+# --- the compiled loop ---------------------------------------------------------------------------------
+def speculative_function(target, draft, batch, cache_len, buffer_len, k, key):
+    """The XLA program for one shape: (window tokens [B, W], pad [B], count, step0, seed, temperature,
+    top_k, top_p) -> (new tokens [B, buffer_len] (the first ``count`` are the answer), rounds, kept).
+    ``target``/``draft`` are Keras models with ``init_cache``/``prefill``/``call_with_cache``."""
     from kerasllm._tf import tf
     from kerasllm.models.ops import dynamic_update_slice
 
-    def run(tokens, n, temperature, seed, buffer_len, cache_len):
-        batch = 1
-        pad = tf.zeros([batch], tf.int32)
-        greedy = temperature <= 0.0
-        t = tf.where(greedy, 1.0, temperature)
+    greedy = key[0] == "greedy"
+    use_top_k, use_top_p = (False, False) if greedy else key[1:]
+
+    def run(tokens, pad, count, step0, seed, temperature, top_k, top_p):
+        def probs(logits):
+            return probabilities(logits, temperature, top_k, top_p, use_top_k, use_top_p)
+
+        def draws(stream, step):  # counter-based uniforms [B]: (seed, stream, step, row)
+            return uniforms(seed + _STREAMS[stream], step0 + step, batch, TF)
+
+        t_const, d_const = target.decode_constants(), draft.decode_constants()
         t_logits, t_cache = target.prefill(tokens, pad, target.init_cache(batch, cache_len))
         _, d_cache = draft.prefill(tokens, pad, draft.init_cache(batch, cache_len))
-        u0 = uniforms(seed + _STREAMS[2], 0, batch, TF)
-        first = tf.where(greedy, tf.argmax(t_logits, -1, output_type=tf.int32), _pick(tf.nn.softmax(t_logits / t), u0))
+        width = tokens.shape[1]
+        first = tf.argmax(t_logits, -1, output_type=tf.int32) if greedy else \
+            sample_from(probs(t_logits), draws(2, 0))
         out = dynamic_update_slice(tf.zeros([batch, buffer_len], tf.int32), first[:, None], [0, 0])
-        d_const = draft.decode_constants()
-        width = tf.shape(tokens)[1]
 
-        def body(n_out, last, t_cache, d_cache, out, accepted, rounds):
-            pos = width + n_out - 1  # cache slot of `last`
-            proposals, qs, tok = [], [], last
-            for i in range(k + 1):  # the (k+1)-th step only writes d_k into the draft cache
-                logits, d_cache = draft.decode(tok, pos + i, pad, d_cache, d_const)
-                if i == k:
-                    break
-                q = tf.nn.softmax(logits / t)
-                u = uniforms(seed + _STREAMS[0], n_out + i, batch, TF)
-                tok = tf.where(greedy, tf.argmax(logits, -1, output_type=tf.int32), _pick(q, u))
-                proposals.append(tok)
-                qs.append(q)
-            proposals = tf.stack(proposals, 1)  # [B, k]
-            logits, t_cache = target.call_with_cache(tf.concat([last[:, None], proposals], 1), t_cache, pos, pad)
-            target_argmax = tf.argmax(logits, -1, output_type=tf.int32)  # [B, k+1]
-            a_greedy = tf.reduce_sum(tf.math.cumprod(tf.cast(tf.equal(proposals, target_argmax[:, :k]), tf.int32),
-                                                     axis=1), axis=1)
-            u_acc = tf.stack([uniforms(seed + _STREAMS[1], n_out + i, batch, TF) for i in range(k)], 1)
-            a_s, final_s = accept(tf.nn.softmax(logits / t), tf.stack(qs, 1), proposals, u_acc,
-                                  uniforms(seed + _STREAMS[2], n_out, batch, TF))
-            a = tf.where(greedy, a_greedy, a_s)
-            final = tf.where(greedy, tf.gather(target_argmax, a, batch_dims=1), final_s)
-            new = tf.where(tf.range(k + 1)[None] < a[:, None], tf.concat([proposals, proposals[:, :1]], 1),
-                           final[:, None])
-            out = dynamic_update_slice(out, new, [0, n_out])
-            return n_out + a[0] + 1, final, t_cache, d_cache, out, accepted + a[0], rounds + 1
+        def body(i, rounds, kept, prev, tok, t_cache, d_cache, out):
+            index = width + i - 1  # cache slot of ``tok``, the newest token (in neither cache yet)
+            # draft: k proposals; the first call also (re)writes ``prev`` at index - 1
+            logits, d_cache = draft.call_with_cache(tf.stack([prev, tok], 1), d_cache, index - 1, pad, d_const)
+            logits = logits[:, -1]
+            proposals, qs = [], []
+            for j in range(k):
+                if greedy:
+                    d = tf.argmax(logits, -1, output_type=tf.int32)
+                else:
+                    qs.append(probs(logits))
+                    d = sample_from(qs[-1], draws(0, i + j))
+                proposals.append(d)
+                if j < k - 1:
+                    logits, d_cache = draft.call_with_cache(d[:, None], d_cache, index + 1 + j, pad, d_const)
+                    logits = logits[:, 0]
+            proposals = tf.stack(proposals, 1)
+            # target: verify all k in one cached pass over k + 1 tokens
+            t_logits, t_cache = target.call_with_cache(tf.concat([tok[:, None], proposals], 1), t_cache,
+                                                       index, pad, t_const)
+            if greedy:
+                accepted, new = greedy_rule(t_logits, proposals)
+            else:
+                u_accept = tf.stack([draws(1, i + j) for j in range(k)], 1)
+                accepted, new = accept_rule(probs(t_logits), tf.stack(qs, 1), proposals, u_accept, draws(2, i))
+            n = tf.reduce_min(accepted)  # rows share the cache index: all keep the fewest accepted
+            out = dynamic_update_slice(out, new, [0, i])  # tokens after n are overwritten later
+            seq = tf.concat([tok[:, None], new], 1)
+            return i + n + 1, rounds + 1, kept + n, seq[:, n], seq[:, n + 1], t_cache, d_cache, out
 
-        init = (tf.constant(1), first, t_cache, d_cache, out, tf.constant(0), tf.constant(0))
-        n_out, _, _, _, out, accepted, rounds = tf.while_loop(lambda n_out, *_: n_out < n, body, init)
-        return out, accepted, rounds
+        init = (tf.constant(1), tf.constant(0), tf.constant(0), tokens[:, -1], first, t_cache, d_cache, out)
+        _, rounds, kept, *_, out = tf.while_loop(lambda i, *_: i < count, body, init, maximum_iterations=buffer_len)
+        return out, rounds, kept
 
     return run
 
 
-class SpeculativeDecoder:
-    """``generate_tokens(token_ids, max_new_tokens, temperature=0, seed=None)`` with a draft model.
-    After a call, ``stats`` holds the acceptance rate (accepted proposals / proposals) and rounds."""
+class SpeculativeDecoder(GenerationAPI):
+    """``target`` (a ``LanguageModel``) generating with ``draft`` proposing ``k`` tokens per round:
+    the whole generation API of ``kerasllm.models.language_model_text.GenerationAPI``. After each
+    call ``stats`` holds rounds, proposed, accepted, acceptance_rate and tokens_per_round."""
 
     def __init__(self, target, draft, k=4):
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k (draft tokens per round) must be an int >= 1, got {k!r}")
-        if "transformer" != target.architecture or "transformer" != draft.architecture:
-            raise ValueError("speculative decoding needs Transformer target and draft (an LSTM state cannot "
-                             "take back rejected tokens)")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_SPECULATIVE:
+            raise ValueError(f"num_speculative (draft tokens per round) must be an int in [1, {MAX_SPECULATIVE}], "
+                             f"got {k!r}")
+        for name, m in (("target", target), ("draft", draft)):
+            if not hasattr(m, "model") or not hasattr(m, "window_context"):
+                raise TypeError(f"{name} must be a LanguageModel, got {type(m).__name__}")
+            if m.architecture != "transformer":
+                raise ValueError(f"speculative decoding needs Transformer models (an LSTM state cannot take back "
+                                 f"rejected tokens); the {name} is {m.architecture!r}")
         if draft.vocab_size != target.vocab_size:
-            raise ValueError(f"the draft's vocabulary ({draft.vocab_size}) must be the target's ({target.vocab_size})")
-        self.target, self.draft, self.k = target, draft, k
+            raise ValueError(f"draft and target must share the vocabulary: draft vocab_size {draft.vocab_size}, "
+                             f"target {target.vocab_size}")
+        if draft.context_length < target.context_length:
+            raise ValueError(f"the draft's context_length ({draft.context_length}) must be at least the target's "
+                             f"({target.context_length})")
+        tok_t, tok_d = target.tokenizer, draft.tokenizer
+        if tok_t is not None and tok_d is not None and tok_t.get_config() != tok_d.get_config():
+            raise ValueError("draft and target must use the same tokenizer (train the draft with "
+                             "train_language_model(..., teacher=target))")
+        self.target, self.draft, self.k = target, draft, int(k)
+        self.tokenizer, self.vocab_size, self.window_context = target.tokenizer, target.vocab_size, \
+            target.window_context
         self._functions = {}
         self.stats = None
 
-    def generate_tokens(self, token_ids, max_new_tokens=64, temperature=0.0, seed=None):
-        from kerasllm.generation.samplers import SamplerSettings
-        from kerasllm.generation.window import round_up
-        from kerasllm.models.language_model_text import check_max_new_tokens
+    @classmethod
+    def of(cls, target, draft, k=4):
+        """The decoder for (target, draft, k), kept on the target so its compiled functions are reused."""
+        cache = target.__dict__.setdefault("_speculative", {})
+        entry = cache.get((id(draft), k))
+        if entry is None or entry.draft is not draft:
+            entry = cache[(id(draft), k)] = cls(target, draft, k)
+        return entry
 
-        tokens = self.target._token_rows(token_ids, crop=False)
-        if tokens.shape[0] != 1:
-            raise ValueError(f"speculative decoding takes one prompt (batch 1), got {tokens.shape[0]}")
-        n = check_max_new_tokens(max_new_tokens)
-        SamplerSettings(temperature, None, None, seed)  # validation
-        limits = [c for c in (self.target.window_context, self.draft.window_context) if c is not None]
-        if limits and tokens.shape[1] + n > min(limits):
-            raise ValueError(f"prompt ({tokens.shape[1]}) + max_new_tokens ({n}) must fit the context "
-                             f"({min(limits)}): speculative decoding does not rebuild the cache")
-        if n == 0:
-            return tokens
-        buffer_len = round_up(n + self.k + 1, 32)
-        cache_len = round_up(tokens.shape[1] + n + self.k + 1, 32)
-        key = (tokens.shape[1], buffer_len, cache_len)
-        if key not in self._functions:
+    def __repr__(self):
+        return f"SpeculativeDecoder(target={self.target!r}, draft={self.draft!r}, k={self.k})"
+
+    def _function(self, batch, width, cache_len, buffer_len, key):
+        sig = (batch, width, cache_len, buffer_len, key)
+        if sig not in self._functions:
             from kerasllm._tf import tf
 
-            run = speculative_function(self.target.model, self.draft.model, self.k)
-            self._functions[key] = tf.function(
-                lambda x, n, t, s: run(x, n, t, s, buffer_len, cache_len), jit_compile=True)
-        out, accepted, rounds = self._functions[key](tokens, np.int32(n), np.float32(temperature),
-                                                     np.int32(seed_word(seed)))
-        rounds = int(rounds)
-        self.stats = {"acceptance_rate": int(accepted) / max(rounds * self.k, 1), "rounds": rounds,
-                      "tokens_per_round": n / max(rounds, 1)}
-        return np.concatenate([tokens, out.numpy()[:, :n]], axis=1)
+            run = speculative_function(self.target.model, self.draft.model, batch, cache_len, buffer_len, self.k, key)
+            # autograph off: the loop is an explicit tf.while_loop, the rest plain Python over static values
+            self._functions[sig] = tf.function(run, jit_compile=True, reduce_retracing=False, autograph=False)
+        return self._functions[sig]
+
+    def _chunks(self, tokens, pad, max_new_tokens, settings: SamplerSettings, seed, chunk=None):
+        """Yield new tokens [B, n] a window segment at a time (``chunk`` is ignored: a segment is one
+        compiled call). ``tokens`` [B, W] left-padded with ``pad`` [B]; ``seed`` int32."""
+        history = np.asarray(tokens, np.int32)
+        pad = np.asarray(pad, np.int32)
+        batch, ctx, k = history.shape[0], self.window_context, self.k
+        key = settings.sampler().key
+        params = settings.params()
+        params = (np.float32(max(params[0], 1e-6)),) + tuple(params[1:])
+        stats = {"rounds": 0, "proposed": 0, "accepted": 0}
+        step = 0
+        for seg in segments(history.shape[1] - int(pad.min()), max_new_tokens, ctx):
+            win, w_pad = window(history, pad, seg, PAD_MULTIPLE)
+            width = win.shape[1]
+            # slots written: the window, then up to index + k with index <= width + count - 2
+            cache_len = round_up(width + seg.count - 1 + k, PAD_MULTIPLE)
+            buffer_len = round_up(ctx + 1 + k, CHUNK)
+            out, rounds, kept = self._function(batch, width, cache_len, buffer_len, key)(
+                win, w_pad, np.int32(seg.count), np.int32(step), np.int32(seed), *params)
+            new = out.numpy()[:, :seg.count]
+            history = np.concatenate([history, new], axis=1)
+            step += seg.count
+            stats["rounds"] += int(rounds)
+            stats["proposed"] += int(rounds) * k
+            stats["accepted"] += int(kept)
+            self.stats = self._summary(stats, step)
+            yield new
+
+    @staticmethod
+    def _summary(stats, produced):
+        rounds = stats["rounds"]
+        return {**stats, "acceptance_rate": stats["accepted"] / stats["proposed"] if rounds else float("nan"),
+                "tokens_per_round": (stats["accepted"] + rounds) / rounds if rounds else float("nan"),
+                "new_tokens": produced}  # tokens_per_round: 1 to k + 1, the target's own token included

@@ -73,6 +73,13 @@ class LanguageModel(GenerationAPI):
     def _chunks(self, tokens, pad, max_new_tokens, settings, seed, chunk):
         return self._decoder.chunks(tokens, pad, max_new_tokens, settings, seed, chunk)
 
+    def with_draft(self, draft, num_speculative=4):
+        """This model generating with speculative decoding: ``draft`` (a small ``LanguageModel`` on the
+        same tokenizer) proposes ``num_speculative`` tokens per round; the same generation API and output
+        distribution (greedy: the same tokens). See ``kerasllm.generation.speculative``."""
+        from kerasllm.generation.speculative import SpeculativeDecoder
+        return SpeculativeDecoder.of(self, draft, num_speculative)
+
     def generate_tokens_uncached(self, token_ids, max_new_tokens=64):
         """Greedy generation recomputing the whole window for each token (the reference for tests
         and benchmarks; the same window plan as ``generate_tokens``)."""

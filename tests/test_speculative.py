@@ -1,0 +1,154 @@
+"""Speculative decoding: greedy output equals the target's own (alone, batched, past the context),
+the acceptance rule samples the target's distribution (chi-square, on the rule and through the
+compiled loop), and bad pairings or arguments get clear errors."""
+import numpy as np
+import pytest
+
+from tests.conftest_lm import PERIOD
+
+ALPHA = 1e-3  # chi-square tests: a correct rule fails one of them about once in a thousand runs
+
+
+@pytest.fixture(scope="module")
+def draft_lm(tiny_lm):
+    """An untrained 1-layer draft for the session's tiny Transformer: no training to wait for, and
+    its proposals are often rejected, so the correction path runs (the rules do not need a good draft)."""
+    import kerasllm
+
+    return kerasllm.language_model_from_config("transformer", vocab_size=tiny_lm.vocab_size, hidden=16, layers=1,
+                                               heads=2, ff=32, context_length=tiny_lm.context_length, seed=5)
+
+
+def test_greedy_equals_target_greedy_past_the_context(periodic_lm):
+    """The periodic model depends on context, so a wrong cache slot or window changes its output.
+    Generation runs past the context (two cache rebuilds), with a perfect and a useless draft."""
+    import kerasllm
+
+    useless = kerasllm.language_model_from_config("transformer", vocab_size=periodic_lm.vocab_size, hidden=16,
+                                                  layers=1, heads=1, ff=32, context_length=32, seed=3)
+    ids = periodic_lm.tokenizer.encode(PERIOD[3:4])[None]  # a one-token prompt
+    n = 2 * periodic_lm.context_length + 5
+    expected = periodic_lm.generate_tokens(ids, n)
+    for draft, k in ((periodic_lm, 4), (useless, 3)):
+        spec = periodic_lm.with_draft(draft, num_speculative=k)
+        np.testing.assert_array_equal(spec.generate_tokens(ids, n), expected)
+        rate = spec.stats["acceptance_rate"]
+        assert rate == 1.0 if draft is periodic_lm else rate < 0.7, rate  # both accepting and rejecting ran
+
+
+def test_greedy_batch_of_prompts_of_different_lengths(tiny_lm, draft_lm, lm_text):
+    prompts = [lm_text[200:201], lm_text[300:309], lm_text[400:425]]  # left-padded rows sharing one cache index
+    spec = tiny_lm.with_draft(draft_lm, num_speculative=3)
+    assert spec.generate(prompts, max_new_tokens=30) == tiny_lm.generate(prompts, max_new_tokens=30)
+    assert 0 < spec.stats["acceptance_rate"] <= 1 and spec.stats["new_tokens"] == 30
+    assert tiny_lm.with_draft(draft_lm, num_speculative=3) is spec  # compiled functions are reused
+
+
+def _rule_draws(p, q, rows, seed, truncate=True):
+    """Run ``accept_rule`` on ``rows`` independent rows with fixed p [k+1, V], q [k, V]; return, per
+    position j, the tokens of the rows that emit position j. A row emits positions 0..n with
+    n = min(accepted, m) and m drawn independently (what the other rows of a batch do to it)."""
+    from kerasllm._tf import tf
+    from kerasllm.generation.speculative import accept_rule
+
+    rng = np.random.default_rng(seed)
+    k, vocab = q.shape
+    proposals = np.stack([rng.choice(vocab, size=rows, p=q[j]) for j in range(k)], 1).astype(np.int32)
+    accepted, tokens = accept_rule(tf.constant(np.broadcast_to(p, (rows,) + p.shape), tf.float32),
+                                   tf.constant(np.broadcast_to(q, (rows,) + q.shape), tf.float32),
+                                   tf.constant(proposals), tf.constant(rng.random((rows, k)), tf.float32),
+                                   tf.constant(rng.random(rows), tf.float32))
+    accepted, tokens = accepted.numpy(), tokens.numpy()
+    n = np.minimum(accepted, rng.integers(0, k + 1, rows)) if truncate else accepted
+    return [tokens[n >= j, j] for j in range(k + 1)], accepted
+
+
+def _chi2_pvalue(samples, probs):
+    """Chi-square goodness of fit of int samples to probs; tokens expected fewer than 5 times are pooled
+    into one bin, and a token of probability 0 must never appear."""
+    from scipy.stats import chisquare
+
+    probs = np.asarray(probs, np.float64) / np.sum(probs)
+    counts = np.bincount(samples, minlength=len(probs))
+    assert not np.any(counts[probs == 0]), "a token of probability 0 was drawn"
+    common = probs * len(samples) >= 5
+    observed = np.append(counts[common], counts[~common].sum())
+    expected = np.append(probs[common], probs[~common].sum()) * len(samples)
+    if expected[-1] == 0:
+        observed, expected = observed[:-1], expected[:-1]
+    return chisquare(observed, expected).pvalue
+
+
+def test_acceptance_rule_samples_the_target_distribution():
+    rng = np.random.default_rng(0)
+    k, vocab = 3, 6
+    p = rng.dirichlet(np.ones(vocab), size=k + 1)
+    q = rng.dirichlet(np.ones(vocab), size=k)
+    q[0, 2] = 0.0  # a token the draft never proposes: only the correction can produce it
+    q[0] /= q[0].sum()
+    p[1, 4] = 0.0  # a token the target never wants (the draft does): it must never come out at position 1
+    p[1] /= p[1].sum()
+    q[1:] = 0.6 * p[1:k] + 0.4 * q[1:]  # later drafts closer to the target, so later positions are reached
+    for truncate in (False, True):
+        emitted, accepted = _rule_draws(p, q, 40_000, seed=1, truncate=truncate)
+        for j in range(k + 1):
+            assert len(emitted[j]) > 1_000
+            assert _chi2_pvalue(emitted[j], p[j]) > ALPHA, f"position {j} (truncate={truncate})"
+    # the acceptance rate is the overlap sum(min(p, q)) at the first position
+    assert abs(np.mean(accepted > 0) - np.minimum(p[0], q[0]).sum()) < 0.01
+    # the test has power: the draft's own proposals are far from the target's distribution
+    proposals = np.random.default_rng(2).choice(vocab, size=40_000, p=q[0])
+    assert _chi2_pvalue(proposals, p[0]) < 1e-12
+
+
+def test_sampled_speculative_follows_the_target_through_the_loop(tiny_lm, draft_lm, lm_text):
+    """Many rows of one prompt, sampled at temperature 1: the second new token (the first the
+    acceptance rule chooses, after a round of draft proposals and cache updates) is distributed as
+    the target's sum over t1 of p(t1 | prompt) p(t2 | prompt, t1)."""
+    from kerasllm._tf import tf
+
+    prompt = tiny_lm.tokenizer.encode(lm_text[3000:3010])
+    rows = 1000  # one call: a new seed compiles the loop again (a known limit, see the README)
+    spec = tiny_lm.with_draft(draft_lm, num_speculative=3)
+    tokens = np.broadcast_to(prompt, (rows, len(prompt)))
+    out = spec.generate_tokens(tokens, 2, temperature=1.0, seed=11)[:, len(prompt):]
+    rounds = [spec.stats["rounds"]]
+    vocab = tiny_lm.vocab_size
+    p1 = tf.nn.softmax(tiny_lm.model(prompt[None])[0, -1]).numpy().astype(np.float64)
+    both = np.concatenate([np.broadcast_to(prompt, (vocab, len(prompt))), np.arange(vocab)[:, None]], 1)
+    p2 = p1 @ tf.nn.softmax(tiny_lm.model(both.astype(np.int32))[:, -1]).numpy().astype(np.float64)
+    for j, probs in ((0, p1), (1, p2)):
+        assert _chi2_pvalue(out[:, j], probs) > ALPHA, f"new token {j}"
+    assert rounds == [1]
+
+
+def test_sampling_is_seeded_and_really_samples(periodic_lm):
+    ids = periodic_lm.tokenizer.encode(PERIOD[3:4])[None]
+    spec = periodic_lm.with_draft(periodic_lm, num_speculative=4)
+    a = spec.generate_tokens(ids, 31, temperature=4.0, seed=1)
+    np.testing.assert_array_equal(a, spec.generate_tokens(ids, 31, temperature=4.0, seed=1))
+    assert not (a == spec.generate_tokens(ids, 31, temperature=4.0, seed=2)).all()
+    assert not (a == periodic_lm.generate_tokens(ids, 31)).all()
+    b = spec.generate_tokens(ids, 31, temperature=4.0, top_k=3, top_p=0.9, seed=1)  # filters compile too
+    assert b.shape == a.shape and not (a == b).all()
+
+
+def test_bad_pairs_and_arguments(tiny_lm, tiny_lstm, draft_lm, lm_text):
+    import kerasllm
+
+    other_vocab = kerasllm.language_model_from_config("transformer", vocab_size=tiny_lm.vocab_size + 1, hidden=16,
+                                                      layers=1, heads=2, context_length=tiny_lm.context_length)
+    with pytest.raises(ValueError, match="share the vocabulary"):
+        tiny_lm.with_draft(other_vocab)
+    with pytest.raises(ValueError, match="Transformer"):
+        tiny_lm.with_draft(tiny_lstm)
+    short = kerasllm.language_model_from_config("transformer", vocab_size=tiny_lm.vocab_size, hidden=16, layers=1,
+                                                heads=2, context_length=tiny_lm.context_length // 2)
+    with pytest.raises(ValueError, match="context_length"):
+        tiny_lm.with_draft(short)
+    with pytest.raises(ValueError, match="num_speculative"):
+        tiny_lm.with_draft(draft_lm, num_speculative=0)
+    with pytest.raises(TypeError, match="draft must be a LanguageModel"):
+        tiny_lm.with_draft(draft_lm.model)
+    with pytest.raises(ValueError, match="temperature"):  # the shared argument checks run before compiling
+        tiny_lm.with_draft(draft_lm).generate_tokens(tiny_lm.tokenizer.encode("ab")[None], 5, temperature=-1)
