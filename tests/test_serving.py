@@ -903,7 +903,7 @@ def test_access_log_lines_carry_request_ids(served, caplog):
 def test_cli_serve_flags_reach_the_server_options(tmp_path):
     import argparse
 
-    from kerasllm.cli_serving import add_serving_commands, serve_options
+    from kerasllm.cli.serving import add_serving_commands, serve_options
 
     token = tmp_path / "token"
     token.write_text("tok\n")

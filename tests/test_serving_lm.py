@@ -10,7 +10,7 @@ import pytest
 
 from tests.test_serving import ServerThread
 
-PROMPTS = ["The return value", "A module is a fu", "", "x" * 100, "def "]
+PROMPTS = ["The return value", "A module is a fu", "T", "x" * 100, "def "]
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,8 @@ def test_models_list(openai_client):
 def test_concurrent_greedy_completions_equal_solo_generate(openai_client, request, model, lm_fixture):
     """Requests of mixed lengths join the running slots at different steps (4 slots, 10 requests, some past
     the context): each answer is what the model generates for that prompt alone."""
+    from kerasllm.generation.window import stop_lengths
+
     lm = request.getfixturevalue(lm_fixture)
     jobs = [(p, n) for p in PROMPTS for n in (12, 90)]
 
@@ -58,16 +60,19 @@ def test_concurrent_greedy_completions_equal_solo_generate(openai_client, reques
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         answers = list(pool.map(one, jobs))
-    # the reference in one batch per length (a padded batch generates what each prompt does alone:
-    # tests/test_language_model.py::test_batched_equals_one_at_a_time)
-    solo = {n: dict(zip(PROMPTS, lm.generate(PROMPTS, max_new_tokens=n))) for n in (12, 90)}
+    # the reference: each prompt alone (a batch follows its longest row's window past the context); the
+    # window plan does not depend on max_new_tokens, so the first 12 of 90 greedy tokens are the 12-token answer
+    eot = getattr(lm.tokenizer, "end_of_text_id", None)
+    stops = [] if eot is None else [eot]
+    solo = {p: lm.generate_tokens(lm.tokenizer.encode(p)[None], max_new_tokens=90)[0, -90:] for p in PROMPTS}
     for (prompt, n), answer in zip(jobs, answers):
-        choice = answer.choices[0]
-        assert prompt + choice.text == solo[n][prompt], (prompt, n)
-        assert choice.finish_reason == "length"
-        assert answer.usage.completion_tokens == n
-        assert answer.usage.prompt_tokens == max(1, len(lm.tokenizer.encode(prompt)))
-        assert answer.usage.total_tokens == answer.usage.prompt_tokens + n
+        choice, new = answer.choices[0], solo[prompt][:n]
+        keep = int(stop_lengths(new[None], stops)[0])
+        assert choice.text == lm.tokenizer.decode(new[:keep]), (prompt, n)
+        assert choice.finish_reason == ("stop" if eot in new.tolist() else "length")
+        assert answer.usage.completion_tokens == keep
+        assert answer.usage.prompt_tokens == len(lm.tokenizer.encode(prompt))
+        assert answer.usage.total_tokens == answer.usage.prompt_tokens + keep
 
 
 def test_streaming_with_the_openai_client(openai_client, tiny_lm):
@@ -91,7 +96,7 @@ def test_stream_is_server_sent_events_ending_with_done(lm_server):
     assert "The" not in pieces[0] or pieces[0] != "The"  # the prompt is never sent back
 
 
-def test_sampling_settings_seed_n_and_stop(openai_client):
+def test_sampling_settings_seed_n_and_stop(openai_client, tiny_lm):
     first = openai_client.completions.create(model="chars", prompt="The", max_tokens=40, temperature=0.9,
                                              top_p=0.95, seed=7, n=2)
     again = openai_client.completions.create(model="chars", prompt="The", max_tokens=40, temperature=0.9,
@@ -99,6 +104,9 @@ def test_sampling_settings_seed_n_and_stop(openai_client):
     texts = [c.text for c in first.choices]
     assert texts == [c.text for c in again.choices]  # a seed repeats its draws
     assert texts[0] != texts[1]  # n samples differ
+    # choice i draws batch row i's random numbers: the same text as the language model itself
+    assert ["The" + t for t in texts] == tiny_lm.generate(["The"] * 2, max_new_tokens=40, temperature=0.9,
+                                                         top_p=0.95, seed=7)
     stop = texts[0][5:7]
     cut = openai_client.completions.create(model="chars", prompt="The", max_tokens=40, temperature=0.9,
                                            top_p=0.95, seed=7, stop=[stop])
@@ -116,6 +124,9 @@ def test_completion_errors_are_openai_shaped(openai_client, lm_server):
     assert "beam" in str(error.value)
     status, data = lm_server.raw("POST", "/v1/completions", b'{"model": "chars", "prompt": "x", "n": 0}')
     assert status == 400 and json.loads(data)["error"]["type"] == "invalid_request_error"
+    for stream in (False, True):  # as lm.generate: an empty prompt has no start token
+        with pytest.raises(openai.BadRequestError, match="empty"):
+            openai_client.completions.create(model="chars", prompt="", max_tokens=2, stream=stream)
 
 
 def test_generate_verb_for_subword_and_character_models(lm_server, subword_lm, tiny_lm):

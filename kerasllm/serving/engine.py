@@ -12,10 +12,16 @@ computes alone. When ``pos`` reaches the end of the cache, every row is moved ba
 start among running rows (each row's own span never exceeds the context). An LSTM's state has no time
 axis: a joining row's state is simply copied in.
 
-The window rule is the one of ``kerasllm.generation.decode.Decoder.chunks`` and
-``SavedModelLanguageModel``: a prompt keeps its latest ``context - min(max_tokens, context // 2)``
-tokens; when a row's span reaches the context, it is prefilled again from the last half-context of its
-tokens. Greedy outputs are therefore the same as a solo ``generate``.
+The window, stop and sampling rules are those of ``kerasllm.generation`` (``window.first_start``,
+``segment_count``, ``next_start``; the tokenizer's end-of-text id ends a row as ``stop_lengths`` does;
+``samplers.SamplerSettings(...).sampler().pick`` on NumPy with the counter-based random numbers), so a
+request computes what a solo ``generate`` computes: greedy outputs are the same, and a sampled request
+draws the numbers of row ``row`` of ``lm.generate(prompts, seed=seed)`` at each step. Its tokens equal
+that call's up to float rounding of the logits (the engine's batched XLA decode and the Keras loop may
+differ in the last bits; a draw that falls exactly on such a boundary can pick the neighbouring token).
+For a batch of prompts, ``lm.generate`` follows the longest row's window plan once a window is cropped
+or rebuilt, while the engine plans each row alone: past the context, per-row outputs then equal solo
+``generate`` calls, not one batched call.
 
 All model state lives in one worker thread (one step at a time); the event loop only queues requests
 and hands out tokens.
@@ -27,10 +33,12 @@ import logging
 import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from kerasllm.generation.samplers import NUMPY, SamplerSettings, seed_word
+from kerasllm.generation.window import cut_text, first_start, next_start, segment_count
 from kerasllm.serving.codec import BadRequest
 
 log = logging.getLogger("kerasllm.serving")
@@ -46,8 +54,11 @@ class Settings:
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
-    seed: int | None = None
+    seed: int | None = None  # the int32 seed word (``samplers.seed_word``): one per HTTP request
     stop: tuple = ()
+
+    def sampler_settings(self):
+        return SamplerSettings(self.temperature, self.top_k, self.top_p, self.seed)
 
 
 @dataclass
@@ -55,7 +66,7 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (a stop string) or "length"
+    finish_reason: str  # "stop" (a stop string or end-of-text) or "length"
 
 
 @dataclass
@@ -64,7 +75,7 @@ class _Request:
     settings: Settings
     events: asyncio.Queue  # ("token", id) ... then ("end", reason) or ("error", exception)
     loop: asyncio.AbstractEventLoop
-    rng: np.random.Generator = None
+    row: int = 0  # the batch row whose random numbers this request draws (``samplers.uniforms``)
     history: list = field(default_factory=list)  # prompt + generated ids
     generated: int = 0
     cancelled: bool = False
@@ -122,7 +133,12 @@ def _settings(body, max_tokens_key, default_max_tokens=16):
         raise BadRequest("'stop' strings must not be empty")
     if top_p <= 0:
         raise BadRequest("'top_p' must be greater than 0")
-    return Settings(max_tokens, temperature, top_k or None, top_p if top_p < 1 else None, seed, stop)
+    settings = Settings(max_tokens, temperature, top_k or None, top_p if top_p < 1 else None, seed_word(seed), stop)
+    try:
+        settings.sampler_settings()  # the language model's own checks
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
+    return settings
 
 
 class GenerationEngine:
@@ -151,6 +167,8 @@ class GenerationEngine:
         self.tokenizer = tokenizer_from_config(manifest["tokenizer"])
         self.architecture = manifest.get("architecture", "transformer")
         self.context = int(manifest["model"]["context_length"])
+        eot = getattr(self.tokenizer, "end_of_text_id", None)
+        self.stop_ids = frozenset() if eot is None else frozenset({int(eot)})  # as GenerationAPI._stop_ids
         self.slots = slots
         self.metrics = metrics
         self._prefill = servable.signatures["prefill"]
@@ -172,21 +190,25 @@ class GenerationEngine:
         return _settings(body, max_tokens_key, default_max_tokens)
 
     def encode(self, prompt: str) -> np.ndarray:
+        """The prompt's token ids (all of them; a Transformer sees the latest ``context`` at prefill)."""
         ids = self.tokenizer.encode(prompt)
-        if not len(ids):  # an empty prompt starts from a line break (there is no start token), as generate does
-            ids = self.tokenizer.encode("\n")[-1:]
+        if not len(ids):  # as GenerationAPI: there is no start token
+            raise BadRequest("the prompt is empty: give at least one token (there is no start token)")
         return np.asarray(ids, np.int32)
 
     # ---- the caller's side (event loop) --------------------------------------------------
 
-    async def stream(self, prompt, settings: Settings, on_done=None):
+    async def stream(self, prompt, settings: Settings, on_done=None, row=0):
         """Yield text pieces as tokens are decoded (held back while they could begin a stop string);
-        ``on_done(completion)`` gets the totals."""
+        ``on_done(completion)`` gets the totals. ``row``: the batch row whose random numbers a sampled
+        request draws (choice ``i`` of one HTTP request draws row ``i``, as ``lm.generate`` does)."""
         if self._closed:
             raise BadRequest("the model is being unloaded", status=503)
         loop = asyncio.get_running_loop()
         ids = self.encode(prompt)
-        request = _Request(ids, settings, asyncio.Queue(), loop, np.random.default_rng(settings.seed))
+        if settings.seed is None:  # Settings made by hand: a fresh seed, as lm.generate(seed=None)
+            settings = replace(settings, seed=seed_word(None))
+        request = _Request(ids, settings, asyncio.Queue(), loop, row)
         request.outbox = self._outbox
         self._waiting.append(request)
         self._wake.set()
@@ -198,12 +220,12 @@ class GenerationEngine:
                 if kind == "error":
                     raise value
                 if kind == "end":
+                    reason = value
                     break
                 new.append(value)
-                text = self.tokenizer.decode(new)
-                cut = _stop_at(text, settings.stop)
-                if cut is not None:
-                    text, reason = text[:cut], "stop"
+                text, stopped = cut_text(self.tokenizer.decode(new), settings.stop)
+                if stopped:
+                    reason = "stop"
                     request.cancelled = True  # the worker drops the row at its next step
                     if len(text) > sent:
                         yield text[sent:]
@@ -215,7 +237,7 @@ class GenerationEngine:
                 if ready > sent:
                     yield text[sent:ready]
                     sent = ready
-            if reason == "length":
+            if kind == "end":  # max_tokens or end-of-text (decodes to nothing)
                 text = self.tokenizer.decode(new)
                 if len(text) > sent:
                     yield text[sent:]
@@ -225,9 +247,9 @@ class GenerationEngine:
         finally:
             request.cancelled = True  # a client that went away frees its slot
 
-    async def complete(self, prompt, settings: Settings) -> Completion:
+    async def complete(self, prompt, settings: Settings, row=0) -> Completion:
         result = []
-        pieces = [p async for p in self.stream(prompt, settings, on_done=result.append)]
+        pieces = [p async for p in self.stream(prompt, settings, on_done=result.append, row=row)]
         completion = result[0]
         completion.text = "".join(pieces)
         return completion
@@ -347,19 +369,19 @@ class GenerationEngine:
     def _sample(self, index, row, logits, token=None):
         """The row's next token from ``logits`` (or ``token``, already picked); ends or re-windows the row."""
         if token is None:
-            token = int(_pick(logits[None], row.settings, row.rng)[0])
+            token = _pick(logits, row)
         row.history.append(token)
         row.generated += 1
         row.room -= 1
         row.emit("token", token)
         if self.metrics is not None:
             self.metrics.generated_tokens.inc(self.name)
-        if row.generated >= row.settings.max_tokens or row.cancelled:
-            row.emit("end", "length")
+        if token in self.stop_ids or row.generated >= row.settings.max_tokens or row.cancelled:
+            row.emit("end", "stop" if token in self.stop_ids else "length")
             self._rows[index] = None
-        elif row.room <= 0:  # the window is full: prefill again from the last half-context (Decoder's rule)
+        elif row.room <= 0:  # the window is full: the next segment of the window plan
             self._rows[index] = None
-            self._admit([(row, row.history[-(self.context // 2):], False, index)])
+            self._admit([(row, row.history[next_start(len(row.history), self.context):], False, index)])
 
     def _admit(self, items):
         """Prefill the windows of ``items`` ((request, window, fresh, slot index or None)) and place each row
@@ -376,8 +398,7 @@ class GenerationEngine:
                     request.emit("end", "length")
                     continue
                 if self.architecture == "transformer":
-                    keep = max(1, self.context - min(request.settings.max_tokens, self.context // 2))
-                    window = window[-keep:]
+                    window = window[first_start(len(window), self.context):]
             ready.append((request, np.asarray(window, np.int32), index))
         if not ready:
             return
@@ -416,8 +437,9 @@ class GenerationEngine:
             elif index in free:
                 free.remove(index)
             width = len(window)
-            if self.architecture == "transformer":
-                request.start, request.room = self._pos - width, self.context - width
+            if self.architecture == "transformer":  # room: the segment's tokens (the window plan)
+                request.start = self._pos - width
+                request.room = segment_count(0, width, MAX_TOKENS_LIMIT + 1, self.context)
             else:
                 request.room = 1 << 30
             self._rows[index] = request
@@ -460,17 +482,8 @@ def _bucket(width):
     return PREFILL_BUCKET * 2 ** max(0, math.ceil(math.log2(width / PREFILL_BUCKET)))
 
 
-def _pick(logits, settings: Settings, rng):
-    from kerasllm.generation.samplers import SamplerSettings
-    from kerasllm.runtime.language_model import sample_numpy
-
-    if settings.temperature == 0:
-        return np.argmax(logits, axis=-1)
-    return sample_numpy(logits, SamplerSettings(settings.temperature, settings.top_k, settings.top_p, settings.seed),
-                        rng)
-
-
-def _stop_at(text, stops):
-    found = [text.find(s) for s in stops]
-    found = [f for f in found if f >= 0]
-    return min(found) if found else None
+def _pick(logits, request):
+    """The sampler's NumPy path: step = tokens generated so far, as in a solo ``generate``."""
+    settings = request.settings.sampler_settings()
+    return int(settings.sampler().pick(np.asarray(logits, np.float32)[None], np.int32(request.settings.seed),
+                                       request.generated, settings.params(), NUMPY, first_row=request.row)[0])

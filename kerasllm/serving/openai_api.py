@@ -110,19 +110,16 @@ class OpenAIHandler:
         options = body.get("stream_options") or {}
         if not isinstance(options, dict) or set(options) - {"include_usage"}:
             raise BadRequest("'stream_options' may only hold 'include_usage'")
-        settings = engine.settings_from({"temperature": 1.0, **body}, "max_tokens", 16)
-        # choice i: prompt i // n, its (i % n)-th sample; seeds differ per sample so n > 1 gives n draws
-        jobs = []
-        for p, prompt in enumerate(prompts):
-            for k in range(n):
-                seed = None if settings.seed is None else settings.seed + k
-                jobs.append((prompt, settings if k == 0 else _with_seed(settings, seed)))
+        settings = engine.settings_from({"temperature": 1.0, **body}, "max_tokens", 16)  # one seed per request
+        prompt_tokens = sum(len(engine.encode(p)) for p in prompts)  # (rejects empty prompts before any work)
+        # choice i: prompt i // n, its (i % n)-th sample; it draws the random numbers of batch row i, so the
+        # n samples differ and equal lm.generate([prompt] * n, seed=seed) (see kerasllm.serving.engine)
+        jobs = [(prompt, settings) for prompt in prompts for _ in range(n)]
         ident = "cmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
         if not stream:
             async with asyncio.timeout(server.options.stream_timeout):
-                results = await asyncio.gather(*(engine.complete(p, s) for p, s in jobs))
-            prompt_tokens = sum(len(engine.encode(p)) for p in prompts)
+                results = await asyncio.gather(*(engine.complete(p, s, row=i) for i, (p, s) in enumerate(jobs)))
             completion_tokens = sum(r.completion_tokens for r in results)
             return web.json_response({
                 "id": ident, "object": "text_completion", "created": created, "model": name,
@@ -130,10 +127,10 @@ class OpenAIHandler:
                             for i, r in enumerate(results)],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}})
-        return await self._stream(request, engine, name, jobs, prompts, ident, created,
+        return await self._stream(request, engine, name, jobs, prompt_tokens, ident, created,
                                   bool(options.get("include_usage")))
 
-    async def _stream(self, request, engine, name, jobs, prompts, ident, created, include_usage):
+    async def _stream(self, request, engine, name, jobs, prompt_tokens, ident, created, include_usage):
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         done = {}
@@ -146,7 +143,8 @@ class OpenAIHandler:
             return f"data: {json.dumps(payload)}\n\n".encode("utf-8")
 
         async def one(index, prompt, settings):
-            async for piece in engine.stream(prompt, settings, on_done=lambda c: done.__setitem__(index, c)):
+            async for piece in engine.stream(prompt, settings, on_done=lambda c: done.__setitem__(index, c),
+                                             row=index):
                 await response.write(chunk([{"text": piece, "index": index, "logprobs": None,
                                              "finish_reason": None}]))
             await response.write(chunk([{"text": "", "index": index, "logprobs": None,
@@ -163,7 +161,6 @@ class OpenAIHandler:
                 await response.write(f"data: {json.dumps({'error': {'message': str(error)}})}\n\n".encode())
             else:
                 if include_usage:
-                    prompt_tokens = sum(len(engine.encode(p)) for p in prompts)
                     completion_tokens = sum(c.completion_tokens for c in done.values())
                     await response.write(chunk([], {"prompt_tokens": prompt_tokens,
                                                     "completion_tokens": completion_tokens,
@@ -174,8 +171,3 @@ class OpenAIHandler:
             pass
         return response
 
-
-def _with_seed(settings, seed):
-    from dataclasses import replace
-
-    return replace(settings, seed=seed)

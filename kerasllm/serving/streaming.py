@@ -138,16 +138,19 @@ async def _generate_engine(server, request, engine, body):
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false")
+    for prompt in prompts:
+        engine.encode(prompt)  # empty prompts are rejected before the response starts
+    # prompt i draws the random numbers of batch row i, as lm.generate(prompts, seed=seed) does
     if not stream:
         async with asyncio.timeout(server.options.stream_timeout):
-            results = await asyncio.gather(*(engine.complete(p, settings) for p in prompts))
+            results = await asyncio.gather(*(engine.complete(p, settings, row=i) for i, p in enumerate(prompts)))
         return web.json_response({"completions": [p + r.text for p, r in zip(prompts, results)]})
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     done = [""] * len(prompts)
 
     async def one(i, prompt):
-        async for piece in engine.stream(prompt, settings):
+        async for piece in engine.stream(prompt, settings, row=i):
             done[i] += piece
             await response.write(sse({"index": i, "text": piece}))
 
