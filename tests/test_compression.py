@@ -117,7 +117,8 @@ def test_pruned_file_is_smaller_on_disk(report, classifier, tmp_path):
     assert (cfg.vocab_size, 2 * cfg.units) in tensor_shapes(float_variant.flatbuffer, tmp_path)
     removed = 4 * (cfg.vocab_size * 2 * (cfg.units - units) + len(cfg.labels) * cfg.bigram_buckets * 3 // 4)
     assert pruned.tflite_bytes < float_variant.tflite_bytes - 0.9 * removed
-    assert report.rows[[r["name"] for r in report.rows].index("prune")]["size_ratio"] < 0.6
+    ratio = report.rows[[r["name"] for r in report.rows].index("prune")]["size_ratio"]
+    assert ratio == pruned.tflite_bytes / float_variant.tflite_bytes < 0.8
 
 
 def test_magnitude_pruning_reaches_target_sparsity(classifier, topic_split):
@@ -182,8 +183,9 @@ def test_qat_file_carries_trained_ranges(report, tmp_path):
     assert qat.config.embedding_dim == 2 * qat.config.units
     shipped = [q[0] for dtype, shape, q in scales if shape == (vocab, qat.config.embedding_dim) and dtype == "int8"]
     assert shipped and abs(shipped[0] - (hi - lo) / 255) < 1e-6 * abs(hi - lo)
-    # the recurrence stayed float: a float32 units x units matrix is in the file
-    assert any(dtype == "float32" and shape == (qat.config.units,) * 2 for dtype, shape, _ in scales)
+    # the recurrence stayed float: its float32 recurrent matrix (both directions' units) is in the file
+    width = 2 * qat.config.units
+    assert any(dtype == "float32" and shape == (width, width) for dtype, shape, _ in scales)
     # set the output layer's learned activation range to a value no calibration would produce
     out = model.get_layer("quant_rnn_logits")
     ranges = {v.name.split("/")[-1].split(":")[0]: v for v in out.weights}
