@@ -15,7 +15,7 @@ def classifier(topic_split):
 
     train, train_labels, _, _ = topic_split
     return tasks.train_classifier(train, train_labels, seed=0, epochs=4, units=10, embedding_dim=16,
-                                  bigram_buckets=4096)
+                                  bigram_buckets=8192)
 
 
 @pytest.fixture(scope="module")
