@@ -72,6 +72,24 @@ def test_parse_methods():
         parse_methods(["ptq_int8+prune"])
 
 
+def test_labels_keep_their_type():
+    """Integer classes are matched as integers (not as their strings); unknown or None labels are errors."""
+    from types import SimpleNamespace
+
+    from kerasllm.compression.training import encode_labelled
+    from kerasllm.text.word import WordTokenizer
+
+    tokenizer = WordTokenizer(max_length=4)
+    tokenizer.fit(["a b c", "a b"])
+    ints = SimpleNamespace(classes=[3, 7], tokenizer=tokenizer)
+    _, y = encode_labelled(ints, ["a b", "c"], [7, np.int64(3)])
+    assert y.tolist() == [1, 0]
+    with pytest.raises(ValueError, match="does not know"):
+        encode_labelled(ints, ["a"], ["7"])
+    with pytest.raises(TypeError, match="str or int"):
+        encode_labelled(ints, ["a"], [None])
+
+
 def test_bad_arguments(classifier, topic_split):
     import tasks
     from kerasllm.models.classifier import TextClassifier
