@@ -8,13 +8,39 @@ METHODS = ("prune", "qat", "ptq_int8", "distill", "prune+qat")
 
 
 @pytest.fixture(scope="module")
-def report(classifier, topic_split):
+def classifier(topic_split):
+    """A small default classifier (SimpleRNN + LR-fitted bag of n-grams) for this module: few units
+    and epochs keep every fine-tuning and conversion here quick; the maths are the default model's."""
+    import tasks
+
+    train, train_labels, _, _ = topic_split
+    return tasks.train_classifier(train, train_labels, seed=0, epochs=4, units=10, embedding_dim=16,
+                                  bigram_buckets=8192)
+
+
+@pytest.fixture(scope="module")
+def teacher_weights(classifier):
+    return [w.copy() for w in classifier.model.get_weights()]
+
+
+@pytest.fixture(scope="module")
+def report(classifier, topic_split, teacher_weights):
     import tasks
 
     train, train_labels, val, val_labels = topic_split
     # in-process conversion here (fast); test_crashing_conversion_is_a_failed_row covers the child process
     return tasks.compress(classifier, train, train_labels, validation=(val, val_labels), methods=METHODS,
-                          prune_epochs=2, qat_epochs=1, distill_epochs=3, latency_runs=10, isolate=False)
+                          prune_epochs=2, qat_epochs=1, distill_epochs=3, latency_runs=10, isolate=False,
+                          bootstrap=300)
+
+
+def test_teacher_is_never_modified(report, classifier, teacher_weights):
+    """Every method trains copies: the classifier compressed keeps its weights exactly."""
+    assert len(report.rows) == 1 + len(METHODS)
+    now = classifier.model.get_weights()
+    assert len(now) == len(teacher_weights)
+    for before, after in zip(teacher_weights, now):
+        np.testing.assert_array_equal(before, after)
 
 
 def largest_tensors(flatbuffer, tmp_path, n=2):
@@ -44,6 +70,24 @@ def test_parse_methods():
         parse_methods(["qat+ptq_int8"])
     with pytest.raises(ValueError, match="must be the last step"):
         parse_methods(["ptq_int8+prune"])
+
+
+def test_labels_keep_their_type():
+    """Integer classes are matched as integers (not as their strings); unknown or None labels are errors."""
+    from types import SimpleNamespace
+
+    from kerasllm.compression.training import encode_labelled
+    from kerasllm.text.word import WordTokenizer
+
+    tokenizer = WordTokenizer(max_length=4)
+    tokenizer.fit(["a b c", "a b"])
+    ints = SimpleNamespace(classes=[3, 7], tokenizer=tokenizer)
+    _, y = encode_labelled(ints, ["a b", "c"], [7, np.int64(3)])
+    assert y.tolist() == [1, 0]
+    with pytest.raises(ValueError, match="does not know"):
+        encode_labelled(ints, ["a"], ["7"])
+    with pytest.raises(TypeError, match="str or int"):
+        encode_labelled(ints, ["a"], [None])
 
 
 def test_bad_arguments(classifier, topic_split):
@@ -83,23 +127,32 @@ def test_pruned_file_is_smaller_on_disk(report, classifier, tmp_path):
     cfg, units = classifier.config, pruned.classifier.config.units
     assert info["pruning"] == "units" and units == round(0.2 * cfg.units) and pruned.quantization is None
     assert pruned.classifier.config.bigram_buckets == cfg.bigram_buckets // 4
-    # the folded word table (vocabulary x units) in the file has the pruned width
-    assert (cfg.vocab_size, units) in tensor_shapes(pruned.flatbuffer, tmp_path)
-    assert (cfg.vocab_size, cfg.units) in tensor_shapes(float_variant.flatbuffer, tmp_path)
-    removed = 4 * (cfg.vocab_size * (cfg.units - units) + len(cfg.labels) * cfg.bigram_buckets * 3 // 4)
+    # the folded word table (vocabulary x units of both directions) in the file has the pruned width,
+    # and so has the pruned model's own embedding (its columns feed only the kept units)
+    assert pruned.classifier.config.embedding_dim == 2 * units
+    assert pruned.classifier.model.get_layer("embedding").get_weights()[0].shape == (cfg.vocab_size, 2 * units)
+    assert (cfg.vocab_size, 2 * units) in tensor_shapes(pruned.flatbuffer, tmp_path)
+    assert (cfg.vocab_size, 2 * cfg.units) in tensor_shapes(float_variant.flatbuffer, tmp_path)
+    removed = 4 * (cfg.vocab_size * 2 * (cfg.units - units) + len(cfg.labels) * cfg.bigram_buckets * 3 // 4)
     assert pruned.tflite_bytes < float_variant.tflite_bytes - 0.9 * removed
-    assert report.rows[[r["name"] for r in report.rows].index("prune")]["size_ratio"] < 0.6
+    ratio = report.rows[[r["name"] for r in report.rows].index("prune")]["size_ratio"]
+    assert ratio == pruned.tflite_bytes / float_variant.tflite_bytes < 0.8
 
 
 def test_magnitude_pruning_reaches_target_sparsity(classifier, topic_split):
+    """tfmot magnitude pruning zeroes 80% of the word and n-gram tables (in the refolded table the
+    export ships) and trains copies of the teacher's layers."""
     from kerasllm.compression.prune import prune_classifier
 
     train, train_labels, _, _ = topic_split
+    before = [w.copy() for w in classifier.model.get_weights()]
     pruned, info = prune_classifier(classifier, train, train_labels, sparsity=0.8, epochs=1, pruning="magnitude")
     for layer in ("embedding", "ngram_logits_table"):
         assert info["sparsity"][f"{layer}/embeddings"] >= 0.79
         assert zero_fraction(pruned, layer) >= 0.79
-    assert np.mean(classifier.model.get_layer("ngram_logits_table").get_weights()[0] == 0) < 0.01  # teacher intact
+    # the teacher is untouched (the pruning wrappers hold copies of its layers, not the layers)
+    for old, new in zip(before, classifier.model.get_weights()):
+        np.testing.assert_array_equal(old, new)
 
 
 def test_pruning_preserving_qat(report, classifier):
@@ -144,10 +197,13 @@ def test_qat_file_carries_trained_ranges(report, tmp_path):
     lo, hi = (float(v.numpy()) for v in table.weights if "_min" in v.name or "_max" in v.name)
     scales = quantization_scales(report["qat"].flatbuffer, tmp_path)
     vocab = qat.config.vocab_size
-    shipped = [q[0] for dtype, shape, q in scales if shape == (vocab, qat.config.units) and dtype == "int8"]
+    # the word table QAT trained is the refolded input projection (vocabulary x both directions' units)
+    assert qat.config.embedding_dim == 2 * qat.config.units
+    shipped = [q[0] for dtype, shape, q in scales if shape == (vocab, qat.config.embedding_dim) and dtype == "int8"]
     assert shipped and abs(shipped[0] - (hi - lo) / 255) < 1e-6 * abs(hi - lo)
-    # the recurrence stayed float: a float32 units x units matrix is in the file
-    assert any(dtype == "float32" and shape == (qat.config.units,) * 2 for dtype, shape, _ in scales)
+    # the recurrence stayed float: its float32 recurrent matrix (both directions' units) is in the file
+    width = 2 * qat.config.units
+    assert any(dtype == "float32" and shape == (width, width) for dtype, shape, _ in scales)
     # set the output layer's learned activation range to a value no calibration would produce
     out = model.get_layer("quant_rnn_logits")
     ranges = {v.name.split("/")[-1].split(":")[0]: v for v in out.weights}
@@ -248,11 +304,9 @@ def test_crashing_conversion_is_a_failed_row(classifier, topic_split):
     or raises; the child process absorbs it and the method is reported failed, not as another mode."""
     from kerasllm._tf import keras
     from kerasllm.compression.ptq import ConversionFailed, convert
-    from kerasllm.models.classifier import build_model
-
     train, _, _, _ = topic_split
     ids = keras.Input(shape=classifier.model.input_shape[1:], dtype="int32", name="token_ids")
-    probs = build_model(classifier.config, unroll=True, share=classifier.model)(ids)
+    probs = classifier.model(ids)
     broken = keras.Model(ids, keras.layers.Lambda(_through_minus_infinity)(probs))
     with pytest.raises(ConversionFailed):
         convert(classifier, "int8", train[:50], model=broken)
@@ -312,7 +366,7 @@ def test_smoke_test_compares_with_the_keras_model(classifier, topic_split):
                    reference=shuffled)
 
 
-def test_cli_compress(classifier_export, topic_split, tmp_path):
+def test_cli_compress(classifier, topic_split, tmp_path):
     import kerasllm
     from kerasllm.cli import main
 
@@ -321,7 +375,8 @@ def test_cli_compress(classifier_export, topic_split, tmp_path):
     data.write_text("\n".join(json.dumps({"text": t, "label": l})
                               for t, l in zip(train + val, train_labels + val_labels)), encoding="utf-8")
     out = tmp_path / "report"
-    code = main(["compress", "--model", str(classifier_export["version_dir"].parent), "--data", str(data),
+    classifier.save(tmp_path / "clf")
+    code = main(["compress", "--model", str(tmp_path / "clf"), "--data", str(data),
                  "--methods", "ptq_dynamic", "--out", str(out), "--export", str(tmp_path / "small")])
     assert code == 0
     assert {p.name for p in out.iterdir()} == {"report.md", "report.json", "report.png"}

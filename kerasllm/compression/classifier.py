@@ -37,7 +37,8 @@ def compress_classifier(model, train_texts, train_labels=None, validation=None, 
     process (a converter crash becomes a failed row instead of ending this process).
     """
     from kerasllm.compression.prune import MethodUnsupported
-    from kerasllm.data import check_labelled, shuffled
+    from kerasllm.data import shuffled
+    from kerasllm.models.classifier import check_labels
     from kerasllm.export.classifier import length_buckets
     from kerasllm.text.word import check_texts
 
@@ -49,16 +50,17 @@ def compress_classifier(model, train_texts, train_labels=None, validation=None, 
     if train_labels is None and needs_labels:
         raise ValueError(f"train_labels are required for {needs_labels} (distill and ptq_* work without them)")
     if train_labels is not None:
-        train_texts, train_labels = check_labelled(train_texts, train_labels)
+        train_labels = check_labels(train_labels, len(train_texts), "train_labels")
     if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
         raise ValueError("validation must be (texts, labels) for a classifier")
-    val_texts, val_labels = check_labelled(*validation)
+    val_texts = check_texts(validation[0], "validation texts")
+    val_labels = check_labels(validation[1], len(val_texts), "validation labels")
     if len(val_texts) < 4:
         raise ValueError(f"validation holds {len(val_texts)} texts; at least 4 are needed (it is split in a "
                          "selection half for best() and a test half for the report)")
     test_texts, test_labels, select_texts, select_labels = halves(val_texts, val_labels, seed)
     index = {label: i for i, label in enumerate(model.classes)}
-    unknown = sorted(set(val_labels) - set(index))
+    unknown = sorted(set(val_labels) - set(index), key=repr)
     if unknown:
         raise ValueError(f"validation labels {unknown[:5]} are not the model's labels {model.classes}")
     y_test = np.array([index[l] for l in test_labels])

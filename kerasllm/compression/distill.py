@@ -55,7 +55,10 @@ def distill_classifier(teacher, texts, labels=None, temperature=2.0, alpha=0.5, 
         soft_loss = -tf.reduce_sum(teacher_soft * log_soft, axis=1)
         return alpha * hard_loss + (1.0 - alpha) * temperature ** 2 * soft_loss
 
-    out = with_model(teacher, None, **student_config(teacher.config, **(student or {})))
+    # the student's bag has other bigram ids: no idf or logistic-regression offset of the teacher's;
+    # it learns its bag jointly (ClassifierParts' trained bag)
+    out = with_model(teacher, None, ngram_idf=None, bag_offset=None,
+                     **student_config(teacher.config, **(student or {})))
     keras.utils.set_random_seed(seed)
     out.model = build_model(out.config)
     fine_tune(out.model, x, targets, epochs, learning_rate or teacher.config.learning_rate,

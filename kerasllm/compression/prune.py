@@ -8,10 +8,12 @@ not the gathered tables that hold this model's bytes), so they shrink only the g
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from kerasllm.compression.training import (copy_weights, encode_labelled, fine_tune, refold, restore_masks,
-                                            with_model)
+from kerasllm.compression.training import (copy_weights, encode_labelled, fine_tune, inner_layers, rebuild,
+                                            refold, restore_masks)
 
 PRUNABLE = ("Embedding", "Dense", "SimpleRNN", "LSTM", "GRU")
 PRUNING = ("units", "magnitude", "2:4")
@@ -23,64 +25,79 @@ class MethodUnsupported(ValueError):
 
 def prune_units(clf, texts, labels, sparsity=0.8, epochs=3, learning_rate=None, seed=0):
     """Structured pruning: keep the ``1 - sparsity`` most important recurrent units (per direction),
-    slice every weight that reads or writes them, fold the hashed-bigram rows of the n-gram table
-    into the fewest (a power-of-two divisor of their count) that keep at least ``1 - sparsity`` of them,
-    and fine-tune the smaller classifier.
+    slice every weight that reads or writes them (the word table is first refolded into the
+    recurrence's input projection, ``training.refold``, so it keeps only the columns of the kept
+    units), fold the hashed-bigram rows of the n-gram table into the fewest (a power-of-two divisor
+    of their count) that keep at least ``1 - sparsity`` of them, and fine-tune the smaller classifier.
 
     A unit's importance is the norm of its input projection (``E @ W + b`` over the vocabulary)
     times the norm of its output weights: what it can carry times how much the logits read it.
-    Returns ``(pruned_classifier, info)``.
+    Returns ``(pruned_classifier, info)``; ``clf`` is not modified.
     """
     from kerasllm._tf import keras
-    from kerasllm.models.classifier import build_model
+    from kerasllm.compression.training import rebuild
+    from kerasllm.models.classifier_layers import ClassifierParts, idf_weights, model_parts
 
     if not 0.0 < sparsity < 1.0:
         raise ValueError(f"sparsity must be in (0, 1), got {sparsity}")
     cfg = clf.config
-    if cfg.architecture != "simple_rnn":
+    if not (getattr(cfg, "recurrent", True) and cfg.architecture == "simple_rnn"):
         raise MethodUnsupported(f"unit pruning supports the SimpleRNN classifier, not {cfg.architecture!r} "
                                 "(use pruning='magnitude')")
-    units = int(cfg.units)
+    folded_clf = refold(clf)  # embedding = E @ W + b, kernel = identity: columns are units
+    parts = model_parts(folded_clf.model)
+    units, directions = int(cfg.units), parts.rnn.directions
     keep_n = max(1, int(round(units * (1.0 - sparsity))))
-    model = clf.model
-    rnn_name = "bidirectional" if cfg.bidirectional else "simple_rnn"
-    rnn_weights = model.get_layer(rnn_name).get_weights()  # per direction: kernel, recurrent, bias
-    out_kernel, out_bias = model.get_layer("rnn_logits").get_weights()
-    table = model.get_layer("embedding").get_weights()[0]
-    sliced, kept_rows = [], []
-    for direction in range(len(rnn_weights) // 3):
-        kernel, recurrent, bias = rnn_weights[3 * direction: 3 * direction + 3]
-        rows = out_kernel[direction * units:(direction + 1) * units]
-        importance = np.linalg.norm(table @ kernel + bias, axis=0) * np.linalg.norm(rows, axis=1)
+    table = parts.embedding.get_weights()[0]  # [vocab, units * directions]
+    out_kernel, out_bias = parts.rnn_logits.get_weights()  # rows: per pooling, [units * directions]
+    pools = out_kernel.shape[0] // (units * directions)
+    by_pool = out_kernel.reshape(pools, units * directions, -1)
+    columns, recurrent = [], []
+    for d, kernel in enumerate(parts.rnn.recurrent_kernels):
+        span = slice(d * units, (d + 1) * units)
+        importance = np.linalg.norm(table[:, span], axis=0) * np.linalg.norm(by_pool[:, span], axis=(0, 2))
         keep = np.sort(np.argsort(-importance, kind="stable")[:keep_n])
-        sliced += [kernel[:, keep], recurrent[np.ix_(keep, keep)], bias[keep]]
-        kept_rows.append(rows[keep])
-    buckets = int(cfg.bigram_buckets)
-    new_buckets = buckets
-    if cfg.bag_of_ngrams:
+        columns.append(d * units + keep)
+        recurrent.append(kernel.numpy()[np.ix_(keep, keep)])
+    columns = np.concatenate(columns)
+    width = len(columns)
+    changes = {"units": keep_n, "embedding_dim": width}
+    weights = {parts.embedding.name: [table[:, columns]],
+               parts.rnn.name: [np.eye(width, dtype=np.float32), *recurrent, np.zeros(width, np.float32)],
+               parts.rnn_logits.name: [by_pool[:, columns].reshape(pools * width, -1), out_bias]}
+    x, y = encode_labelled(clf, texts, labels)
+    buckets = new_buckets = int(cfg.bigram_buckets)
+    if parts.bag:
         # the hashed-bigram rows: fold to a power-of-two divisor B' of B; hash % B' == (hash % B) % B',
-        # so each new bucket is the sum of the old buckets it merges (then fine-tuning sorts out collisions)
+        # so each new bucket holds the old buckets it merges, weighted by their idf (an unseen id
+        # weighs 0, as in the model); the idf is recomputed on the training texts for the new ids
         while new_buckets % 2 == 0 and new_buckets // 2 >= max(256, buckets * (1.0 - sparsity)):
             new_buckets //= 2
-    out = with_model(clf, None, units=keep_n, bigram_buckets=new_buckets)
+        changes["bigram_buckets"] = new_buckets
+        old = parts.table.get_weights()[0]
+        head, tail = old[: len(old) - buckets], old[len(old) - buckets:]
+        old_idf = getattr(cfg, "ngram_idf", None)
+        if old_idf is None:
+            merged, idf = tail.reshape(-1, new_buckets, tail.shape[1]).sum(0), None
+        else:
+            new_cfg = dataclasses.replace(folded_clf.config, bigram_buckets=new_buckets, ngram_idf=None)
+            new_parts = ClassifierParts(new_cfg, len(clf.classes))
+            grams = np.concatenate([new_parts.ngram_ids(x[i:i + 4096]).numpy() for i in range(0, len(x), 4096)])
+            idf = idf_weights(grams, new_parts.bag_size)
+            weighted = (tail * np.asarray(old_idf, np.float32)[len(old) - buckets:, None])
+            merged = weighted.reshape(-1, new_buckets, tail.shape[1]).sum(0)
+            new_idf = idf[len(head):, None]
+            merged = np.where(new_idf > 0, merged / np.maximum(new_idf, 1e-6), 0.0).astype(np.float32)
+            idf = np.concatenate([np.asarray(old_idf, np.float32)[: len(head)], idf[len(head):]]).tolist()
+            changes["ngram_idf"] = idf
+        weights[parts.table.name] = [np.concatenate([head, merged])]
     keras.utils.set_random_seed(seed)
-    out.model = build_model(out.config)
-    for layer in out.model.layers:
-        if layer.name == "ngram_logits_table":
-            old = model.get_layer(layer.name).get_weights()[0]
-            head, tail = old[: len(old) - buckets], old[len(old) - buckets:]
-            layer.set_weights([np.concatenate([head, tail.reshape(-1, new_buckets, tail.shape[1]).sum(0)])])
-        elif layer.name == rnn_name:
-            layer.set_weights(sliced)
-        elif layer.name == "rnn_logits":
-            layer.set_weights([np.concatenate(kept_rows, axis=0), out_bias])
-        elif layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    x, y = encode_labelled(clf, texts, labels)
+    out = rebuild(folded_clf, changes, weights)
     fine_tune(out.model, x, y, epochs, learning_rate or cfg.learning_rate / 3, cfg.batch_size, seed=seed)
-    out._refolded = False
+    out._refolded = False  # the identity kernel trains too
     return out, {"pruning": "units", "units": f"{units} -> {keep_n} per direction",
                  "removed_unit_fraction": round(1 - keep_n / units, 4),
+                 "embedding_dim": f"{cfg.embedding_dim} -> {width} (the refolded input projection of the kept units)",
                  "bigram_buckets": f"{buckets} -> {new_buckets}"}
 
 
@@ -115,11 +132,15 @@ def prune_classifier(clf, texts, labels, sparsity=0.8, epochs=3, learning_rate=N
     pruned_names = []
 
     def wrap(layer):
-        # the frozen, refolded recurrence stays dense: its identity kernel must stay the identity
         if type(layer).__name__ in PRUNABLE and layer.trainable:
             pruned_names.append(layer.name)
-            return tfmot.sparsity.keras.prune_low_magnitude(layer, **params)
-        return layer.__class__.from_config(layer.get_config())
+            # a fresh copy: wrapping the layer itself would train (and change) the teacher's weights
+            return tfmot.sparsity.keras.prune_low_magnitude(layer.__class__.from_config(layer.get_config()),
+                                                            **params)
+        copy = layer.__class__.from_config(layer.get_config())
+        # the refolded recurrence stays frozen: its identity kernel keeps the table's zeros in the export
+        copy.trainable = layer.trainable and not (type(layer).__name__ == "Recurrence" and getattr(clf, "_refolded", False))
+        return copy
 
     wrapped = keras.models.clone_model(clf.model, clone_function=wrap)
     copy_weights(clf.model, wrapped)
@@ -127,9 +148,9 @@ def prune_classifier(clf, texts, labels, sparsity=0.8, epochs=3, learning_rate=N
     fine_tune(wrapped, x, y, epochs, learning_rate or clf.config.learning_rate / 3, clf.config.batch_size,
               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], seed=seed)
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
-    pruned = with_model(clf, stripped)
-    pruned._refolded = getattr(clf, "_refolded", False)
-    return pruned, {"pruned_layers": pruned_names, "sparsity": weight_sparsity(stripped, pruned_names),
+    # back into a model of build_model's, so the export runs the model maths at every length bucket
+    pruned = rebuild(clf, weights={n: inner_layers(stripped)[n].get_weights() for n in pruned_names})
+    return pruned, {"pruned_layers": pruned_names, "sparsity": weight_sparsity(pruned.model, pruned_names),
                     "pruning": pruning,
                     "target_sparsity": "2:4" if pruning == "2:4" else float(sparsity)}
 

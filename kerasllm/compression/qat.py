@@ -85,7 +85,7 @@ def quantize_aware_model(model):
     import tensorflow_model_optimization as tfmot
 
     from kerasllm._tf import keras
-    from kerasllm.models.classifier_layers import HashedBigrams, MaskedMean
+    from kerasllm.models import classifier_layers as layers
 
     qk = tfmot.quantization.keras
     embedding_config = _embedding_config_class()
@@ -106,7 +106,9 @@ def quantize_aware_model(model):
         return layer
 
     annotated = keras.models.clone_model(model, clone_function=annotate)
-    scope = {"EmbeddingQuantizeConfig": embedding_config, "HashedBigrams": HashedBigrams, "MaskedMean": MaskedMean}
+    scope = {"EmbeddingQuantizeConfig": embedding_config,
+             **{c.__name__: c for c in (layers.Columns, layers.HashedBigrams, layers.IdDropout, layers.MaskedMean,
+                                        layers.IdfBag, layers.Recurrence)}}
     with qk.quantize_scope(scope), own_model_scope():
         qat = qk.quantize_apply(annotated, scheme=_scheme())
     return restore_masks(qat), quantized, skipped
@@ -138,7 +140,7 @@ def attach_qat_model(clf, weights):
     converts to TFLite builtins, with ``weights`` (``layer_weights`` of the trained QAT model)."""
     from kerasllm.models.classifier import build_model
 
-    twin, _, _ = quantize_aware_model(build_model(clf.config, unroll=True))
+    twin, _, _ = quantize_aware_model(build_model(clf.config))
     for layer in twin.layers:
         if layer.weights:
             layer.set_weights([weights[f"{layer.name}/{i}"] for i in range(len(layer.weights))])

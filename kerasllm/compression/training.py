@@ -8,12 +8,16 @@ import numpy as np
 
 
 def encode_labelled(clf, texts, labels):
-    """(token ids, label indices) for ``clf``'s tokenizer and classes; clear error on unknown labels."""
+    """(token ids, label indices) for ``clf``'s tokenizer and classes. Labels keep their type (str or
+    int, as the classifier's ``check_labels`` says); clear error on labels the model does not know."""
+    from kerasllm.models.classifier import check_labels
+
+    labels = check_labels(labels, len(texts), "train_labels")
     index = {label: i for i, label in enumerate(clf.classes)}
-    unknown = sorted({str(l) for l in labels} - set(index))
+    unknown = sorted({l for l in labels if l not in index}, key=repr)
     if unknown:
         raise ValueError(f"train_labels hold labels the model does not know: {unknown[:5]}; its labels: {clf.classes}")
-    return clf.tokenizer.encode(texts), np.array([index[str(l)] for l in labels], np.int32)
+    return clf.tokenizer.encode(texts), np.array([index[l] for l in labels], np.int32)
 
 
 def fine_tune(model, x, y, epochs, learning_rate, batch_size=32, callbacks=(), loss="sparse_categorical_crossentropy",
@@ -36,34 +40,45 @@ def with_model(clf, model, **config_changes):
     return new
 
 
-def refold(clf):
-    """An equivalent classifier whose word embedding *is* the RNN input projection ``E @ W + b``
-    (kernel = identity, bias = 0, recurrent layer frozen).
-
-    The TFLite export folds ``E @ W + b`` into one table (``FoldedSimpleRNN``); compressing ``E``
-    alone would not compress that table, and a pruned ``E`` gives a dense product. After refolding,
-    the exported table is exactly the trained embedding, so its zeros and its quantization survive.
-    Returns ``clf`` unchanged when the fold does not apply (LSTM, GRU, bidirectional, average).
-    """
-    from kerasllm._tf import tf
-    from kerasllm.export.classifier import FoldedSimpleRNN
+def rebuild(clf, changes=None, weights=None):
+    """A new classifier like ``clf`` with ``changes`` to its config, its model built by ``build_model``
+    (so the export's model maths apply) holding ``clf``'s weights, except ``weights``: {layer name:
+    weights} for layers whose shapes changed. ``clf`` and its model are never modified."""
     from kerasllm.models.classifier import build_model
 
-    if not FoldedSimpleRNN.applies(clf.config) or getattr(clf, "_refolded", False):
-        return clf
-    old = clf.model
-    cell = old.get_layer("simple_rnn").cell
-    units = int(cell.units)
-    projected = (tf.matmul(old.get_layer("embedding").embeddings, cell.kernel) + cell.bias).numpy()
-    new = with_model(clf, None, embedding_dim=units)
+    new = with_model(clf, None, **(changes or {}))
     new.model = build_model(new.config)
+    weights = weights or {}
+    old = {layer.name: layer for layer in clf.model.layers}
     for layer in new.model.layers:
-        if layer.weights and layer.name not in ("embedding", "simple_rnn"):
-            layer.set_weights(old.get_layer(layer.name).get_weights())
-    new.model.get_layer("embedding").set_weights([projected])
-    new.model.get_layer("simple_rnn").set_weights(
-        [np.eye(units, dtype=np.float32), cell.recurrent_kernel.numpy(), np.zeros(units, np.float32)])
-    new.model.get_layer("simple_rnn").trainable = False  # training it would unfold the table again
+        if layer.name in weights:
+            layer.set_weights(weights[layer.name])
+        elif layer.weights:
+            layer.set_weights(old[layer.name].get_weights())
+    new._refolded = getattr(clf, "_refolded", False)
+    return new
+
+
+def refold(clf):
+    """An equivalent classifier whose word embedding *is* the SimpleRNN input projection
+    ``E @ W + b`` (``ClassifierParts.fold``; kernel = identity, bias = 0).
+
+    The export gathers rows of that folded table; compressing ``E`` alone would not compress it.
+    After refolding, the exported table is exactly the trained embedding, so its zeros, its
+    quantization and its sliced columns survive. ``clf`` is unchanged; returned as it is when the
+    fold does not apply (LSTM, GRU, no recurrent path) or was done already.
+    """
+    from kerasllm.models.classifier_layers import model_parts
+
+    parts = model_parts(clf.model)
+    folded = None if parts is None or getattr(clf, "_refolded", False) else parts.fold()
+    if folded is None:
+        return clf
+    width = int(folded.shape[1])
+    recurrent = [w.numpy() for w in parts.rnn.recurrent_kernels]
+    new = rebuild(clf, {"embedding_dim": width}, {
+        parts.embedding.name: [folded.numpy()],
+        parts.rnn.name: [np.eye(width, dtype=np.float32), *recurrent, np.zeros(width, np.float32)]})
     new._refolded = True
     return new
 

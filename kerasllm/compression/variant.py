@@ -84,4 +84,6 @@ class ClassifierVariant(FlatbufferSizes):
     def evaluate(self, texts, labels):
         from kerasllm.models.classifier import classification_metrics
 
-        return classification_metrics([str(l) for l in labels], self.predict(texts), self.classes)
+        from kerasllm.models.classifier import check_labels
+
+        return classification_metrics(check_labels(labels, len(texts)), self.predict(texts), self.classes)
