@@ -669,7 +669,7 @@ def test_event_loop_answers_while_a_large_body_is_decoded(root):
         # scheduler on a shared machine, so: nearly all within 50 ms, the typical one far below)
         latencies.sort()
         assert latencies[int(0.9 * (len(latencies) - 1))] < 0.05, latencies[-5:]
-        assert latencies[len(latencies) // 2] < 0.01, latencies
+        assert latencies[len(latencies) // 2] < 0.025, latencies  # (a blocked loop: seconds)
     finally:
         server.close()
 
