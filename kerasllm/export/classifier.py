@@ -155,15 +155,6 @@ def tflite_bytes(clf, quantization=None, representative_texts=None, model=None, 
     return flatbuffer
 
 
-class FoldedSimpleRNN:
-    """Kept for ``kerasllm.compression.training.refold``: the old one-way SimpleRNN lowering is now
-    ``Recurrence.fold`` inside the model maths, so there is nothing left to refold."""
-
-    @staticmethod
-    def applies(cfg):
-        return False
-
-
 def tflite_config(clf, quantization=None, model=None, buckets=None):
     """The config attached to the classifier's .tflite (what ``TFLiteClassifier`` reads)."""
     cfg = clf.config
