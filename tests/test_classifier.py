@@ -213,6 +213,20 @@ def test_tflite_ids_padded_on_either_side_give_the_keras_answer(classifier, clas
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def test_float16_tflite_gives_finite_probabilities(classifier, topic_split, tmp_path):
+    """float16 conversion stores float constants in half precision: a tiny epsilon (1e-12) became 0
+    and an empty text's TF-IDF norm 0/0 = NaN."""
+    from kerasllm.export.classifier import length_buckets, write_tflite
+    from kerasllm.runtime.classifier import TFLiteClassifier
+
+    texts = ["", "qqqzzz xxyyk", *topic_split[2][:20]]
+    short = [t for t in texts if len(classifier.tokenizer.ids_one(t)[0]) <= length_buckets(classifier.config)[0][0]]
+    write_tflite(classifier, tmp_path, "float16", buckets=length_buckets(classifier.config)[:1])
+    got = TFLiteClassifier(tmp_path / "model.tflite").predict_proba(short)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, classifier.predict_proba(short), atol=2e-3)
+
+
 def test_savedmodel_signature_is_xla_compiled(classifier_export):
     import tensorflow as tf
 

@@ -419,7 +419,7 @@ def bag_features(grams, idf):
     ids = grams.ravel()
     weights = idf[ids]
     keep = weights > 0
-    norm = np.sqrt(np.maximum(np.bincount(rows[keep], weights[keep] ** 2, minlength=len(grams)), 1e-12))
+    norm = np.sqrt(np.maximum(np.bincount(rows[keep], weights[keep] ** 2, minlength=len(grams)), 1.0))  # as IdfBag
     return csr_matrix((weights[keep] / norm[rows[keep]], (rows[keep], ids[keep])), shape=(len(grams), len(idf)))
 
 
