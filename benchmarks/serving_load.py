@@ -122,43 +122,119 @@ def diff_hist(after, before):
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
 
 
-class RawHTTP:
-    """A minimal keep-alive HTTP/1.1 client for the load generator only: aiohttp's client costs more CPU per
-    request than the server being measured, and on a 2-core machine that would hide the server's speed."""
+_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
+_CLOSE = re.compile(rb"(?i)\r\nconnection: *close")
 
-    def __init__(self, host, port):
-        self.host, self.port = host, port
-        self.reader = self.writer = None
 
-    async def post(self, path, payload: bytes):
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + self.host.encode()
-                          + b"\r\nContent-Type: application/json\r\nContent-Length: "
-                          + str(len(payload)).encode() + b"\r\n\r\n" + payload)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-        body = await self.reader.readexactly(length)
-        if re.search(rb"(?i)connection: *close", head):
-            await self.close()
-        return status, body
+class _Connection(asyncio.Protocol):
+    """One load client: a keep-alive connection sending its next request as soon as an answer is complete.
 
-    async def close(self):
-        if self.writer is not None:
-            self.writer.close()
+    A bare ``asyncio.Protocol`` (as wrk or hey do it in C): aiohttp's client, or even asyncio streams, cost
+    more CPU per request than the server being measured, and with the server pinned to core 0 the load
+    generator shares core 1 with everything else running on the machine: at its fair share of that core a
+    heavier client, not the server, set the batching number."""
+
+    def __init__(self, run, index):
+        self.run, self.index = run, index
+        self.rng = random.Random(index)
+        self.transport = None
+        self.buffer = bytearray()
+        self.started = None  # perf_counter of the request in flight, None when idle
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.send()
+
+    def send(self):
+        if self.run.stopping():
+            self.started = None
+            self.transport.close()
+            return
+        self.buffer.clear()
+        self.started = time.perf_counter()
+        self.transport.write(self.rng.choice(self.run.requests))
+
+    def data_received(self, data):
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end + 2])
+        length = _LENGTH.search(head)
+        if length is None or len(self.buffer) < end + 4 + int(length[1]):
+            if length is None:
+                self.fail("answer without Content-Length")
+            return
+        body = bytes(self.buffer[end + 4:end + 4 + int(length[1])])
+        self.run.answered(self, int(head[9:12]), body, time.perf_counter() - self.started)
+        self.started = None
+        if _CLOSE.search(head):
+            self.transport.close()
+        else:
+            self.send()
+
+    def fail(self, why):
+        if self.started is not None:
+            self.run.errors.append(why)
+            self.started = None
+        self.transport.abort()
+
+    def connection_lost(self, error):
+        if self.started is not None:  # lost with a request in flight
+            self.run.errors.append(f"connection lost: {error!r}")
+            self.started = None
+        self.run.closed(self)
+
+
+class _LoadRun:
+    def __init__(self, host, port, requests, clients, deadline, stop, on_answer):
+        self.host, self.port, self.requests = host, port, requests
+        self.deadline, self.stop, self.on_answer = deadline, stop, on_answer
+        self.latencies, self.errors, self.answers = [], [], 0
+        self.open = clients
+        self.finished = asyncio.get_running_loop().create_future()
+
+    def stopping(self):
+        return time.monotonic() >= self.deadline or (self.stop is not None and self.stop.is_set())
+
+    def answered(self, connection, status, body, seconds):
+        if status != 200:
+            self.errors.append(f"{status}: {body[:200]!r}")
+            return
+        if self.on_answer is not None:
             try:
-                await self.writer.wait_closed()
-            except OSError:
-                pass
-        self.reader = self.writer = None
+                decoded = json.loads(body)
+                answer = (decoded["predictions"] if "predictions" in decoded else decoded["completions"])[0]
+            except (ValueError, KeyError, IndexError, TypeError) as error:
+                self.errors.append(f"bad answer {body[:200]!r}: {error!r}")
+                return
+            self.on_answer(connection.index, answer)
+        elif not (body.startswith(b'{"predictions": [') or body.startswith(b'{"completions": [')):
+            self.errors.append(f"unexpected answer {body[:200]!r}")
+            return
+        self.latencies.append(seconds)
+        self.answers += 1
+
+    def closed(self, connection):
+        if not self.stopping():  # the server closed it (or an error): reconnect, as a real client would
+            asyncio.get_running_loop().create_task(self.connect(connection.index))
+            return
+        self.open -= 1
+        if self.open == 0 and not self.finished.done():
+            self.finished.set_result(None)
+
+    async def connect(self, index):
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: _Connection(self, index), self.host, self.port)
+        except OSError as error:
+            self.errors.append(repr(error))
+            await asyncio.sleep(0.1)
+            self.closed(_Connection(self, index))
 
 
 async def load(url, model, clients, seconds, on_answer=None, stop=None):
-    """``clients`` loops, each sending one-text predicts back to back on its own connection for ``seconds``
-    (or until the ``stop`` event is set)."""
-    latencies, errors, answers = [], [], 0
-    deadline = time.monotonic() + seconds
+    """``clients`` connections, each sending one-text requests back to back for ``seconds`` (or until the
+    ``stop`` event is set); a request still unanswered 60 s after that counts as an error."""
     host, port = url.split("//")[1].split(":")
     path = f"/v1/models/{model}:{REQUEST['verb']}"
     if REQUEST["verb"] == "generate":
@@ -167,36 +243,18 @@ async def load(url, model, clients, seconds, on_answer=None, stop=None):
                   for t in TEXTS]
     else:
         bodies = [json.dumps({"instances": [t]}).encode() for t in TEXTS]
-
-    async def client(i):
-        nonlocal answers
-        rng = random.Random(i)
-        http = RawHTTP(host, int(port))
-        try:
-            while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
-                started = time.perf_counter()
-                try:
-                    status, data = await asyncio.wait_for(http.post(path, rng.choice(bodies)), 60)
-                    if status != 200:
-                        errors.append(f"{status}: {data[:200]!r}")
-                        continue
-                    decoded = json.loads(data)
-                    answer = (decoded["predictions"] if "predictions" in decoded else decoded["completions"])[0]
-                except Exception as error:  # counted, not raised: the report says how many
-                    errors.append(repr(error))
-                    await http.close()
-                    continue
-                latencies.append(time.perf_counter() - started)
-                answers += 1
-                if on_answer is not None:
-                    on_answer(i, answer)
-        finally:
-            await http.close()
-
+    requests = [b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode()
+                + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
+                + b"\r\n\r\n" + body for body in bodies]
     started = time.monotonic()
-    await asyncio.gather(*(client(i) for i in range(clients)))
+    run = _LoadRun(host, int(port), requests, clients, started + seconds, stop, on_answer)
+    await asyncio.gather(*(run.connect(i) for i in range(clients)))
+    try:
+        await asyncio.wait_for(asyncio.shield(run.finished), seconds + 60)
+    except asyncio.TimeoutError:
+        run.errors.append(f"{run.open} requests unanswered 60 s after the end")
     elapsed = time.monotonic() - started
-    return {"requests": answers, "elapsed": elapsed, "latencies": latencies, "errors": errors}
+    return {"requests": run.answers, "elapsed": elapsed, "latencies": run.latencies, "errors": run.errors}
 
 
 def fuzz_requests(n, model, seed=0):
