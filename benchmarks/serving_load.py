@@ -93,6 +93,15 @@ async def wait_ready(url, model, process, timeout=180):
     raise TimeoutError("server did not come up")
 
 
+def cpu_seconds(process) -> float:
+    """CPU time (user + system, all threads) the server process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def stop_server(process):
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)  # graceful: finishes requests in flight
@@ -511,7 +520,9 @@ def summarize(name, result, hist=None):
     lat = np.array(result["latencies"]) * 1e3 if result["latencies"] else np.array([np.nan])
     return {"mode": name, "requests": result["requests"], "req/s": result["requests"] / result["elapsed"],
             "p50 ms": float(np.percentile(lat, 50)), "p99 ms": float(np.percentile(lat, 99)),
-            "errors": len(result["errors"]), "batches": hist or {}}
+            "errors": len(result["errors"]), "batches": hist or {},
+            "cpu us": result.get("cpu", float("nan")) / max(result["requests"], 1) * 1e6,
+            "cpu share": result.get("cpu", float("nan")) / result["elapsed"]}
 
 
 def classifier_scenario(args):
@@ -547,7 +558,7 @@ def classifier_scenario(args):
                 await wait_ready(urls[mode], args.model, servers[mode])
             print(f"servers up; {args.clients} clients, {args.seconds:g} s per mode in {args.rounds} rounds",
                   flush=True)
-            totals = {mode: {"requests": 0, "elapsed": 0.0, "latencies": [], "errors": []} for mode in urls}
+            totals = {mode: {"requests": 0, "elapsed": 0.0, "latencies": [], "errors": [], "cpu": 0.0} for mode in urls}
             hists = {mode: {} for mode in urls}
             async with aiohttp.ClientSession() as session:
                 for mode in urls:  # a short warm-up burst each (connections, first batches)
@@ -555,7 +566,9 @@ def classifier_scenario(args):
                 for round_index in range(args.rounds):
                     for mode in (list(urls) if round_index % 2 == 0 else list(reversed(urls))):
                         before = await batch_histogram(session, urls[mode], args.model)
+                        cpu_before = cpu_seconds(servers[mode])
                         result = await load(urls[mode], args.model, args.clients, args.seconds / args.rounds)
+                        totals[mode]["cpu"] += cpu_seconds(servers[mode]) - cpu_before
                         after = await batch_histogram(session, urls[mode], args.model)
                         for key in ("requests", "elapsed", "latencies", "errors"):
                             totals[mode][key] += result[key]
@@ -595,13 +608,16 @@ def classifier_scenario(args):
           f"{os.cpu_count()} cores{' (server pinned to core 0, clients to core 1)' if args.pin else ''}; "
           f"server: max_batch_size={args.max_batch_size}, batch_timeout_micros={args.batch_timeout_micros}, "
           f"allowed_batch_sizes={args.allowed_batch_sizes}, num_batch_threads={args.threads}")
-    print(f"{'mode':<12} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}  batch sizes (<= bound: count)")
+    print(f"{'mode':<12} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU us/req':>10} "
+          f"{'CPU busy':>8}  batch sizes (<= bound: count)")
     for row in rows:
         hist = ", ".join(f"<={k}: {v}" for k, v in sorted(row["batches"].items(), key=lambda kv: float(kv[0])))
         print(f"{row['mode']:<12} {row['requests']:>9} {row['req/s']:>8.0f} {row['p50 ms']:>8.2f} "
-              f"{row['p99 ms']:>8.2f} {row['errors']:>7}  {hist}")
+              f"{row['p99 ms']:>8.2f} {row['errors']:>7} {row['cpu us']:>10.0f} {row['cpu share']:>8.0%}  {hist}")
     ratio = rows[0]["req/s"] / max(rows[1]["req/s"], 1e-9)
-    print(f"batching / no batching throughput: {ratio:.2f}x")
+    print(f"batching / no batching throughput: {ratio:.2f}x; server CPU per request: "
+          f"{rows[1]['cpu us'] / max(rows[0]['cpu us'], 1e-9):.2f}x less with batching (CPU busy below 100% "
+          "means the server waited: for the clients or for its core, on a loaded machine)")
     for mode, total in totals.items():
         if total["errors"]:
             print(f"  {mode} first errors: {total['errors'][:3]}")
