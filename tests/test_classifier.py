@@ -226,6 +226,26 @@ def test_tflite_ids_padded_on_either_side_give_the_keras_answer(classifier, clas
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def test_recurrent_weight_never_makes_the_sum_worse_than_the_bag_on_validation():
+    from kerasllm.models.classifier import choose_recurrent_scale
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    bag = rng.normal(size=(200, 3)) + 2.0 * np.eye(3)[y]  # informative
+    noise = 5.0 * rng.normal(size=(200, 3))  # a recurrent path that learned nothing
+
+    def loss(z):
+        z = z - z.max(1, keepdims=True)
+        return -(z - np.log(np.exp(z).sum(1, keepdims=True)))[np.arange(200), y].mean()
+
+    assert choose_recurrent_scale(noise, bag, y) < 0.05  # about 0 (the fitted weight may find a chance edge)
+    helpful = 3.0 * np.eye(3)[y] + rng.normal(size=(200, 3))
+    scale = choose_recurrent_scale(helpful, bag, y)
+    assert scale > 0 and loss(bag + scale * helpful) < loss(bag)
+    for recurrent in (noise, helpful, -helpful):
+        assert loss(bag + choose_recurrent_scale(recurrent, bag, y) * recurrent) <= loss(bag) + 1e-12
+
+
 def test_float16_tflite_gives_finite_probabilities(classifier, topic_split, tmp_path):
     """float16 conversion stores float constants in half precision: a tiny epsilon (1e-12) became 0
     and an empty text's TF-IDF norm 0/0 = NaN."""

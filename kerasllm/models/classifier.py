@@ -300,7 +300,8 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
                                   verbose=verbose).history
         if table is not None and learned.recurrent and val is not None:
             # the recurrent logits' weight, chosen with both paths fitted on the training part only
-            learned.recurrent_scale = choose_recurrent_scale(model, x_val, y_val)
+            recurrent, bag = paths_model(model).predict(x_val, batch_size=256, verbose=0)
+            learned.recurrent_scale = choose_recurrent_scale(recurrent, bag, y_val)
         refitted = bool(callbacks and validation is None and cfg.refit and history)
         if refitted:
             # the held-out texts were ours: train again on all of them for the epochs early stopping chose
@@ -456,14 +457,12 @@ def bag_features(grams, idf):
     return csr_matrix((weights[keep] / norm[rows[keep]], (rows[keep], ids[keep])), shape=(len(grams), len(idf)))
 
 
-def choose_recurrent_scale(model, x_val, y_val, scales=(0.0, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)):
-    """The weight of the recurrent logits in the sum with a fitted bag's that gives the lowest
-    validation log-loss, among ``scales`` and the best weight in [0, 8] (the two paths are
-    trained apart, so their scales need not match). 0 is a candidate: on the validation split the
-    sum is never worse than the bag alone."""
+def choose_recurrent_scale(recurrent, bag, y_val, scales=(0.0, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)):
+    """The weight of the recurrent logits in the sum with a fitted bag's (both [rows, classes] on
+    the validation texts) that gives the lowest validation log-loss, among ``scales`` and the best
+    weight in [0, 8] (the two paths are trained apart, so their scales need not match). 0 is a
+    candidate: on the validation split the sum is never worse than the bag alone."""
     from scipy.optimize import minimize_scalar
-
-    recurrent, bag = paths_model(model).predict(x_val, batch_size=256, verbose=0)
 
     def loss(scale):
         z = bag + scale * recurrent
