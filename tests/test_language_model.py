@@ -194,3 +194,14 @@ def test_bad_inputs(tiny_lm):
         tasks.train_language_model("some text", bogus=1)
     with pytest.raises(ValueError, match="context_length"):
         tasks.train_language_model("tiny", context_length=64, steps=1, verbose=0)
+
+
+def test_text_argument_is_text_unless_it_names_a_file(tmp_path):
+    from tasks.language_model import _read
+
+    long_line = "hello world, " * 100  # one line longer than a file name may be: text, not an OSError
+    assert _read(long_line) == long_line
+    path = tmp_path / "corpus.txt"
+    path.write_text("from a file\n", encoding="utf-8")
+    assert _read(str(path)) == "from a file\n"
+    assert _read("no such file") == "no such file"
