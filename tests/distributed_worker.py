@@ -2,17 +2,14 @@
 write its probabilities on held-out texts to a .npy file.
 
 usage: python distributed_worker.py {single|mirrored|multi_worker} OUT.npy
-(multi_worker reads TF_CONFIG; mirrored splits the CPU into two logical devices)
+(set-up: tests/distributed_helpers.py)
 """
 import sys
 
-mode, out = sys.argv[1], sys.argv[2]
-from kerasllm import distribute  # noqa: E402
+from distributed_helpers import worker_strategy  # (this script's folder is on sys.path)
 
-if mode == "mirrored":
-    distribute.split_cpu(2)
-strategy = distribute.get_strategy(None if mode == "single" else mode)  # multi-worker: before any op
-print("replicas", strategy.num_replicas_in_sync if strategy else 1, flush=True)
+mode, out = sys.argv[1], sys.argv[2]
+strategy, chief = worker_strategy(mode)
 
 import numpy as np  # noqa: E402
 
@@ -23,5 +20,5 @@ train, labels, test, _ = stratified_split(*default_classification_data(), test_s
 # no dropout: replicas draw their own dropout masks, which would make the runs differ by design
 clf = tasks.train_classifier(train[:240], labels[:240], validation=(test[:40], _[:40]), epochs=2, seed=0,
                              dropout=0.0, embedding_dropout=0.0, strategy=strategy, max_length=24, batch_size=16)
-if mode != "multi_worker" or '"index": 0' in __import__("os").environ.get("TF_CONFIG", ""):
+if chief:
     np.save(out, clf.predict_proba(test[:50]))

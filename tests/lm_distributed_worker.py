@@ -3,18 +3,14 @@ and write its logits on a fixed window to OUT.npy (and, for mirrored, those of a
 steps and resumed from its checkpoint to OUT_resumed.npy).
 
 usage: python lm_distributed_worker.py {single|mirrored|multi_worker} OUT.npy [CHECKPOINT_DIR]
-(multi_worker reads TF_CONFIG; mirrored splits the CPU into two logical devices)
+(set-up: tests/distributed_helpers.py)
 """
-import os
 import sys
 
-mode, out = sys.argv[1], sys.argv[2]
-from kerasllm import distribute  # noqa: E402
+from distributed_helpers import worker_strategy  # (this script's folder is on sys.path)
 
-if mode == "mirrored":
-    distribute.split_cpu(2)
-strategy = distribute.get_strategy(None if mode == "single" else mode)  # multi-worker: before any op
-print("replicas", strategy.num_replicas_in_sync if strategy else 1, flush=True)
+mode, out = sys.argv[1], sys.argv[2]
+strategy, chief = worker_strategy(mode)
 
 import numpy as np  # noqa: E402
 
@@ -32,7 +28,6 @@ def logits(lm):
     return lm.model(lm.tokenizer.encode(TEXT[-16:])[None]).numpy()
 
 
-chief = mode != "multi_worker" or '"index": 0' in os.environ.get("TF_CONFIG", "")
 lm = tasks.train_language_model(TEXT, steps=6, strategy=strategy, **SETTINGS)
 if chief:
     np.save(out, logits(lm))

@@ -196,6 +196,17 @@ def test_bad_inputs(tiny_lm):
         tasks.train_language_model("tiny", context_length=64, steps=1, verbose=0)
 
 
+def test_text_argument_is_text_unless_it_names_a_file(tmp_path):
+    from tasks.language_model import _read
+
+    long_line = "hello world, " * 100  # one line longer than a file name may be: text, not an OSError
+    assert _read(long_line) == long_line
+    path = tmp_path / "corpus.txt"
+    path.write_text("from a file\n", encoding="utf-8")
+    assert _read(str(path)) == "from a file\n"
+    assert _read("no such file") == "no such file"
+
+
 def test_lstm_tflite_batched_decode_equals_keras_across_chunks(tiny_lstm, tmp_path):
     """The LSTM's TFLite generate/resume signatures carry the state from chunk to chunk: greedy and
     a seeded sample equal the Keras loop past one chunk (``generate_chunk`` made small here)."""

@@ -1,12 +1,10 @@
 """Language-model training: distillation from a teacher, throughput paths, budgets, strategies, progress."""
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.distributed_helpers import finish as _finish, start, two_worker_envs
 
 
 def _kl_to(teacher, student, text):
@@ -53,15 +51,7 @@ WORKER = Path(__file__).with_name("lm_distributed_worker.py")
 
 
 def _run(mode, out, *extra, env=None):
-    return subprocess.Popen([sys.executable, str(WORKER), mode, str(out), *map(str, extra)],
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-
-
-def _finish(process, replicas=1):
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output[-3000:]
-    assert f"replicas {replicas}" in output  # the strategy really ran that many replicas
+    return start(WORKER, mode, out, *extra, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +68,7 @@ def test_mirrored_training_and_resume_match_single_device(single_device_logits, 
 
 
 def test_two_workers_on_loopback_match_single_device(single_device_logits, tmp_path):
-    from tests.test_distributed import _free_ports
-
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    processes = [
-        _run("multi_worker", tmp_path / "logits.npy",
-             env={"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})})
-        for i in range(2)
-    ]
+    processes = [_run("multi_worker", tmp_path / "logits.npy", env=env) for env in two_worker_envs()]
     for p in processes:
         _finish(p, replicas=2)
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), single_device_logits, atol=1e-4)
@@ -135,3 +118,37 @@ def test_time_budget_alone_chooses_and_reports_the_size(lm_text):
     assert plan_note and f"{cfg['layers']} layers x {cfg['hidden']}" in plan_note
     assert cfg["batch_size"] == 4  # what the user set stays as set
     assert lm.history["steps"] >= 1 and lm.history["train_seconds"] < 60
+
+
+def test_lstm_training_compiles_with_xla_in_seconds_and_matches_keras_lstm():
+    """The LSTM LM's training path (lstm_sequence and its own gradient) computes what Keras' LSTM
+    layers compute on the same weights, as a plain graph and XLA-compiled (in seconds)."""
+    import time
+
+    from kerasllm._tf import tf
+    from kerasllm.models.language_model import build_model
+
+    model = build_model("lstm", dict(vocab_size=30, hidden=16, layers=2, context_length=24), 0)
+    tokens = tf.constant(np.random.default_rng(0).integers(0, 30, (4, 25)).astype(np.int32))
+
+    def keras_lstm(x):
+        h = model.embedding(x)
+        for lstm in model.lstms:
+            h = lstm(h)[0]
+        return model.head(h)
+
+    def gradients(forward, tokens):
+        with tf.GradientTape() as tape:
+            logits = forward(tokens[:, :-1])
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(tokens[:, 1:], logits))
+        return [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)], logits
+
+    expected, expected_logits = gradients(keras_lstm, tokens)
+    started = time.perf_counter()
+    compiled = tf.function(lambda t: gradients(model, t), jit_compile=True)(tokens)
+    assert time.perf_counter() - started < 120  # seconds (about 3 on an idle core; 30 on a core shared by 4 jobs)
+    for got, logits in (compiled, tf.function(lambda t: gradients(model, t))(tokens)):
+        np.testing.assert_allclose(logits.numpy(), expected_logits.numpy(), atol=1e-5)
+        assert len(got) == len(expected) == 9
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=1e-4)
