@@ -209,7 +209,7 @@ def test_text_argument_is_text_unless_it_names_a_file(tmp_path):
 
 def test_lstm_tflite_batched_decode_equals_keras_across_chunks(tiny_lstm, tmp_path):
     """The LSTM's TFLite generate/resume signatures carry the state from chunk to chunk: greedy and
-    a seeded sample equal the Keras loop past one chunk (``generate_chunk`` made small here)."""
+    a seeded sample equal the Keras loop past one chunk (300 tokens: chunks of 256 and 44)."""
     import tasks
     from kerasllm.runtime.language_model import load_tflite
 
