@@ -93,6 +93,15 @@ async def wait_ready(url, model, process, timeout=180):
     raise TimeoutError("server did not come up")
 
 
+def cpu_seconds(process) -> float:
+    """CPU time (user + system, all threads) the server process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def stop_server(process):
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)  # graceful: finishes requests in flight
@@ -122,43 +131,119 @@ def diff_hist(after, before):
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
 
 
-class RawHTTP:
-    """A minimal keep-alive HTTP/1.1 client for the load generator only: aiohttp's client costs more CPU per
-    request than the server being measured, and on a 2-core machine that would hide the server's speed."""
+_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
+_CLOSE = re.compile(rb"(?i)\r\nconnection: *close")
 
-    def __init__(self, host, port):
-        self.host, self.port = host, port
-        self.reader = self.writer = None
 
-    async def post(self, path, payload: bytes):
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + self.host.encode()
-                          + b"\r\nContent-Type: application/json\r\nContent-Length: "
-                          + str(len(payload)).encode() + b"\r\n\r\n" + payload)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-        body = await self.reader.readexactly(length)
-        if re.search(rb"(?i)connection: *close", head):
-            await self.close()
-        return status, body
+class _Connection(asyncio.Protocol):
+    """One load client: a keep-alive connection sending its next request as soon as an answer is complete.
 
-    async def close(self):
-        if self.writer is not None:
-            self.writer.close()
+    A bare ``asyncio.Protocol`` (as wrk or hey do it in C): aiohttp's client, or even asyncio streams, cost
+    more CPU per request than the server being measured, and with the server pinned to core 0 the load
+    generator shares core 1 with everything else running on the machine: at its fair share of that core a
+    heavier client, not the server, set the batching number."""
+
+    def __init__(self, run, index):
+        self.run, self.index = run, index
+        self.rng = random.Random(index)
+        self.transport = None
+        self.buffer = bytearray()
+        self.started = None  # perf_counter of the request in flight, None when idle
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.send()
+
+    def send(self):
+        if self.run.stopping():
+            self.started = None
+            self.transport.close()
+            return
+        self.buffer.clear()
+        self.started = time.perf_counter()
+        self.transport.write(self.rng.choice(self.run.requests))
+
+    def data_received(self, data):
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end + 2])
+        length = _LENGTH.search(head)
+        if length is None or len(self.buffer) < end + 4 + int(length[1]):
+            if length is None:
+                self.fail("answer without Content-Length")
+            return
+        body = bytes(self.buffer[end + 4:end + 4 + int(length[1])])
+        self.run.answered(self, int(head[9:12]), body, time.perf_counter() - self.started)
+        self.started = None
+        if _CLOSE.search(head):
+            self.transport.close()
+        else:
+            self.send()
+
+    def fail(self, why):
+        if self.started is not None:
+            self.run.errors.append(why)
+            self.started = None
+        self.transport.abort()
+
+    def connection_lost(self, error):
+        if self.started is not None:  # lost with a request in flight
+            self.run.errors.append(f"connection lost: {error!r}")
+            self.started = None
+        self.run.closed(self)
+
+
+class _LoadRun:
+    def __init__(self, host, port, requests, clients, deadline, stop, on_answer):
+        self.host, self.port, self.requests = host, port, requests
+        self.deadline, self.stop, self.on_answer = deadline, stop, on_answer
+        self.latencies, self.errors, self.answers = [], [], 0
+        self.open = clients
+        self.finished = asyncio.get_running_loop().create_future()
+
+    def stopping(self):
+        return time.monotonic() >= self.deadline or (self.stop is not None and self.stop.is_set())
+
+    def answered(self, connection, status, body, seconds):
+        if status != 200:
+            self.errors.append(f"{status}: {body[:200]!r}")
+            return
+        if self.on_answer is not None:
             try:
-                await self.writer.wait_closed()
-            except OSError:
-                pass
-        self.reader = self.writer = None
+                decoded = json.loads(body)
+                answer = (decoded["predictions"] if "predictions" in decoded else decoded["completions"])[0]
+            except (ValueError, KeyError, IndexError, TypeError) as error:
+                self.errors.append(f"bad answer {body[:200]!r}: {error!r}")
+                return
+            self.on_answer(connection.index, answer)
+        elif not (body.startswith(b'{"predictions": [') or body.startswith(b'{"completions": [')):
+            self.errors.append(f"unexpected answer {body[:200]!r}")
+            return
+        self.latencies.append(seconds)
+        self.answers += 1
+
+    def closed(self, connection):
+        if not self.stopping():  # the server closed it (or an error): reconnect, as a real client would
+            asyncio.get_running_loop().create_task(self.connect(connection.index))
+            return
+        self.open -= 1
+        if self.open == 0 and not self.finished.done():
+            self.finished.set_result(None)
+
+    async def connect(self, index):
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: _Connection(self, index), self.host, self.port)
+        except OSError as error:
+            self.errors.append(repr(error))
+            await asyncio.sleep(0.1)
+            self.closed(_Connection(self, index))
 
 
 async def load(url, model, clients, seconds, on_answer=None, stop=None):
-    """``clients`` loops, each sending one-text predicts back to back on its own connection for ``seconds``
-    (or until the ``stop`` event is set)."""
-    latencies, errors, answers = [], [], 0
-    deadline = time.monotonic() + seconds
+    """``clients`` connections, each sending one-text requests back to back for ``seconds`` (or until the
+    ``stop`` event is set); a request still unanswered 60 s after that counts as an error."""
     host, port = url.split("//")[1].split(":")
     path = f"/v1/models/{model}:{REQUEST['verb']}"
     if REQUEST["verb"] == "generate":
@@ -167,36 +252,18 @@ async def load(url, model, clients, seconds, on_answer=None, stop=None):
                   for t in TEXTS]
     else:
         bodies = [json.dumps({"instances": [t]}).encode() for t in TEXTS]
-
-    async def client(i):
-        nonlocal answers
-        rng = random.Random(i)
-        http = RawHTTP(host, int(port))
-        try:
-            while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
-                started = time.perf_counter()
-                try:
-                    status, data = await asyncio.wait_for(http.post(path, rng.choice(bodies)), 60)
-                    if status != 200:
-                        errors.append(f"{status}: {data[:200]!r}")
-                        continue
-                    decoded = json.loads(data)
-                    answer = (decoded["predictions"] if "predictions" in decoded else decoded["completions"])[0]
-                except Exception as error:  # counted, not raised: the report says how many
-                    errors.append(repr(error))
-                    await http.close()
-                    continue
-                latencies.append(time.perf_counter() - started)
-                answers += 1
-                if on_answer is not None:
-                    on_answer(i, answer)
-        finally:
-            await http.close()
-
+    requests = [b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode()
+                + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
+                + b"\r\n\r\n" + body for body in bodies]
     started = time.monotonic()
-    await asyncio.gather(*(client(i) for i in range(clients)))
+    run = _LoadRun(host, int(port), requests, clients, started + seconds, stop, on_answer)
+    await asyncio.gather(*(run.connect(i) for i in range(clients)))
+    try:
+        await asyncio.wait_for(asyncio.shield(run.finished), seconds + 60)
+    except asyncio.TimeoutError:
+        run.errors.append(f"{run.open} requests unanswered 60 s after the end")
     elapsed = time.monotonic() - started
-    return {"requests": answers, "elapsed": elapsed, "latencies": latencies, "errors": errors}
+    return {"requests": run.answers, "elapsed": elapsed, "latencies": run.latencies, "errors": run.errors}
 
 
 def fuzz_requests(n, model, seed=0):
@@ -453,7 +520,9 @@ def summarize(name, result, hist=None):
     lat = np.array(result["latencies"]) * 1e3 if result["latencies"] else np.array([np.nan])
     return {"mode": name, "requests": result["requests"], "req/s": result["requests"] / result["elapsed"],
             "p50 ms": float(np.percentile(lat, 50)), "p99 ms": float(np.percentile(lat, 99)),
-            "errors": len(result["errors"]), "batches": hist or {}}
+            "errors": len(result["errors"]), "batches": hist or {},
+            "cpu us": result.get("cpu", float("nan")) / max(result["requests"], 1) * 1e6,
+            "cpu share": result.get("cpu", float("nan")) / result["elapsed"]}
 
 
 def classifier_scenario(args):
@@ -489,7 +558,7 @@ def classifier_scenario(args):
                 await wait_ready(urls[mode], args.model, servers[mode])
             print(f"servers up; {args.clients} clients, {args.seconds:g} s per mode in {args.rounds} rounds",
                   flush=True)
-            totals = {mode: {"requests": 0, "elapsed": 0.0, "latencies": [], "errors": []} for mode in urls}
+            totals = {mode: {"requests": 0, "elapsed": 0.0, "latencies": [], "errors": [], "cpu": 0.0} for mode in urls}
             hists = {mode: {} for mode in urls}
             async with aiohttp.ClientSession() as session:
                 for mode in urls:  # a short warm-up burst each (connections, first batches)
@@ -497,7 +566,9 @@ def classifier_scenario(args):
                 for round_index in range(args.rounds):
                     for mode in (list(urls) if round_index % 2 == 0 else list(reversed(urls))):
                         before = await batch_histogram(session, urls[mode], args.model)
+                        cpu_before = cpu_seconds(servers[mode])
                         result = await load(urls[mode], args.model, args.clients, args.seconds / args.rounds)
+                        totals[mode]["cpu"] += cpu_seconds(servers[mode]) - cpu_before
                         after = await batch_histogram(session, urls[mode], args.model)
                         for key in ("requests", "elapsed", "latencies", "errors"):
                             totals[mode][key] += result[key]
@@ -537,13 +608,16 @@ def classifier_scenario(args):
           f"{os.cpu_count()} cores{' (server pinned to core 0, clients to core 1)' if args.pin else ''}; "
           f"server: max_batch_size={args.max_batch_size}, batch_timeout_micros={args.batch_timeout_micros}, "
           f"allowed_batch_sizes={args.allowed_batch_sizes}, num_batch_threads={args.threads}")
-    print(f"{'mode':<12} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}  batch sizes (<= bound: count)")
+    print(f"{'mode':<12} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU us/req':>10} "
+          f"{'CPU busy':>8}  batch sizes (<= bound: count)")
     for row in rows:
         hist = ", ".join(f"<={k}: {v}" for k, v in sorted(row["batches"].items(), key=lambda kv: float(kv[0])))
         print(f"{row['mode']:<12} {row['requests']:>9} {row['req/s']:>8.0f} {row['p50 ms']:>8.2f} "
-              f"{row['p99 ms']:>8.2f} {row['errors']:>7}  {hist}")
+              f"{row['p99 ms']:>8.2f} {row['errors']:>7} {row['cpu us']:>10.0f} {row['cpu share']:>8.0%}  {hist}")
     ratio = rows[0]["req/s"] / max(rows[1]["req/s"], 1e-9)
-    print(f"batching / no batching throughput: {ratio:.2f}x")
+    print(f"batching / no batching throughput: {ratio:.2f}x; server CPU per request: "
+          f"{rows[1]['cpu us'] / max(rows[0]['cpu us'], 1e-9):.2f}x less with batching (CPU busy below 100% "
+          "means the server waited: for the clients or for its core, on a loaded machine)")
     for mode, total in totals.items():
         if total["errors"]:
             print(f"  {mode} first errors: {total['errors'][:3]}")

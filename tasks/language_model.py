@@ -28,7 +28,8 @@ def _read(text_or_path):
     if not isinstance(text_or_path, str) or not text_or_path:
         raise TypeError(f"text_or_path must be a non-empty str (text or a file path) or a Path, "
                         f"got {type(text_or_path).__name__}")
-    if "\n" not in text_or_path and len(text_or_path) < 4096 and Path(text_or_path).is_file():
+    # os.path.isfile, not Path.is_file: a long one-line text is not a file name, not an OSError
+    if "\n" not in text_or_path and len(text_or_path) < 4096 and os.path.isfile(text_or_path):
         return read_text(text_or_path)
     return text_or_path
 

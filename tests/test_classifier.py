@@ -164,6 +164,19 @@ def test_tflite_predictor_is_safe_to_share_between_threads(classifier, classifie
         assert list(pool.map(work, range(4))) == [0, 0, 0, 0]
 
 
+def test_tflite_batches_of_any_size_give_the_keras_answer_and_small_ones_run_once(classifier, classifier_export,
+                                                                                  topic_split):
+    texts = ["short", "word " * 300, "", *topic_split[2][:40]]
+    expected = _expected(classifier, texts)
+    predictor = kerasllm.load(classifier_export["version_dir"].parent)
+    for k in (2, 3, 5, 8, 9, 43):
+        np.testing.assert_allclose(predictor.predict_proba(texts[:k]), expected[:k], atol=1e-4)
+    # two texts of different length buckets: one interpreter call, at batch 2 and the longer one's bucket
+    fresh = kerasllm.load(classifier_export["version_dir"].parent)
+    np.testing.assert_allclose(fresh.predict_proba(texts[:2]), expected[:2], atol=1e-4)
+    assert list(fresh._state().runners) == [(2, len(fresh.buckets) - 1)]
+
+
 def test_savedmodel_predictor_is_safe_to_share_between_threads(classifier, classifier_export, topic_split):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -211,6 +224,40 @@ def test_tflite_ids_padded_on_either_side_give_the_keras_answer(classifier, clas
         left[i, right.shape[1] - len(grams):] = grams
     got = saved.signatures["predict_ids"](token_ids=tf.constant(left))["probabilities"].numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_recurrent_weight_never_makes_the_sum_worse_than_the_bag_on_validation():
+    from kerasllm.models.classifier import choose_recurrent_scale
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    bag = rng.normal(size=(200, 3)) + 2.0 * np.eye(3)[y]  # informative
+    noise = 5.0 * rng.normal(size=(200, 3))  # a recurrent path that learned nothing
+
+    def loss(z):
+        z = z - z.max(1, keepdims=True)
+        return -(z - np.log(np.exp(z).sum(1, keepdims=True)))[np.arange(200), y].mean()
+
+    assert choose_recurrent_scale(noise, bag, y) < 0.05  # about 0 (the fitted weight may find a chance edge)
+    helpful = 3.0 * np.eye(3)[y] + rng.normal(size=(200, 3))
+    scale = choose_recurrent_scale(helpful, bag, y)
+    assert scale > 0 and loss(bag + scale * helpful) < loss(bag)
+    for recurrent in (noise, helpful, -helpful):
+        assert loss(bag + choose_recurrent_scale(recurrent, bag, y) * recurrent) <= loss(bag) + 1e-12
+
+
+def test_float16_tflite_gives_finite_probabilities(classifier, topic_split, tmp_path):
+    """float16 conversion stores float constants in half precision: a tiny epsilon (1e-12) became 0
+    and an empty text's TF-IDF norm 0/0 = NaN."""
+    from kerasllm.export.classifier import length_buckets, write_tflite
+    from kerasllm.runtime.classifier import TFLiteClassifier
+
+    texts = ["", "qqqzzz xxyyk", *topic_split[2][:20]]
+    short = [t for t in texts if len(classifier.tokenizer.ids_one(t)[0]) <= length_buckets(classifier.config)[0][0]]
+    write_tflite(classifier, tmp_path, "float16", buckets=length_buckets(classifier.config)[:1])
+    got = TFLiteClassifier(tmp_path / "model.tflite").predict_proba(short)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, classifier.predict_proba(short), atol=2e-3)
 
 
 def test_savedmodel_signature_is_xla_compiled(classifier_export):

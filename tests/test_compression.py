@@ -398,6 +398,8 @@ def test_language_model_int8_weights(tiny_lm, lm_text, tmp_path):
                                      "batch_size": 16, "warmup_steps": 5})
     float_row, int8_row, student_row, pruned_row = report.rows
     assert [float_row["name"], int8_row["name"]] == ["float", "ptq_dynamic"] and int8_row["tokens"] == 300
+    # a character tokenizer: one token per character, so nats per character equal nats per token
+    assert float_row["loss_per_char"] == pytest.approx(float_row["loss"], rel=1e-6)
     assert student_row["name"] == "distill" and student_row["parameters"] < 0.5 * float_row["parameters"]
     assert student_row["tflite_bytes"] < 0.5 * float_row["tflite_bytes"]
     assert report["distill"].lm.tokenizer is tiny_lm.tokenizer

@@ -194,3 +194,29 @@ def test_bad_inputs(tiny_lm):
         tasks.train_language_model("some text", bogus=1)
     with pytest.raises(ValueError, match="context_length"):
         tasks.train_language_model("tiny", context_length=64, steps=1, verbose=0)
+
+
+def test_text_argument_is_text_unless_it_names_a_file(tmp_path):
+    from tasks.language_model import _read
+
+    long_line = "hello world, " * 100  # one line longer than a file name may be: text, not an OSError
+    assert _read(long_line) == long_line
+    path = tmp_path / "corpus.txt"
+    path.write_text("from a file\n", encoding="utf-8")
+    assert _read(str(path)) == "from a file\n"
+    assert _read("no such file") == "no such file"
+
+
+def test_lstm_tflite_batched_decode_equals_keras_across_chunks(tiny_lstm, tmp_path):
+    """The LSTM's TFLite generate/resume signatures carry the state from chunk to chunk: greedy and
+    a seeded sample equal the Keras loop past one chunk (``generate_chunk`` made small here)."""
+    import tasks
+    from kerasllm.runtime.language_model import load_tflite
+
+    runner = load_tflite(tasks.export(tiny_lstm, tmp_path / "lstm", formats=("tflite",))["tflite"])
+    assert runner._chunk == 256
+    ids = np.stack([tiny_lstm.tokenizer.encode("The value"), tiny_lstm.tokenizer.encode("A module ")])
+    n = 300  # two chunks
+    np.testing.assert_array_equal(runner.generate_tokens(ids, n), tiny_lstm.generate_tokens(ids, n))
+    np.testing.assert_array_equal(runner.generate_tokens(ids, n, temperature=1.5, seed=2),
+                                  tiny_lstm.generate_tokens(ids, n, temperature=1.5, seed=2))

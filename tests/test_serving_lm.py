@@ -143,3 +143,31 @@ def test_generate_verb_for_subword_and_character_models(lm_server, subword_lm, t
         status, data = lm_server.raw("POST", f"/v1/models/{model}:generate",
                                      b'{"prompts": ["The"], "max_new_tokens": 2, "beams": 4}')
         assert status == 400 and "beams" in json.loads(data)["error"]
+
+
+def test_generate_signature_path_seeds_each_request(lm_server, tiny_lm, tmp_path):
+    """Without the continuous engine, :generate runs the exported 'generate' signature: a request without a
+    seed gets a fresh one (it used to get seed 0, so every sampled answer was the same), a seed repeats, and a
+    stream moves the seed on per chunk instead of re-sending prompt + text with the same seed."""
+    (tmp_path / "chars").symlink_to(lm_server.server.registry.root / "chars")
+    server = ServerThread(tmp_path, continuous_batching=False)
+    try:
+        def ask(**fields):
+            body = {"prompts": ["The"], "max_new_tokens": 16, "temperature": 1.0, **fields}
+            status, data = server.raw("POST", "/v1/models/chars:generate", json.dumps(body).encode())
+            assert status == 200, data
+            if not fields.get("stream"):
+                return json.loads(data)["completions"][0]
+            events = [json.loads(line[6:]) for line in data.decode().splitlines() if line.startswith("data: ")]
+            return events[-1]["completions"][0]
+
+        unseeded = {ask() for _ in range(3)}
+        assert len(unseeded) == 3  # 16 sampled characters each: equal only when the seed is
+        assert ask(seed=7) == ask(seed=7) == tiny_lm.generate("The", max_new_tokens=16, temperature=1.0, seed=7)
+        # chunk k (8 tokens) continues prompt + text so far with seed 7 + 8k
+        first = tiny_lm.generate("The", max_new_tokens=8, temperature=1.0, seed=7)
+        want = tiny_lm.generate(first, max_new_tokens=8, temperature=1.0, seed=15)
+        assert ask(seed=7, stream=True, stream_chunk_tokens=8) == want
+        assert len({ask(stream=True, stream_chunk_tokens=8) for _ in range(2)}) == 2
+    finally:
+        server.close()

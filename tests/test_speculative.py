@@ -104,22 +104,48 @@ def test_acceptance_rule_samples_the_target_distribution():
 def test_sampled_speculative_follows_the_target_through_the_loop(tiny_lm, draft_lm, lm_text):
     """Many rows of one prompt, sampled at temperature 1: the second new token (the first the
     acceptance rule chooses, after a round of draft proposals and cache updates) is distributed as
-    the target's sum over t1 of p(t1 | prompt) p(t2 | prompt, t1)."""
+    the target's sum over t1 of p(t1 | prompt) p(t2 | prompt, t1). Four seeds of 250 rows share one
+    compiled loop (the seed is a run-time input)."""
     from kerasllm._tf import tf
 
     prompt = tiny_lm.tokenizer.encode(lm_text[3000:3010])
-    rows = 1000  # one call: a new seed compiles the loop again (a known limit, see the README)
     spec = tiny_lm.with_draft(draft_lm, num_speculative=3)
-    tokens = np.broadcast_to(prompt, (rows, len(prompt)))
-    out = spec.generate_tokens(tokens, 2, temperature=1.0, seed=11)[:, len(prompt):]
-    rounds = [spec.stats["rounds"]]
+    tokens = np.broadcast_to(prompt, (250, len(prompt)))
+    out = np.concatenate([spec.generate_tokens(tokens, 2, temperature=1.0, seed=seed)[:, len(prompt):]
+                          for seed in (11, 12, 13, 14)])
+    assert spec.stats["rounds"] == 1
     vocab = tiny_lm.vocab_size
     p1 = tf.nn.softmax(tiny_lm.model(prompt[None])[0, -1]).numpy().astype(np.float64)
     both = np.concatenate([np.broadcast_to(prompt, (vocab, len(prompt))), np.arange(vocab)[:, None]], 1)
     p2 = p1 @ tf.nn.softmax(tiny_lm.model(both.astype(np.int32))[:, -1]).numpy().astype(np.float64)
     for j, probs in ((0, p1), (1, p2)):
         assert _chi2_pvalue(out[:, j], probs) > ALPHA, f"new token {j}"
-    assert rounds == [1]
+    # the test has power: the draft's distribution for the first token is far from the target's
+    q1 = tf.nn.softmax(draft_lm.model(prompt[None])[0, -1]).numpy().astype(np.float64)
+    assert _chi2_pvalue(np.random.default_rng(0).choice(vocab, 1000, p=q1 / q1.sum()), p1) < 1e-6
+
+
+def test_new_seed_or_temperature_does_not_compile_again(tiny_lm, draft_lm):
+    """Seed and sampling settings are run-time inputs of ONE XLA program: the function is traced
+    once and lowers to the same HLO for any seed or temperature (a value XLA must know at compile
+    time would be baked into the HLO, one compilation per value; a strided slice at the accepted
+    count once did that to the seed)."""
+    from kerasllm.generation.window import PAD_MULTIPLE
+
+    spec = tiny_lm.with_draft(draft_lm, num_speculative=2)
+    ids = np.arange(1, 6, dtype=np.int32)[None]
+    for seed in (1, 2):
+        spec.generate_tokens(ids, 4, temperature=1.0, seed=seed)
+    sampled = [f for sig, f in spec._functions.items() if sig[-1][0] == "sample"]
+    assert len(sampled) == 1 and sampled[0].experimental_get_tracing_count() == 1
+    win, pad = np.zeros((1, PAD_MULTIPLE), np.int32), np.array([PAD_MULTIPLE - 5], np.int32)
+
+    def hlo(seed, temperature):
+        return sampled[0].experimental_get_compiler_ir(win, pad, np.int32(4), np.int32(0), np.int32(seed),
+                                                        np.float32(temperature), np.int32(0),
+                                                        np.float32(1.0))(stage="hlo")
+
+    assert hlo(1, 1.0) == hlo(123456, 1.0) == hlo(1, 0.5)
 
 
 def test_sampling_is_seeded_and_really_samples(periodic_lm):

@@ -113,6 +113,52 @@ def test_per_model_batching_only_where_tf_serving_can_batch(bundle):
     assert written["batching"] == {"enc": options, "lm": None, "sms": None}
 
 
+def _batching_parameters_message():
+    """TF Serving's ``BatchingParameters`` (servables/tensorflow/session_bundle_config.proto at commit 9d981c5),
+    field by field: the tensorflow-serving-api package does not ship that proto."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="session_bundle_config.proto", package="tensorflow.serving",
+                                               syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
+    message = proto.message_type.add(name="BatchingParameters")
+    for name, number, wrapper in (("max_batch_size", 1, "Int64Value"), ("batch_timeout_micros", 2, "Int64Value"),
+                                  ("max_enqueued_batches", 3, "Int64Value"), ("num_batch_threads", 4, "Int64Value"),
+                                  ("thread_pool_name", 5, "StringValue"), ("enable_large_batch_splitting", 8, "BoolValue"),
+                                  ("max_execution_batch_size", 9, "Int64Value")):
+        message.field.add(name=name, number=number, type=field.TYPE_MESSAGE, label=field.LABEL_OPTIONAL,
+                          type_name=".google.protobuf." + wrapper)
+    message.field.add(name="allowed_batch_sizes", number=6, type=field.TYPE_INT64, label=field.LABEL_REPEATED)
+    message.field.add(name="pad_variable_length_inputs", number=7, type=field.TYPE_BOOL, label=field.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(descriptor_pb2.FileDescriptorProto.FromString(wrappers_pb2.DESCRIPTOR.serialized_pb))
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+
+
+def test_batching_files_parse_as_tf_serving_batching_parameters(bundle):
+    """bundle_factory_util.cc reads both files with ParseProtoTextFile into BatchingParameters; the last allowed
+    size must equal max_batch_size (WrapSessionForBatching; large-batch splitting stays off: we never set it)."""
+    from google.protobuf import text_format
+
+    root, written = bundle
+    for path in (written["batching_parameters"], root / "enc" / "1" / BATCHING_PARAMS_FILE):
+        params = text_format.Parse(path.read_text(), _batching_parameters_message()())
+        assert params.max_batch_size.value == 16 and params.batch_timeout_micros.value == 1500
+        assert params.num_batch_threads.value == 3 and list(params.allowed_batch_sizes) == [4, 16]
+        assert params.allowed_batch_sizes[-1] == params.max_batch_size.value
+        assert not params.HasField("enable_large_batch_splitting")
+    assert text_format.Parse((root / "enc" / "1" / BATCHING_PARAMS_FILE).read_text(),
+                             _batching_parameters_message()()).pad_variable_length_inputs
+    # and what TF Serving's own printer writes, the embedded server reads back
+    params = _batching_parameters_message()()
+    params.max_batch_size.value, params.batch_timeout_micros.value = 8, 300
+    params.allowed_batch_sizes.extend([2, 8])
+    params.thread_pool_name.value = "pool"
+    options = BatchingOptions.from_pbtxt(text_format.MessageToString(params))
+    assert (options.max_batch_size, options.batch_timeout_micros, options.allowed_batch_sizes) == (8, 300, (2, 8))
+
+
 def test_batching_params_round_trip_and_refuse_unknown_fields():
     options = BatchingOptions(8, 100, 4, 1, (2, 8), pad_variable_length_inputs=True)
     assert BatchingOptions.from_pbtxt(options.to_pbtxt()) == options
@@ -137,6 +183,8 @@ def test_warmup_records_are_requests_tf_serving_can_run(bundle):
         version_dir = root / name / str(version)
         records = read_warmup_requests(written["warmup"][name])
         assert 0 < len(records) <= MAX_WARMUP_RECORDS  # saved_model_warmup_util.h: kMaxNumRecords
+        # saved_model_warmup.cc replays Predict, Classify, Regress and MultiInference logs and refuses the others
+        assert {r.WhichOneof("log_type") for r in records} == {"predict_log"}
         requests = [r.predict_log.request for r in records]
         assert {r.model_spec.name for r in requests} == {name}
         batching = (BatchingOptions.from_pbtxt((version_dir / BATCHING_PARAMS_FILE).read_text())

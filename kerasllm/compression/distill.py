@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kerasllm.compression.training import fine_tune, with_model
+from kerasllm.compression.training import fine_tune, soft_target_loss, soft_targets, with_model
 
 # the student's defaults: the teacher's tokenizer and vocabulary, narrower layers, fewer bigram buckets
 STUDENT = {"embedding_dim": 8, "units": 8, "bigram_buckets_fraction": 0.25}
@@ -30,7 +30,7 @@ def distill_classifier(teacher, texts, labels=None, temperature=2.0, alpha=0.5, 
     the student learns from the teacher alone (alpha = 0). ``student``: dict of the student's
     embedding_dim, units, bigram_buckets (default: a quarter of the teacher's size or less).
     """
-    from kerasllm._tf import keras, tf
+    from kerasllm._tf import keras
     from kerasllm.compression.training import encode_labelled
     from kerasllm.models.classifier import build_model
 
@@ -43,17 +43,8 @@ def distill_classifier(teacher, texts, labels=None, temperature=2.0, alpha=0.5, 
     else:
         x, y = encode_labelled(teacher, texts, labels)
     n = len(teacher.classes)
-    soft = teacher.predict_proba(texts).astype(np.float64) ** (1.0 / temperature)
-    soft = (soft / soft.sum(axis=1, keepdims=True)).astype(np.float32)
-    targets = np.concatenate([np.eye(n, dtype=np.float32)[y], soft], axis=1)
-
-    def loss(target, probs):
-        hard, teacher_soft = target[:, :n], target[:, n:]
-        log_p = tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0))
-        log_soft = tf.nn.log_softmax(log_p / temperature)  # log p is the logits up to a constant
-        hard_loss = -tf.reduce_sum(hard * log_p, axis=1)
-        soft_loss = -tf.reduce_sum(teacher_soft * log_soft, axis=1)
-        return alpha * hard_loss + (1.0 - alpha) * temperature ** 2 * soft_loss
+    targets = soft_targets(teacher.predict_proba(texts), y, temperature)
+    loss = soft_target_loss(n, temperature, alpha)
 
     # the student's bag has other bigram ids: no idf or logistic-regression offset of the teacher's;
     # it learns its bag jointly (ClassifierParts' trained bag)

@@ -96,7 +96,7 @@ def measure(variant, token_ids, context_length):
     with tempfile.TemporaryDirectory(prefix="kerasllm-lm-variant-") as tmp:
         runtime = TFLiteLanguageModel(variant.write_tflite(Path(tmp) / "model.tflite"))
         n_cache = runtime._n_cache
-        losses, times = [], []
+        losses, times, predicted = [], [], []
         for start in range(0, len(token_ids) - 1, context_length):
             window = np.asarray(token_ids[start:start + context_length + 1], np.int32)
             if len(window) < 2:
@@ -106,15 +106,19 @@ def measure(variant, token_ids, context_length):
                 logits = out["logits"][0].astype(np.float64)
                 logits -= logits.max()
                 losses.append(np.log(np.exp(logits).sum()) - logits[window[pos]])
+                predicted.append(int(window[pos]))
                 if pos == len(window) - 1 or pos >= context_length:
                     break
                 cache = {f"cache_{i}": out[f"cache_{i}"] for i in range(n_cache)}
                 begin = time.perf_counter()
                 out = runtime._decode(token=window[pos:pos + 1], pos=np.int32(pos), pad=np.zeros(1, np.int32), **cache)
                 times.append(time.perf_counter() - begin)
+    # nats per character too: comparable across tokenizers (a subword token spans several characters)
+    chars = len(variant.lm.tokenizer.decode(predicted)) if predicted else 0
     return {"name": variant.name, "status": "ok", "quantization": mode_name(variant.quantization),
             "tflite_bytes": variant.tflite_bytes, "gzip_bytes": variant.gzip_bytes,
             "loss": float(np.mean(losses)) if losses else float("nan"), "tokens": len(losses),
+            "loss_per_char": float(np.sum(losses) / chars) if chars else float("nan"),
             "token_losses": np.asarray(losses),
             "p50_ms": float(np.median(times) * 1000) if times else 0.0, "notes": variant.notes}
 
@@ -138,11 +142,12 @@ def xla_tokens_per_s(lm, new_tokens=128, repeats=3):
     return new_tokens / float(np.median(times))
 
 
-def prune_ffn(lm, text, sparsity=0.8, steps=300, learning_rate=1e-3, batch_size=8, seed=0):
+def prune_ffn(lm, text, sparsity=0.8, steps=300, learning_rate=1e-3, batch_size=8, seed=0, time_budget_s=None):
     """Structured pruning of a Transformer LM: keep the ``1 - sparsity`` most important feed-forward
     units of every block (importance: norm of the unit's input column times its output row), slice
-    ``fc``/``out``, then fine-tune ``steps`` steps on the first 90% of ``text`` with the unpruned
-    model as teacher (``training.lm.train(teacher=lm)``). Returns ``(pruned LanguageModel, info)``."""
+    ``fc``/``out``, then fine-tune ``steps`` steps (or ``time_budget_s`` seconds, whichever comes first)
+    on the first 90% of ``text`` with the unpruned model as teacher (``training.lm.train(teacher=lm)``).
+    Returns ``(pruned LanguageModel, info)``."""
     import dataclasses
 
     from kerasllm.compression.prune import MethodUnsupported
@@ -170,9 +175,11 @@ def prune_ffn(lm, text, sparsity=0.8, steps=300, learning_rate=1e-3, batch_size=
         getattr(model, name).set_weights(getattr(lm.model, name).get_weights())
     ids = np.asarray(lm.encode_corpus(text), np.int32)
     split = int(len(ids) * 0.9)
-    train(model, ids[:split], None, context_length=cfg.context_length, steps=steps, batch_size=batch_size,
-          learning_rate=learning_rate, warmup_steps=min(50, steps // 10), seed=seed, verbose=0, teacher=lm)
-    return LanguageModel(model, lm.tokenizer), {"ff": f"{cfg.ff} -> {keep} per block", "fine_tune_steps": steps}
+    history = train(model, ids[:split], None, context_length=cfg.context_length, steps=steps,
+                    time_budget_s=time_budget_s, batch_size=batch_size, learning_rate=learning_rate,
+                    warmup_steps=min(50, steps // 10), seed=seed, verbose=0, teacher=lm)
+    done = history.get("steps", steps) if isinstance(history, dict) else steps
+    return LanguageModel(model, lm.tokenizer), {"ff": f"{cfg.ff} -> {keep} per block", "fine_tune_steps": done}
 
 
 def train_student(teacher, text, student):
@@ -192,15 +199,16 @@ def train_student(teacher, text, student):
 
 
 def compress_language_model(model, train_texts=None, train_labels=None, validation=None, methods=LM_METHODS,
-                            eval_tokens=1024, student=None, sparsity=0.8, prune_steps=300, isolate=True,
-                            verbose=False, **options):
+                            eval_tokens=1024, student=None, sparsity=0.8, prune_steps=300, prune_time_s=None,
+                            isolate=True, verbose=False, **options):
     """``tasks.compress`` for a language model: rows "float", then one per method; quality is the
     validation loss (nats per token, lower is better; ``best`` budgets are relative, 0.02 = 2%);
     ``p50_ms`` is one TFLite decode step; ``tflite_tokens_per_s`` its inverse; ``xla_tokens_per_s``
     greedy decode through the XLA loop (float models only). ``validation``: held-out text (default:
     the last 10% of ``train_texts`` when that is one string). ``student`` (for "distill"): a trained
     student LanguageModel or its hyperparameters (default: half the teacher's width). "prune":
-    ``prune_ffn`` at ``sparsity`` with ``prune_steps`` of fine-tuning."""
+    ``prune_ffn`` at ``sparsity`` with ``prune_steps`` (at most ``prune_time_s`` s) of fine-tuning.
+    ``loss_per_char``: the same loss in nats per character of the predicted tokens."""
     if options:
         raise TypeError(f"unexpected options for a language model: {sorted(options)}")
     if getattr(model, "tokenizer", None) is None:
@@ -239,7 +247,8 @@ def compress_language_model(model, train_texts=None, train_labels=None, validati
                 from kerasllm.compression.prune import MethodUnsupported
 
                 try:
-                    students["pruned"] = prune_ffn(model, train_texts, sparsity, prune_steps)
+                    students["pruned"] = prune_ffn(model, train_texts, sparsity, prune_steps,
+                                                   time_budget_s=prune_time_s)
                 except MethodUnsupported as e:
                     students["pruned"] = e
             if isinstance(students["pruned"], Exception):

@@ -23,7 +23,16 @@ class MethodUnsupported(ValueError):
     """A compression method does not apply to this model (reported as a failed row, with the reason)."""
 
 
-def prune_units(clf, texts, labels, sparsity=0.8, epochs=3, learning_rate=None, seed=0):
+def sample_weight(clf, y):
+    """Per-example class weights of ``clf``'s ``class_weight`` setting for label indices ``y`` (or None)."""
+    from kerasllm.models.classifier import TextClassifier
+
+    cw = TextClassifier._class_weights(clf.config.class_weight, clf.classes, [clf.classes[i] for i in y])
+    return None if cw is None else cw[y]
+
+
+def prune_units(clf, texts, labels, sparsity=0.8, epochs=3, learning_rate=None, seed=0, temperature=2.0,
+                alpha=0.5):
     """Structured pruning: keep the ``1 - sparsity`` most important recurrent units (per direction),
     slice every weight that reads or writes them (the word table is first refolded into the
     recurrence's input projection, ``training.refold``, so it keeps only the columns of the kept
@@ -36,6 +45,8 @@ def prune_units(clf, texts, labels, sparsity=0.8, epochs=3, learning_rate=None, 
     """
     from kerasllm._tf import keras
     from kerasllm.compression.training import rebuild
+    from kerasllm.compression.training import soft_target_loss, soft_targets
+    from kerasllm.models.classifier import fit_bag
     from kerasllm.models.classifier_layers import ClassifierParts, idf_weights, model_parts
 
     if not 0.0 < sparsity < 1.0:
@@ -88,14 +99,32 @@ def prune_units(clf, texts, labels, sparsity=0.8, epochs=3, learning_rate=None, 
             merged = weighted.reshape(-1, new_buckets, tail.shape[1]).sum(0)
             new_idf = idf[len(head):, None]
             merged = np.where(new_idf > 0, merged / np.maximum(new_idf, 1e-6), 0.0).astype(np.float32)
-            idf = np.concatenate([np.asarray(old_idf, np.float32)[: len(head)], idf[len(head):]]).tolist()
-            changes["ngram_idf"] = idf
+            idf = np.concatenate([np.asarray(old_idf, np.float32)[: len(head)], idf[len(head):]])
+            changes["ngram_idf"] = idf.tolist()
+            if getattr(cfg, "bag_offset", None) is not None:
+                # the teacher's bag was fitted by logistic regression: fit the folded bag the same way
+                # (the merged rows above are only its starting point otherwise), then keep it frozen
+                refit = fit_bag(grams, idf, y, len(clf.classes), cfg.bag_c, sample_weight(clf, y))
+                head, merged = refit[0][: len(head)], refit[0][len(head):]
+                changes["bag_offset"] = refit[1]
         weights[parts.table.name] = [np.concatenate([head, merged])]
     keras.utils.set_random_seed(seed)
     out = rebuild(folded_clf, changes, weights)
-    fine_tune(out.model, x, y, epochs, learning_rate or cfg.learning_rate / 3, cfg.batch_size, seed=seed)
+    new_parts = model_parts(out.model)
+    if parts.bag and changes.get("bag_offset") is not None:
+        new_parts.table.trainable = False
+    # fine-tune on the labels and the unpruned model's softened probabilities (distillation): the
+    # pruned model learns the function it replaces, not only the labels (which it can overfit)
+    targets = soft_targets(clf.predict_proba(texts), y, temperature)
+    fine_tune(out.model, x, targets, epochs, learning_rate or cfg.learning_rate / 3, cfg.batch_size, seed=seed,
+              loss=soft_target_loss(len(clf.classes), temperature, alpha))
+    if parts.bag:
+        new_parts.table.trainable = True
     out._refolded = False  # the identity kernel trains too
     return out, {"pruning": "units", "units": f"{units} -> {keep_n} per direction",
+                 "fine_tuning": f"{epochs} epochs on labels + the unpruned model's probabilities (T={temperature}, "
+                                f"alpha={alpha})" + (", bag refitted by logistic regression and frozen"
+                                                     if changes.get("bag_offset") is not None else ""),
                  "removed_unit_fraction": round(1 - keep_n / units, 4),
                  "embedding_dim": f"{cfg.embedding_dim} -> {width} (the refolded input projection of the kept units)",
                  "bigram_buckets": f"{buckets} -> {new_buckets}"}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from kerasllm.compression.training import (encode_labelled, fine_tune, own_model_scope, refold, restore_masks,
-                                            with_model)
+                                            soft_target_loss, soft_targets, with_model)
 
 
 def _embedding_config_class():
@@ -170,23 +170,27 @@ def qat_tflite_bytes(clf):
     return rename_signatures(flatbuffer, {"serving_default": f"predict_{clf.config.max_length}"})
 
 
-def qat_classifier(clf, texts, labels, epochs=2, learning_rate=None, keep_zeros=False, seed=0):
+def qat_classifier(clf, texts, labels, epochs=2, learning_rate=None, keep_zeros=False, seed=0, temperature=2.0,
+                   alpha=0.5):
     """Fine-tune ``clf`` with int8 fake quantization; returns ``(classifier, info)``; the classifier's
     ``qat_model`` is the trained quantization-aware graph that ``ptq.convert(..., qat=True)`` ships.
 
     ``keep_zeros=True`` (pruning-preserving QAT, for a pruned model): weights that are exactly
     zero stay zero, so the sparsity survives. ``info`` names the quantized and the float layers.
+    The loss mixes the labels with ``clf``'s own softened probabilities (distillation, as for
+    pruning): the quantized model learns to keep the function it quantizes.
     """
     from kerasllm._tf import keras
 
     clf = refold(clf)
     x, y = encode_labelled(clf, texts, labels)
+    targets = soft_targets(clf.predict_proba(texts), y, temperature)
     qat, quantized, skipped = quantize_aware_model(clf.model)
     callbacks = []
     if keep_zeros:
         callbacks.append(_KeepZeros(qat, keras))
-    fine_tune(qat, x, y, epochs, learning_rate or clf.config.learning_rate / 3, clf.config.batch_size,
-              callbacks=callbacks, seed=seed)
+    fine_tune(qat, x, targets, epochs, learning_rate or clf.config.learning_rate / 3, clf.config.batch_size,
+              callbacks=callbacks, seed=seed, loss=soft_target_loss(len(clf.classes), temperature, alpha))
     from kerasllm.models.classifier import build_model
 
     plain = build_model(clf.config)
@@ -196,7 +200,8 @@ def qat_classifier(clf, texts, labels, epochs=2, learning_rate=None, keep_zeros=
     attach_qat_model(out, layer_weights(qat))
     return out, {"quantized_layers": quantized, "float_layers": skipped,
                  "scheme": "int8 fake quantization in training (Embedding tables: per-tensor weights; Dense: "
-                           "tfmot default 8-bit); shipped as the QAT graph with its trained ranges; "
+                           f"tfmot default 8-bit), {epochs} epochs on labels + the model's own probabilities "
+                           f"(T={temperature}, alpha={alpha}); shipped as the QAT graph with its trained ranges; "
                            f"float32 in training and in the file: {', '.join(skipped) or 'nothing'}"}
 
 

@@ -68,10 +68,13 @@ class CompressionReport:
     def to_markdown(self):
         metrics = self._metrics()
         drop_unit = "points" if self.higher_is_better else "%"
-        extra = [(k, label) for k, label in (("parameters", "parameters"), ("xla_tokens_per_s", "XLA tok/s"),
-                                             ("tflite_tokens_per_s", "TFLite tok/s")) if k in self.rows[0]]
+        extra = [(k, label, f) for k, label, f in (("loss_per_char", "nats/char", "{:.4f}"),
+                                                   ("parameters", "parameters", "{:,.0f}"),
+                                                   ("xla_tokens_per_s", "XLA tok/s", "{:,.0f}"),
+                                                   ("tflite_tokens_per_s", "TFLite tok/s", "{:,.0f}"))
+                 if k in self.rows[0]]
         head = (["variant", "quantization", "TFLite KB", "× float", "gzip KB", "× float"] + metrics
-                + [f"{self.quality} drop ({drop_unit}) [95% CI]", "p50 ms"] + [label for _, label in extra])
+                + [f"{self.quality} drop ({drop_unit}) [95% CI]", "p50 ms"] + [label for _, label, _ in extra])
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         scale = 100
         for r in self.rows:
@@ -85,7 +88,7 @@ class CompressionReport:
             ci = r.get("drop_ci", {}).get(self.quality)
             interval = f" [{ci[0] * scale:+.2f}, {ci[1] * scale:+.2f}]" if ci else ""
             cells += [f"{r['quality_drop'] * scale:+.2f}{interval}", f"{r['p50_ms']:.3f}"]
-            cells += ["—" if r.get(k) is None else f"{r[k]:,.0f}" for k, _ in extra]
+            cells += ["—" if r.get(k) is None else f.format(r[k]) for k, _, f in extra]
             lines.append("| " + " | ".join(cells) + " |")
         notes = [f"- **{r['name']}**: FAILED: {r['error']}" for r in self.failed]
         if "tokens" in self.rows[0]:

@@ -31,6 +31,32 @@ def fine_tune(model, x, y, epochs, learning_rate, batch_size=32, callbacks=(), l
     return model
 
 
+def soft_targets(teacher_probs, y, temperature=2.0):
+    """[one-hot labels | teacher probabilities softened by ``temperature``]: the targets of
+    ``soft_target_loss`` (both halves in one array, so Keras passes them as one ``y``)."""
+    n = teacher_probs.shape[1]
+    soft = np.asarray(teacher_probs, np.float64) ** (1.0 / temperature)
+    soft = (soft / soft.sum(axis=1, keepdims=True)).astype(np.float32)
+    return np.concatenate([np.eye(n, dtype=np.float32)[np.asarray(y)], soft], axis=1)
+
+
+def soft_target_loss(n_classes, temperature=2.0, alpha=0.5):
+    """Knowledge distillation (Hinton et al., 2015) for a model that outputs probabilities: ``alpha``
+    x cross-entropy with the labels + (1 - alpha) x T² x cross-entropy with the teacher's softened
+    probabilities (targets from ``soft_targets``)."""
+    from kerasllm._tf import tf
+
+    def loss(target, probs):
+        hard, teacher_soft = target[:, :n_classes], target[:, n_classes:]
+        log_p = tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0))
+        log_soft = tf.nn.log_softmax(log_p / temperature)  # log p is the logits up to a constant
+        hard_loss = -tf.reduce_sum(hard * log_p, axis=1)
+        soft_loss = -tf.reduce_sum(teacher_soft * log_soft, axis=1)
+        return alpha * hard_loss + (1.0 - alpha) * temperature ** 2 * soft_loss
+
+    return loss
+
+
 def with_model(clf, model, **config_changes):
     """A copy of the classifier ``clf`` holding ``model`` (same tokenizer, config updated)."""
     new = copy.copy(clf)

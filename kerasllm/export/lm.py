@@ -12,10 +12,11 @@ SavedModel signatures (TF Serving can call them):
 Argument checks (empty prompt, bad settings, pads) run outside XLA, so they raise clear
 InvalidArgumentErrors (XLA drops ``tf.debugging`` asserts).
 
-TFLite (one row per call, static shapes): ``prefill`` (tokens [1, P], pad [1] -> logits [1, V] +
-cache) and ``decode`` (token [1], pos, pad [1], cache -> logits + cache); the cache (Transformer
-keys/values at the context length, or LSTM h/c) is explicit tensors ``cache_0 ... cache_{2L-1}``. The tokenizer and
-model config are attached to the ``.tflite`` (``kerasllm.export.tflite.attach``).
+TFLite: ``generate_1`` / ``generate_8`` run a whole window segment for a batch in one invoke (the
+decode loop is a WHILE op; see ``build_tflite_functions``), and one-row ``prefill`` (tokens [1, P],
+pad [1] -> logits [1, V] + cache) / ``decode`` (token [1], pos, pad [1], cache -> logits + cache)
+with the cache as explicit tensors ``cache_0 ... cache_{2L-1}``. The tokenizer and model config are
+attached to the ``.tflite`` (``kerasllm.export.tflite.attach``).
 """
 from __future__ import annotations
 
@@ -218,12 +219,37 @@ def build_saved_model_module(lm):
     return module, signatures
 
 
+TFLITE_BATCHES = (1, 8)  # generate signatures: a batch runs as groups of 8 rows, the last padded up to 1 or 8
+
+
+def _generate_specs(batch, lstm):
+    specs = [tf.TensorSpec([batch], tf.int32, name="pad"),
+             tf.TensorSpec([], tf.int32, name="count"), tf.TensorSpec([], tf.int32, name="step0"),
+             tf.TensorSpec([], tf.int32, name="seed"), tf.TensorSpec([], tf.float32, name="temperature"),
+             tf.TensorSpec([], tf.int32, name="top_k"), tf.TensorSpec([], tf.float32, name="top_p"),
+             tf.TensorSpec([], tf.int32, name="first_row")]
+    if not lstm:  # its length is the cache length (a shape, so TFLite plans every tensor statically)
+        specs.insert(1, tf.TensorSpec([None], tf.int32, name="cache_slots"))
+    return specs
+
+
 def build_tflite_functions(lm):
-    """Concrete functions for TFLite: one row (batch 1), the cache at the full context length.
-    Static shapes keep the whole decode step in TFLite's XNNPACK delegate; the runtime runs the rows
-    of a batch one after another, each with its own pads (same tokens as the batched plan)."""
+    """Concrete functions for TFLite.
+
+    ``generate_{B}`` (B in ``TFLITE_BATCHES``): one invoke runs a whole window segment for B rows:
+    the prefill and ``AnySampler``'s decode loop (a TFLite WHILE op), the cache staying inside the
+    interpreter. The same ``Sampler.start`` code as the Keras loop and the SavedModel. Transformer
+    inputs: tokens [B, W], pad [B], cache_slots [T] (only its length T, the cache length, matters),
+    count, step0, seed, temperature, top_k, top_p, first_row -> new_tokens [B, context + 1]. The LSTM
+    (no window) generates ``LSTM_CHUNK`` tokens per invoke: ``generate_{B}`` also returns its state
+    (``cache_i``) and last token, and ``resume_{B}`` goes on from them.
+
+    ``prefill``/``decode`` (one row, the cache at the full context length, as explicit tensors):
+    single steps, for callers that score tokens one at a time (LM compression)."""
     model = lm.model
     cache_len = _cache_length(lm)
+    lstm = lm.window_context is None
+    buffer_len = LSTM_CHUNK if lstm else lm.window_context + 1
     cache_specs = [tf.TensorSpec(t.shape, tf.float32, name=f"cache_{i}")
                    for i, t in enumerate(_flat(model.init_cache(1, cache_len)))]
 
@@ -240,13 +266,59 @@ def build_tflite_functions(lm):
         logits, cache = model.decode(token, pos, pad, _nest(list(cache)), model.decode_constants())
         return {"logits": logits, **{f"cache_{i}": t for i, t in enumerate(_flat(cache))}}
 
-    return [prefill.get_concrete_function(), decode.get_concrete_function()]
+    functions = [prefill.get_concrete_function(), decode.get_concrete_function()]
+    for batch in TFLITE_BATCHES:
+        functions += _tflite_generate(model, batch, lstm, buffer_len)
+    return functions
+
+
+def _tflite_generate(model, batch, lstm, buffer_len):
+    """The ``generate_{batch}`` (and LSTM ``resume_{batch}``) concrete functions."""
+    sampler = AnySampler()
+
+    def outputs(out, cache, last):
+        result = {"new_tokens": out}
+        if lstm:  # the state goes on to the next chunk
+            result.update(last=last, **{f"cache_{i}": t for i, t in enumerate(_flat(cache))})
+        return result
+
+    def signature(fn, name, specs):
+        fn.__name__ = f"{name}_{batch}"  # the signature key
+        return tf.function(fn, input_signature=specs).get_concrete_function()
+
+    tokens = tf.TensorSpec([batch, None], tf.int32, name="tokens")
+    if not lstm:
+        def generate(tokens, pad, cache_slots, count, step0, seed, temperature, top_k, top_p, first_row):
+            cache = model.init_cache(batch, tf.shape(cache_slots)[0])
+            return outputs(*sampler.start(model, tokens, pad, cache, count, step0, seed, (temperature, top_k, top_p),
+                                          tf.zeros([batch, buffer_len], tf.int32), first_row))
+
+        return [signature(generate, "generate", [tokens] + _generate_specs(batch, False))]
+
+    def generate_lstm(tokens, pad, count, step0, seed, temperature, top_k, top_p, first_row):
+        return outputs(*sampler.start(model, tokens, pad, model.init_cache(batch, 1), count, step0, seed,
+                                      (temperature, top_k, top_p), tf.zeros([batch, buffer_len], tf.int32),
+                                      first_row))
+
+    def resume(token, index, pad, count, step0, seed, temperature, top_k, top_p, first_row, *cache):
+        return outputs(*sampler.resume(model, token, _nest(list(cache)), index, pad, count, step0, seed,
+                                       (temperature, top_k, top_p), tf.zeros([batch, buffer_len], tf.int32),
+                                       first_row))
+
+    state = [tf.TensorSpec([batch] + list(t.shape[1:]), tf.float32, name=f"cache_{i}")
+             for i, t in enumerate(_flat(model.init_cache(1, 1)))]
+    return [signature(generate_lstm, "generate", [tokens] + _generate_specs(batch, True)),
+            signature(resume, "resume", [tf.TensorSpec([batch], tf.int32, name="token"),
+                                         tf.TensorSpec([], tf.int32, name="index")]
+                      + _generate_specs(batch, True) + state)]
 
 
 def runtime_config(lm):
     return {"kind": lm.kind, "architecture": lm.architecture, "model": lm.config.to_dict(),
             "tokenizer": lm.tokenizer.get_config() if lm.tokenizer is not None else None,
-            "cache_length": _cache_length(lm), "cache_tensors": 2 * lm.config.layers}
+            "cache_length": _cache_length(lm), "cache_tensors": 2 * lm.config.layers,
+            "generate_batches": list(TFLITE_BATCHES),
+            "generate_chunk": LSTM_CHUNK if lm.window_context is None else lm.window_context + 1}
 
 
 def export_language_model(lm, directory, formats, quantization=None):
@@ -265,6 +337,8 @@ def export_language_model(lm, directory, formats, quantization=None):
         flat = convert(functions, lm.model, quantization=quantization)
         (directory / TFLITE_FILE).write_bytes(attach(flat, runtime_config(lm)))
         extra["tflite"] = TFLITE_FILE
-        extra["tflite_signatures"] = ["prefill", "decode"]
+        extra["tflite_signatures"] = ["prefill", "decode"] + [
+            f"{kind}_{b}" for b in TFLITE_BATCHES for kind in (("generate", "resume") if lm.window_context is None
+                                                               else ("generate",))]
         extra["quantization"] = quantization
     return extra

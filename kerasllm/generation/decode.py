@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from kerasllm.generation.samplers import SamplerSettings
-from kerasllm.generation.window import PAD_MULTIPLE, round_up, segments, window
+from kerasllm.generation.window import PAD_MULTIPLE, cache_slots, round_up, segments, window
 
 CHUNK = 32  # new-token buffers and cache lengths are sized in multiples of this
 
@@ -63,7 +63,7 @@ class Decoder:
             n = min(seg.count, chunk or seg.count)
             # one buffer size per model and chunk size: fewer compiled functions
             buffer_len = round_up(chunk or (self.context_length + 1 if self.context_length else n), CHUNK)
-            cache_len = round_up(width + seg.count - 1, PAD_MULTIPLE) if self.context_length else 0
+            cache_len = cache_slots(width, seg.count) if self.context_length else 0
             out, cache, last = self._function("start", batch, width, cache_len, buffer_len, sampler)(
                 win, w_pad, np.int32(n), np.int32(step), seed, *params)
             done, index = 0, width + n - 1  # the last token's cache slot (decoded by the next resume)

@@ -87,7 +87,7 @@ def _hash(x, ops):
 def uniforms(seed, step, batch, ops, first_row=0):
     """float32 [batch] in [0, 1): one number per (seed, step, row); 24 bits, exact in float32.
     ``first_row``: the batch row of the first of these rows (a runtime that runs rows one by one)."""
-    rows = ops.range_u32(batch) + ops.u32(first_row)
+    rows = ops.range_u32(batch) + ops.to_u32(first_row)  # first_row: an int or a scalar tensor
     x = ops.to_u32(seed) * ops.u32(_MIX[0]) + ops.to_u32(step) * ops.u32(_MIX[1]) + rows * ops.u32(_MIX[2])
     x = _hash(_hash(x, ops), ops)
     return ops.to_f32(ops.shr(x, 8)) * np.float32(2.0 ** -24)
@@ -158,22 +158,23 @@ class Sampler:
         u = uniforms(seed, step, logits.shape[0] if ops is NUMPY else _tf_batch(logits), ops, first_row)
         return self.next_token(logits, u, *params, ops)
 
-    def start(self, model, tokens, pad, cache, count, step0, seed, params, buffer):
+    def start(self, model, tokens, pad, cache, count, step0, seed, params, buffer, first_row=0):
         """Prefill ``tokens`` [B, W] (left-padded) and produce ``count`` tokens into ``buffer`` [B, N]
-        -> (buffer, cache, last token). The last token is not decoded yet (a ``resume`` does that)."""
+        -> (buffer, cache, last token). The last token is not decoded yet (a ``resume`` does that).
+        ``first_row``: the batch row of row 0 (random numbers are per row; TFLite runs big batches in groups)."""
         from kerasllm.models.ops import dynamic_update_slice
 
         logits, cache = model.prefill(tokens, pad, cache)
-        token = self.pick(logits, seed, step0, params)
+        token = self.pick(logits, seed, step0, params, first_row=first_row)
         buffer = dynamic_update_slice(buffer, token[:, None], [0, 0])
         width = tokens.shape[1] if tokens.shape[1] is not None else _tf_width(tokens)
-        return self._loop(model, token, cache, width, pad, count - 1, step0 + 1, seed, params, buffer, 1)
+        return self._loop(model, token, cache, width, pad, count - 1, step0 + 1, seed, params, buffer, 1, first_row)
 
-    def resume(self, model, token, cache, index, pad, count, step0, seed, params, buffer):
+    def resume(self, model, token, cache, index, pad, count, step0, seed, params, buffer, first_row=0):
         """Decode ``token`` at slot ``index``, then go on for ``count`` new tokens -> (buffer, cache, last)."""
-        return self._loop(model, token, cache, index, pad, count, step0, seed, params, buffer, 0)
+        return self._loop(model, token, cache, index, pad, count, step0, seed, params, buffer, 0, first_row)
 
-    def _loop(self, model, token, cache, index, pad, count, step0, seed, params, buffer, offset):
+    def _loop(self, model, token, cache, index, pad, count, step0, seed, params, buffer, offset, first_row):
         from kerasllm._tf import tf
         from kerasllm.models.ops import dynamic_update_slice
 
@@ -181,7 +182,7 @@ class Sampler:
 
         def body(i, token, cache, out):
             logits, cache = model.decode(token, index + i, pad, cache, constants)
-            token = self.pick(logits, seed, step0 + i, params)
+            token = self.pick(logits, seed, step0 + i, params, first_row=first_row)
             return i + 1, token, cache, dynamic_update_slice(out, token[:, None], [0, offset + i])
 
         _, token, cache, buffer = tf.while_loop(lambda i, *_: i < count, body, (tf.constant(0), token, cache, buffer),

@@ -175,7 +175,10 @@ def speculative_function(target, draft, batch, cache_len, buffer_len, k, key):
             n = tf.reduce_min(accepted)  # rows share the cache index: all keep the fewest accepted
             out = dynamic_update_slice(out, new, [0, i])  # tokens after n are overwritten later
             seq = tf.concat([tok[:, None], new], 1)
-            return i + n + 1, rounds + 1, kept + n, seq[:, n], seq[:, n + 1], t_cache, d_cache, out
+            # gather, not seq[:, n]: a strided slice's begin is a compile-time constant for XLA, which
+            # made the seed and temperature constants too (one XLA compilation per seed)
+            last_two = tf.gather(seq, tf.stack([n, n + 1]), axis=1)
+            return i + n + 1, rounds + 1, kept + n, last_two[:, 0], last_two[:, 1], t_cache, d_cache, out
 
         init = (tf.constant(1), tf.constant(0), tf.constant(0), tokens[:, -1], first, t_cache, d_cache, out)
         _, rounds, kept, *_, out = tf.while_loop(lambda i, *_: i < count, body, init, maximum_iterations=buffer_len)

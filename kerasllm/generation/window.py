@@ -91,6 +91,12 @@ def window(history, pad, segment, multiple=1):
     return np.ascontiguousarray(cols, np.int32), (w_pad + extra).astype(np.int32)
 
 
+def cache_slots(width, count, multiple=PAD_MULTIPLE):
+    """Cache length for a segment prefilling ``width`` columns and producing ``count`` tokens (the
+    last one is never written), rounded up so nearby lengths share a compiled shape."""
+    return round_up(width + count - 1, multiple)
+
+
 def round_up(n, m):
     return -(-n // m) * m
 

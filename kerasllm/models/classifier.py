@@ -1,10 +1,13 @@
 """Text classifier: raw strings in, labels and probabilities out.
 
 Default: a two-way SimpleRNN over word embeddings, max- and mean-pooled over time, whose logits
-add to those of a linear bag of n-grams (words, hashed word bigrams, character n-grams). Each
-path is also trained to classify on its own (an extra loss per path), so the sum is an
-ensemble of two models that read text differently. ``bag_of_ngrams=False`` gives the recurrent
-path alone, ``recurrent=False`` the bag alone. The maths lives in ``classifier_layers``.
+add to those of a linear bag of n-grams (words, hashed word bigrams, character n-grams). The bag
+is fitted first (logistic regression); the recurrent path then trains on its own loss
+(``sum_loss_weight=0``) with an average of its weights (``ema``), early-stopped on a held-out
+split and trained again on all texts for that many epochs (``refit``). The weight of its logits
+in the sum is chosen on the held-out split (0 included), so the sum is an ensemble of two models
+that read text differently. ``bag_of_ngrams=False`` gives the recurrent path alone,
+``recurrent=False`` the bag alone. The maths lives in ``classifier_layers``.
 
 ``TextClassifier`` is a scikit-learn estimator: its settings are its constructor arguments
 (``get_params``/``set_params``, ``sklearn.base.clone``), and what ``fit`` learns lives in
@@ -63,7 +66,10 @@ class ClassifierConfig:
     embedding_dropout: float = 0.2  # share of words dropped from the recurrent path in training
     dropout: float = 0.5  # on the pooled recurrent features
     path_loss_weight: float = 0.5  # weight of each path's own loss beside the sum's
+    sum_loss_weight: float = 0.0  # weight of the summed logits' loss (0: each path trains on its own loss)
     learning_rate: float = 3e-3
+    ema: float = 0.995  # > 0: validate and keep an exponential moving average of the weights (this momentum)
+    refit: bool = True  # after early stopping on the automatic split, train again on all texts that long
     clipnorm: float = 1.0
     batch_size: int = 32
     max_epochs: int = 30
@@ -86,6 +92,8 @@ class ClassifierConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.max_length is not None and (not isinstance(self.max_length, Integral) or self.max_length < 2):
             raise ValueError(f"max_length must be None or an integer >= 2, got {self.max_length!r}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema!r}")
         for name in ("dropout", "embedding_dropout", "bag_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -93,6 +101,9 @@ class ClassifierConfig:
             raise ValueError(f"validation_fraction must be in (0, 0.5), got {self.validation_fraction}")
         if self.bag_fit not in ("logistic", "joint"):
             raise ValueError(f"bag_fit must be 'logistic' or 'joint', got {self.bag_fit!r}")
+        if not self.sum_loss_weight >= 0 or not self.path_loss_weight >= 0:
+            raise ValueError(f"sum_loss_weight and path_loss_weight must be >= 0, got {self.sum_loss_weight!r}, "
+                             f"{self.path_loss_weight!r}")
         if not self.bag_c > 0:
             raise ValueError(f"bag_c must be a positive number, got {self.bag_c!r}")
         if not (self.recurrent or self.bag_of_ngrams):
@@ -185,7 +196,8 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, texts, labels, validation=None, epochs=None, seed=0, verbose=0, strategy=None):
         """Train on ``texts``/``labels`` (str or int labels). ``validation``: (texts, labels) for early
         stopping, else a stratified share of the data is held out (classes with one example stay in
-        training); with fixed ``epochs`` and no ``validation`` every example trains.
+        training) and, with ``refit`` (default), trained on again with the rest for the epochs early
+        stopping chose; with fixed ``epochs`` and no ``validation`` every example trains.
         ``strategy``: None, "mirrored", "multi_worker" or a ``tf.distribute.Strategy``."""
         from kerasllm import distribute
         from kerasllm._tf import keras, no_autotune, tf
@@ -235,26 +247,34 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
                 table, learned.bag_offset = fit_bag(grams, idf, y_train, len(classes), cfg.bag_c,
                                                     None if cw is None else cw[y_train])
 
-        keras.utils.set_random_seed(seed)
         strategy = distribute.get_strategy(strategy)
-        with distribute.scope(strategy):
-            model = build_model(learned)
-            parts = model_parts(model)
-            if table is not None:
-                parts.table.set_weights([table])
-                parts.table.trainable = False
-            trainer = training_model(model)
-            heads = len(trainer.outputs)
-            optimizer = keras.optimizers.Adam(cfg.learning_rate, clipnorm=cfg.clipnorm)
-            if heads == 1:
-                trainer.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-            else:
-                trainer.compile(optimizer=optimizer, loss=["sparse_categorical_crossentropy"] * heads,
-                                loss_weights=[1.0] + [cfg.path_loss_weight] * (heads - 1),
-                                metrics=[["accuracy"]] + [[] for _ in range(heads - 1)])
 
-        def dataset(x, ys, shuffle):
-            y = np.array([index[l] for l in ys], np.int32)
+        def build(n_rows):
+            """(model, parts, trainer, heads), compiled, from ``seed``."""
+            keras.utils.set_random_seed(seed)
+            with distribute.scope(strategy):
+                model = build_model(learned)
+                parts = model_parts(model)
+                if table is not None:
+                    parts.table.set_weights([table])
+                    parts.table.trainable = False
+                trainer = training_model(model)
+                heads = len(trainer.outputs)
+                # with ema: the averaged weights replace the trained ones after every epoch, so
+                # validation, early stopping and the final model all see the average
+                steps = -(-n_rows // cfg.batch_size)
+                optimizer = keras.optimizers.Adam(cfg.learning_rate, clipnorm=cfg.clipnorm, use_ema=cfg.ema > 0,
+                                                  ema_momentum=cfg.ema or 0.99, ema_overwrite_frequency=steps)
+                if heads == 1:
+                    trainer.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                else:
+                    own = cfg.path_loss_weight if cfg.sum_loss_weight > 0 else 1.0
+                    trainer.compile(optimizer=optimizer, loss=["sparse_categorical_crossentropy"] * heads,
+                                    loss_weights=[cfg.sum_loss_weight] + [own] * (heads - 1),
+                                    metrics=[["accuracy"]] + [[] for _ in range(heads - 1)])
+            return model, parts, trainer, heads
+
+        def dataset(x, y, shuffle, heads):
             def per_head(v):
                 return v if heads == 1 else (v,) * heads
 
@@ -264,25 +284,39 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
                 data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
             return no_autotune(data.batch(cfg.batch_size if shuffle else 256).prefetch(2))
 
-        train = dataset(x_train, labels, True)
-        val = dataset(tokenizer.encode(val_texts), val_labels, False) if val_texts else None
+        model, parts, trainer, heads = build(len(x_train))
+        x_val = tokenizer.encode(val_texts) if val_texts else None
+        y_val = np.array([index[l] for l in val_labels], np.int32)
+        train = dataset(x_train, y_train, True, heads)
+        val = dataset(x_val, y_val, False, heads) if val_texts else None
         callbacks = []
         if epochs is None and val is not None:
-            monitor = "val_probabilities_loss" if heads > 1 else "val_loss"
+            monitor = "val_probabilities_loss" if heads > 1 and cfg.sum_loss_weight > 0 else "val_loss"
             callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience,
                                                            restore_best_weights=True))
         history = {}
         if learned.recurrent or table is None:  # a fitted bag alone is already trained
             history = trainer.fit(train, validation_data=val, epochs=epochs or cfg.max_epochs, callbacks=callbacks,
                                   verbose=verbose).history
+        if table is not None and learned.recurrent and val is not None:
+            # the recurrent logits' weight, chosen with both paths fitted on the training part only
+            recurrent, bag = paths_model(model).predict(x_val, batch_size=256, verbose=0)
+            learned.recurrent_scale = choose_recurrent_scale(recurrent, bag, y_val)
+        refitted = bool(callbacks and validation is None and cfg.refit and history)
+        if refitted:
+            # the held-out texts were ours: train again on all of them for the epochs early stopping chose
+            best = callbacks[0].best_epoch + 1
+            x_train, y_train = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
+            model, parts, trainer, heads = build(len(x_train))
+            trainer.fit(dataset(x_train, y_train, True, heads), epochs=best, verbose=verbose)
+            history["refit_epochs"] = [best]
         if table is not None:
             parts.table.trainable = True  # frozen for training only (compression fine-tunes it)
             if learned.recurrent and val is not None:
-                x_val, y_val = tokenizer.encode(val_texts), np.array([index[l] for l in val_labels], np.int32)
-                learned.recurrent_scale = parts.recurrent_scale.scale = choose_recurrent_scale(model, x_val, y_val)
+                parts.recurrent_scale.scale = learned.recurrent_scale
                 if validation is None:  # the held-out texts were ours: the final bag learns from them too
                     grams = np.concatenate([grams, parts.ngram_ids(x_val).numpy()])
-                    y_all = np.concatenate([y_train, y_val])
+                    y_all = y_train if refitted else np.concatenate([y_train, y_val])
                     table, offset = fit_bag(grams, idf, y_all, len(classes), cfg.bag_c,
                                             None if cw is None else cw[y_all])
                     parts.table.set_weights([table])
@@ -419,21 +453,25 @@ def bag_features(grams, idf):
     ids = grams.ravel()
     weights = idf[ids]
     keep = weights > 0
-    norm = np.sqrt(np.maximum(np.bincount(rows[keep], weights[keep] ** 2, minlength=len(grams)), 1e-12))
+    norm = np.sqrt(np.maximum(np.bincount(rows[keep], weights[keep] ** 2, minlength=len(grams)), 1.0))  # as IdfBag
     return csr_matrix((weights[keep] / norm[rows[keep]], (rows[keep], ids[keep])), shape=(len(grams), len(idf)))
 
 
-def choose_recurrent_scale(model, x_val, y_val, scales=(0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)):
-    """The weight of the recurrent logits in the sum with a fitted bag's that gives the lowest
-    validation log-loss (the two paths are trained apart, so their scales need not match)."""
-    recurrent, bag = paths_model(model).predict(x_val, batch_size=256, verbose=0)
-    losses = []
-    for scale in scales:
+def choose_recurrent_scale(recurrent, bag, y_val, scales=(0.0, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)):
+    """The weight of the recurrent logits in the sum with a fitted bag's (both [rows, classes] on
+    the validation texts) that gives the lowest validation log-loss, among ``scales`` and the best
+    weight in [0, 8] (the two paths are trained apart, so their scales need not match). 0 is a
+    candidate: on the validation split the sum is never worse than the bag alone."""
+    from scipy.optimize import minimize_scalar
+
+    def loss(scale):
         z = bag + scale * recurrent
         z = z - z.max(axis=1, keepdims=True)
         log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        losses.append(-log_p[np.arange(len(y_val)), y_val].mean())
-    return float(scales[int(np.argmin(losses))])
+        return float(-log_p[np.arange(len(y_val)), y_val].mean())
+
+    candidates = list(scales) + [float(minimize_scalar(loss, bounds=(0.0, 8.0), method="bounded").x)]
+    return float(min(candidates, key=loss))
 
 
 def load_classifier(path):

@@ -119,7 +119,9 @@ class IdfBag(keras.layers.Layer):
     def call(self, inputs):
         values, ids = inputs
         weights = tf.gather(self._idf, ids)  # id 0 (padding) has weight 0
-        norm = tf.sqrt(tf.maximum(tf.reduce_sum(weights * weights, axis=1, keepdims=True), 1e-12))
+        # Every seen id weighs >= 1 (idf_weights), so the sum is 0 (no seen n-gram) or >= 1: a floor
+        # of 1 changes nothing else, and unlike a tiny epsilon it survives float16 (1e-12 -> 0 -> 0/0).
+        norm = tf.sqrt(tf.maximum(tf.reduce_sum(weights * weights, axis=1, keepdims=True), 1.0))
         return tf.reduce_sum(values * weights[:, :, None], axis=1) / norm
 
     def get_config(self):

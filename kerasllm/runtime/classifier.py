@@ -15,18 +15,21 @@ class TFLiteClassifier:
     """Python tokenizer + LiteRT interpreter (no TensorFlow import).
 
     Texts run the shortest length bucket they fit (``predict_<words>`` signatures: same answer,
-    shorter recurrence). One text runs at batch 1; a batch is grouped by bucket, and a bucket with
-    at least ``min_rows`` texts runs in blocks of ``batch_size`` rows on a second interpreter,
-    each signature at one fixed shape, so no interpreter ever re-allocates its tensors.
+    shorter recurrence). One text runs at batch 1. A batch of fewer than ``min_rows`` texts runs
+    in one call at the bucket of its longest text; a larger batch is grouped by bucket. Rows run
+    in blocks padded to the next of ``block_sizes`` (2, 4, ... 64), one interpreter per block size,
+    so each signature keeps one fixed shape and no interpreter ever re-allocates its tensors: two
+    texts cost one call, not two.
 
     Threads: a LiteRT interpreter must not be used by two threads at once, so each thread that
     calls ``predict``/``predict_proba`` gets its own interpreters on its first call (LiteRT's
-    advice). Cost: that first call loads the file again (milliseconds) and each thread holds
-    its own tensor arena; calls then run in parallel with no lock and one-text latency is
-    unchanged. The tokenizer is shared (its cache is a dict written under the GIL).
+    advice). Cost: that first call loads the file again (milliseconds; once more for each block
+    size the thread first uses) and each thread holds its own tensor arenas; calls then run in
+    parallel with no lock and one-text latency is unchanged. The tokenizer is shared (its cache
+    is a dict written under the GIL).
     """
 
-    batch_size = 64
+    block_sizes = (2, 4, 8, 16, 32, 64)
     min_rows = 8
 
     def __init__(self, tflite_path, num_threads=1):
@@ -47,7 +50,7 @@ class TFLiteClassifier:
             state = self._local.state = SimpleNamespace(
                 single=[(n, g, single.get_signature_runner(f"predict_{n}"), np.zeros((1, n + g), np.int32))
                         for n, g in self.buckets],
-                batch=None, batch_runners={})
+                interpreters={}, runners={})
         return state
 
     def _bucket(self, words, grams):
@@ -62,14 +65,17 @@ class TFLiteClassifier:
         fill_row(row[0], words, grams, n)
         return runner(token_ids=row)["probabilities"]
 
-    def _batch_runner(self, state, i):
-        runner = state.batch_runners.get(i)
+    def _block_runner(self, state, bucket, rows):
+        """(runner, block array) for bucket ``bucket`` at the smallest block size >= ``rows``."""
+        size = next(s for s in self.block_sizes if s >= rows)
+        runner = state.runners.get((size, bucket))
         if runner is None:
-            if state.batch is None:
-                state.batch = tflite_lib.interpreter(self.path, self.num_threads)
-            n, g = self.buckets[i]
-            runner = state.batch_runners[i] = (state.batch.get_signature_runner(f"predict_{n}"),
-                                               np.zeros((self.batch_size, n + g), np.int32))
+            interpreter = state.interpreters.get(size)
+            if interpreter is None:
+                interpreter = state.interpreters[size] = tflite_lib.interpreter(self.path, self.num_threads)
+            n, g = self.buckets[bucket]
+            runner = state.runners[(size, bucket)] = (interpreter.get_signature_runner(f"predict_{n}"),
+                                                     np.zeros((size, n + g), np.int32))
         return runner
 
     def predict_proba(self, texts):
@@ -78,25 +84,24 @@ class TFLiteClassifier:
         if len(texts) == 1:
             return self._predict_one(texts[0], state).copy()
         out = np.empty((len(texts), len(self.classes)), np.float32)
+        encoded = [self.tokenizer.ids_one(text) for text in texts]
+        buckets = [self._bucket(words, grams) for words, grams in encoded]
         groups = {}
-        for row, text in enumerate(texts):
-            words, grams = self.tokenizer.ids_one(text)
-            groups.setdefault(self._bucket(words, grams), []).append((row, words, grams))
-        for i, items in groups.items():
-            n, g, single, one = state.single[i]
-            if len(items) < self.min_rows:
-                for row, words, grams in items:
-                    fill_row(one[0], words, grams, n)
-                    out[row] = single(token_ids=one)["probabilities"][0]
-                continue
-            runner, block = self._batch_runner(state, i)
-            for start in range(0, len(items), self.batch_size):
-                chunk = items[start:start + self.batch_size]
+        if len(texts) < self.min_rows:  # a few texts: one call, at the longest one's bucket
+            groups[max(buckets, default=0)] = list(range(len(texts)))
+        else:
+            for row, i in enumerate(buckets):
+                groups.setdefault(i, []).append(row)
+        top = self.block_sizes[-1]
+        for i, rows in groups.items():
+            n = self.buckets[i][0]
+            for start in range(0, len(rows), top):
+                chunk = rows[start:start + top]
+                runner, block = self._block_runner(state, i, len(chunk))
                 block[len(chunk):] = 0
-                for j, (_, words, grams) in enumerate(chunk):
-                    fill_row(block[j], words, grams, n)
-                probs = runner(token_ids=block)["probabilities"]
-                out[[row for row, _, _ in chunk]] = probs[: len(chunk)]
+                for j, row in enumerate(chunk):
+                    fill_row(block[j], *encoded[row], n)
+                out[chunk] = runner(token_ids=block)["probabilities"][: len(chunk)]
         return out
 
     def predict(self, texts):

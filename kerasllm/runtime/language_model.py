@@ -1,10 +1,13 @@
 """Generation from an exported language model, without the Keras model.
 
-- ``TFLiteLanguageModel``: runs the ``prefill``/``decode`` signatures with ``ai_edge_litert``
-  (one row per invoke, rows one after another), following the window plan of
-  ``kerasllm.generation.window``; the cache goes in and out as explicit tensors; sampling in NumPy with the same sampler code and
-  counter-based random numbers as the compiled loop. Needs only the ``.tflite`` file (its tokenizer
-  and config are attached to it): ``load_tflite("model.tflite")``.
+- ``TFLiteLanguageModel``: follows the window plan of ``kerasllm.generation.window``; each segment
+  is ONE invoke of the ``generate_8`` (or ``generate_1``) signature per group of 8 rows (the last
+  group padded with copies of its last row): the prefill and the whole decode loop (the sampler's
+  loop as a TFLite WHILE op) run inside the interpreter, the cache never leaves it. The LSTM goes on
+  chunk by chunk (``resume_*``, its small state passed along). Files exported before these
+  signatures existed fall back to the one-row ``prefill``/``decode`` signatures (cache through
+  NumPy, sampling in NumPy with the same sampler code). Needs only the ``.tflite`` file (its
+  tokenizer and config are attached to it): ``load_tflite("model.tflite")``.
 - ``SavedModelLanguageModel``: calls the SavedModel's ``generate_tokens`` signature once (the
   whole plan runs in the graph, each segment one XLA call), tokenizing in Python.
 Both have the API of ``kerasllm.models.language_model_text.GenerationAPI`` (``generate``,
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasllm.generation.samplers import NUMPY
-from kerasllm.generation.window import segments, window
+from kerasllm.generation.window import cache_slots, segments, window
 from kerasllm.models.language_model_text import GenerationAPI
 
 
@@ -48,6 +51,9 @@ class TFLiteLanguageModel(_Exported):
         self._prefill = self.interpreter.get_signature_runner("prefill")
         self._decode = self.interpreter.get_signature_runner("decode")
         self._n_cache = self.config["cache_tensors"]
+        self._batches = sorted(self.config.get("generate_batches", ()))
+        self._chunk = self.config.get("generate_chunk")
+        self._runners = {}
 
     def prefill(self, tokens, pad):
         """tokens [B, W] left-padded -> (logits [B, V], cache dict)."""
@@ -62,21 +68,67 @@ class TFLiteLanguageModel(_Exported):
 
     def _chunks(self, tokens, pad, max_new_tokens, settings, seed, chunk):
         history, pad = np.asarray(tokens, np.int32), np.asarray(pad, np.int32)
-        sampler, params = settings.sampler(), settings.params()
         step = 0
         for seg in segments(history.shape[1] - int(pad.min()), max_new_tokens, self.window_context):
             win, w_pad = window(history, pad, seg)
-            new = np.zeros((len(win), seg.count), np.int32)
-            for r in range(len(win)):  # rows one by one: the window columns and pads of the batched plan
-                logits, cache = self.prefill(win[r:r + 1], w_pad[r:r + 1])
-                for i in range(seg.count):
-                    if i:
-                        logits, cache = self.decode(new[r, i - 1:i], win.shape[1] + i - 1, w_pad[r:r + 1], cache)
-                    new[r, i] = sampler.pick(logits, seed, step + i, params, NUMPY, first_row=r)[0]
+            if self._batches:
+                group = self._batches[-1]  # rows per invoke: the largest batch signature
+                new = np.concatenate([self._segment(win[g:g + group], w_pad[g:g + group], seg.count, step, seed,
+                                                    settings.params(), g) for g in range(0, len(win), group)])
+            else:
+                new = self._segment_per_row(win, w_pad, seg.count, step, seed, settings)
             step += seg.count
             history = np.concatenate([history, new], 1)
             for at in range(0, seg.count, chunk or seg.count):
                 yield new[:, at:at + (chunk or seg.count)]
+
+    def _segment(self, tokens, pad, count, step, seed, params, first_row):
+        """One group of rows: ``count`` new tokens [rows, count], one invoke per segment (LSTM: per chunk)."""
+        rows = len(tokens)
+        batch = min(b for b in self._batches if b >= rows)
+        extra = np.repeat(np.arange(rows)[-1:], batch - rows)  # pad rows: copies of the last row, dropped after
+        tokens, pad = np.concatenate([tokens, tokens[extra]]), np.concatenate([pad, pad[extra]])
+        temperature, top_k, top_p = params
+        settings = dict(pad=pad, seed=np.int32(seed), temperature=temperature, top_k=top_k, top_p=top_p,
+                        first_row=np.int32(first_row))
+        width = tokens.shape[1]
+        if self.window_context is not None:
+            out = self._runner(f"generate_{batch}")(
+                tokens=tokens, cache_slots=np.zeros(cache_slots(width, count), np.int32), count=np.int32(count),
+                step0=np.int32(step), **settings)
+            return out["new_tokens"][:rows, :count]
+        parts, done, state = [], 0, None
+        while done < count:  # LSTM: chunks of ``generate_chunk`` tokens, the state carried from one to the next
+            n = min(count - done, self._chunk)
+            if state is None:
+                out = self._runner(f"generate_{batch}")(tokens=tokens, count=np.int32(n), step0=np.int32(step),
+                                                        **settings)
+            else:
+                out = self._runner(f"resume_{batch}")(token=out["last"], index=np.int32(width + done - 1),
+                                                      count=np.int32(n), step0=np.int32(step + done), **settings,
+                                                      **state)
+            state = {f"cache_{i}": out[f"cache_{i}"] for i in range(self._n_cache)}
+            parts.append(out["new_tokens"][:rows, :n])
+            done += n
+        return np.concatenate(parts, 1)
+
+    def _runner(self, name):
+        if name not in self._runners:
+            self._runners[name] = self.interpreter.get_signature_runner(name)
+        return self._runners[name]
+
+    def _segment_per_row(self, win, w_pad, count, step, seed, settings):
+        """Files without ``generate_*`` signatures: rows one by one through prefill/decode (the
+        window columns and pads of the batched plan), sampling in NumPy."""
+        sampler, params = settings.sampler(), settings.params()
+        new = np.zeros((len(win), count), np.int32)
+        for r in range(len(win)):
+            logits, cache = self.prefill(win[r:r + 1], w_pad[r:r + 1])
+            for i in range(count):
+                if i:
+                    logits, cache = self.decode(new[r, i - 1:i], win.shape[1] + i - 1, w_pad[r:r + 1], cache)
+                new[r, i] = sampler.pick(logits, seed, step + i, params, NUMPY, first_row=r)[0]
+        return new
 
 
 class SavedModelLanguageModel(_Exported):

@@ -87,6 +87,7 @@ class Batcher:
         self._queued_rows = 0
         self._queued_bytes = 0
         self._wake = asyncio.Event()
+        self._wake_rows = 1  # queued rows at which submit wakes the batch loop
         self._closed = False
         self._running: set[asyncio.Task] = set()
         self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
@@ -117,7 +118,8 @@ class Batcher:
         self._pending.append(task)
         self._queued_rows += rows
         self._queued_bytes += size
-        self._wake.set()
+        if self._queued_rows >= self._wake_rows:  # not every request: a wake-up costs the loop a turn
+            self._wake.set()
         return await task.future
 
     async def _batch_loop(self):
@@ -127,20 +129,19 @@ class Batcher:
             while not self._pending:
                 if self._closed:
                     return
+                self._wake_rows = 1  # the first request wakes the loop
                 self._wake.clear()
                 await self._wake.wait()
-            deadline = self._pending[0].arrived + timeout
-            while self._queued_rows < self.options.max_batch_size and not self._closed:
-                # time.monotonic and the loop clock may differ: convert through "now"
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
+            self._wake_rows = self.options.max_batch_size  # then only a full batch (or the deadline) does
+            # time.monotonic and the loop clock may differ: convert through "now"
+            remaining = self._pending[0].arrived + timeout - time.monotonic()
+            if self._queued_rows < self.options.max_batch_size and remaining > 0 and not self._closed:
                 self._wake.clear()
                 try:
                     async with asyncio.timeout(remaining):
                         await self._wake.wait()
                 except TimeoutError:
-                    break
+                    pass
             await self._slots.acquire()  # the batch keeps filling while every thread is busy
             tasks = self._take()
             if not tasks:

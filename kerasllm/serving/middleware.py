@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 import re
-import uuid
+import secrets
 
 from aiohttp import web
 
@@ -20,8 +21,6 @@ from kerasllm.serving.codec import BadRequest
 log = logging.getLogger("kerasllm.serving")
 
 REQUEST_ID = "X-Request-Id"
-# Apache's combined log format plus the request id and the time taken (seconds)
-ACCESS_LOG_FORMAT = '%a - - %t "%r" %s %b "%{Referer}i" "%{User-Agent}i" %{X-Request-Id}o %Tf'
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes answer without a token (they reveal nothing)
@@ -41,12 +40,19 @@ def request_id(request) -> str:
     return request.get(REQUEST_ID_KEY, "-")
 
 
-@web.middleware
-async def request_ids(request, handler):
+# 32 hex digits: 64 random bits per process, then a counter (uuid4 would read os.urandom per request)
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count(secrets.randbelow(1 << 32))
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def set_request_id(request):
     """Take a sane ``X-Request-Id`` from the client (a proxy's) or make one (``echo_request_id`` sends it back)."""
-    given = request.headers.get(REQUEST_ID, "")
-    request[REQUEST_ID_KEY] = given if _CLIENT_ID.fullmatch(given) else uuid.uuid4().hex
-    return await handler(request)
+    given = request.headers.get(REQUEST_ID)
+    request[REQUEST_ID_KEY] = given if given is not None and _CLIENT_ID.fullmatch(given) else new_request_id()
 
 
 async def echo_request_id(request, response):
@@ -71,9 +77,11 @@ def bearer_auth(token: str):
 
 
 def errors(max_request_bytes: int):
+    """The outermost middleware (one layer, not two: each costs every request a coroutine): gives the
+    request its id, then turns every failure into ``{"error": ...}`` with a 4xx/5xx status."""
     @web.middleware
     async def errors_middleware(request, handler):
-        """Every failure becomes ``{"error": ...}`` with a 4xx/5xx status; nothing escapes as a crash."""
+        set_request_id(request)
         rid = {}
         try:
             return await handler(request)

@@ -33,6 +33,8 @@ async def read_body(request, max_bytes: int, timeout: float) -> bytes:
     if length is not None and length > max_bytes:
         raise HTTPError(413, f"request body of {length} bytes is larger than the limit of {max_bytes} bytes",
                         headers={"Connection": "close"})
+    if request.content.is_eof():  # the whole body came with the head: nothing to wait for
+        return await request.read()
     try:
         async with asyncio.timeout(timeout):
             return await request.read()  # aiohttp stops at client_max_size for chunked bodies (413)

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from kerasllm.export.layout import versions
 from kerasllm.serving import middleware
+from kerasllm.serving.access_log import AccessLogBuffer
 from kerasllm.serving.batcher_pool import BatcherPool
 from kerasllm.serving.batching import BatchingOptions
 from kerasllm.serving.codec import Limits
@@ -127,6 +128,7 @@ class ModelServer:
         self.pool = BatcherPool(self.options.batching, self.options.enable_batching, self.options.request_timeout,
                                 self.options.max_queued_bytes, self.metrics)
         self.rest = RestHandler(self)
+        self.access_log = AccessLogBuffer(access_log)
         from kerasllm.serving.openai_api import OpenAIHandler
 
         self.openai = OpenAIHandler(self)
@@ -141,10 +143,9 @@ class ModelServer:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        middlewares = [middleware.request_ids]
+        middlewares = [middleware.errors(self.options.max_request_bytes)]  # request id, then error answers
         if self.options.auth_token is not None:
             middlewares.append(middleware.bearer_auth(self.options.auth_token))
-        middlewares.append(middleware.errors(self.options.max_request_bytes))
         app = web.Application(client_max_size=self.options.max_request_bytes, middlewares=middlewares)
         app.on_response_prepare.append(middleware.echo_request_id)
         add_routes(app, self)
@@ -172,7 +173,7 @@ class ModelServer:
         await loop.run_in_executor(self._loader, self.registry.poll)
         self._runner = web.AppRunner(self.make_app(), shutdown_timeout=self.options.shutdown_timeout,
                                      access_log=access_log if self.options.access_log else None,
-                                     access_log_format=middleware.ACCESS_LOG_FORMAT,
+                                     access_log_class=self.access_log.logger_class(),
                                      handle_signals=False, keepalive_timeout=self.options.header_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=context)
@@ -192,6 +193,7 @@ class ModelServer:
             await asyncio.gather(self._poller, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()  # waits for running handlers up to shutdown_timeout
+        self.access_log.flush()
         await asyncio.gather(*(e.close() for e in self._engines.values() if e is not None), return_exceptions=True)
         self._engines.clear()
         await self.pool.close()

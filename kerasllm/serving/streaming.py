@@ -5,7 +5,8 @@ Language models exported with ``prefill``/``decode`` signatures and a tokenizer 
 each token is sent as it is decoded, and the prompt is prefilled once. Other models need a
 ``generate`` signature (string prompts in, strings out); streaming then calls it in chunks of
 ``stream_chunk_tokens``, feeding prompt + text so far, with the seed moved on per chunk so a sampled
-continuation does not repeat the same random draws.
+continuation does not repeat the same random draws. A request without ``seed`` gets a fresh one (as
+``lm.generate(seed=None)``), so two sampled requests differ; with ``seed`` they repeat.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import json
 import numpy as np
 from aiohttp import web
 
+from kerasllm.generation.samplers import seed_word
 from kerasllm.serving import verbs
 from kerasllm.serving.codec import BadRequest
 
@@ -31,6 +33,14 @@ def check_fields(body, allowed):
     unknown = sorted(set(body) - set(allowed))
     if unknown:
         raise BadRequest(f"unknown fields {unknown[:10]}; :generate takes {sorted(allowed)}")
+
+
+def _request_seed(body) -> int:
+    """The request's ``seed`` as the int32 seed word, or a fresh one when it has none."""
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise BadRequest(f"'seed' must be an integer, got {str(seed)[:40]}")
+    return seed_word(seed)
 
 
 def _int_field(body, name, default, low, high):
@@ -53,6 +63,8 @@ async def generate(server, request, servable, body):
     if "stop" in body:
         raise BadRequest(f"model {servable.name!r} generates through its 'generate' signature, which has no "
                          "'stop' input")
+    if "seed" in signature.inputs:
+        body = dict(body, seed=_request_seed(body))  # one seed per request, never the same default
     if not stream:
         arrays = verbs.build_inputs(signature, body, prompts, verbs.GENERATE_DEFAULTS, server.options.limits)
         outputs = await server.pool.run(servable, signature, arrays)
@@ -66,7 +78,7 @@ async def _stream_signature(server, request, servable, signature, body, prompts)
     chunk = _int_field(body, "stream_chunk_tokens", 8, 1, 4096)
     chunked = "max_new_tokens" in signature.inputs
     total = _int_field(body, "max_new_tokens", verbs.GENERATE_DEFAULTS["max_new_tokens"], 0, 1 << 20)
-    seed = body.get("seed", verbs.GENERATE_DEFAULTS["seed"])
+    seed = body.get("seed")  # set by generate(): this request's seed when the signature takes one
     # validate everything before the 200 status goes out
     verbs.build_inputs(signature, body, prompts, verbs.GENERATE_DEFAULTS, limits)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -81,8 +93,8 @@ async def _stream_signature(server, request, servable, signature, body, prompts)
         while remaining > 0:
             step = min(chunk, remaining) if chunked else None
             fields = dict(body, max_new_tokens=step) if chunked else dict(body)
-            if chunked and "seed" in signature.inputs and isinstance(seed, int) and not isinstance(seed, bool):
-                fields["seed"] = (seed + produced) % (1 << 31)  # fresh draws for each chunk
+            if chunked and seed is not None:
+                fields["seed"] = seed_word(seed + produced)  # fresh draws for each chunk
             fed = [p + d for p, d in zip(prompts, done)]
             arrays = verbs.build_inputs(signature, fields, fed, verbs.GENERATE_DEFAULTS, limits)
             outputs = await server.pool.run(servable, signature, arrays)

@@ -19,7 +19,7 @@ QUERY_SIGNATURES = ("query", "top_k", "topk", "search")
 TEXT_INPUT_NAMES = ("prompts", "prompt", "texts", "text", "queries", "inputs")
 # used when the request leaves out a signature input of this name
 # the language model's own defaults (greedy; top_k 0 and top_p 1.0 mean "off")
-GENERATE_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+GENERATE_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0}  # seed: streaming._request_seed
 QUERY_DEFAULTS = {"k": 10, "top_k": 10}
 ALIASES = {"top_k": "k", "k": "top_k", "prompt_texts": "prompts"}
 
