@@ -44,7 +44,11 @@ from kerasllm.serving.codec import BadRequest
 log = logging.getLogger("kerasllm.serving")
 
 PREFILL_BUCKET = 16
-FEW_JOINERS = 4  # up to this many joiners at a step are prefilled one by one
+# Joiners are prefilled together in groups of these batch sizes (compiled once at start, with ``slots``):
+# one prefill call costs about as much for 4 rows as for 1, and about one request finishes per step.
+PREFILL_BATCHES = (1, 4, 8)
+JOIN_GROUP = 4  # while rows run, admit joiners once this many can join ...
+JOIN_EVERY = 4  # ... or once the oldest has waited this many decode steps (bounds time to first token)
 MAX_TOKENS_LIMIT = 4096
 
 
@@ -76,6 +80,7 @@ class _Request:
     events: asyncio.Queue  # ("token", id) ... then ("end", reason) or ("error", exception)
     loop: asyncio.AbstractEventLoop
     row: int = 0  # the batch row whose random numbers this request draws (``samplers.uniforms``)
+    waited: int = 0  # decode steps spent in the queue while rows ran
     history: list = field(default_factory=list)  # prompt + generated ids
     generated: int = 0
     cancelled: bool = False
@@ -274,6 +279,11 @@ class GenerationEngine:
                 continue
             joining = []
             free = 0 if self.policy == "static" and busy else sum(r is None for r in self._rows)
+            if busy and free and self._waiting and min(free, len(self._waiting)) < JOIN_GROUP and \
+                    self._waiting[0].waited < JOIN_EVERY:
+                free = 0  # amortise the prefill: wait a few steps for a group of joiners
+            for request in self._waiting:
+                request.waited += 1
             while self._waiting and len(joining) < free:
                 request = self._waiting.popleft()
                 if not request.cancelled:
@@ -294,12 +304,13 @@ class GenerationEngine:
 
         try:
             cache = None
-            for batch in (self.slots, 1) if self.slots > 1 else (1,):
+            for batch in sorted({min(b, self.slots) for b in PREFILL_BATCHES + (self.slots,)}):
                 for bucket in sorted({min(_bucket(w), self.context) for w in range(1, self.context + 1)}):
                     out = self._prefill.function(tokens=tf.zeros([batch, bucket], tf.int32),
                                                  pad=tf.fill([batch], bucket - 1))
-                    cache = [out[f"cache_{i}"] for i in range(self._n_cache)]
-            self._build([c.numpy() for c in cache])
+                    cache = [out[f"cache_{i}"].numpy() for i in range(self._n_cache)]
+                    cache = [c[:c.shape[0] // batch] for c in cache]  # one row's part
+            self._build(cache)
             self._decode_step(tf.zeros([self.slots], tf.int32), tf.constant(0), tf.zeros([self.slots], tf.int32))
             self._shift_cache(tf.constant(0))
         except Exception:  # not fatal: the first request compiles instead
@@ -386,8 +397,8 @@ class GenerationEngine:
     def _admit(self, items):
         """Prefill the windows of ``items`` ((request, window, fresh, slot index or None)) and place each row
         in a slot; a row's first new token comes from the prefill's logits. Fresh windows are cropped by the
-        window rule. The prefill runs on batch 1 per joiner, or once on ``slots`` rows (unused rows are dummies) for
-        more than ``FEW_JOINERS``: two shapes per prompt bucket, so XLA compiles a handful of programs."""
+        window rule. Joiners are prefilled together, padded to the smallest batch of ``PREFILL_BATCHES`` (or
+        ``slots``) that holds them (unused rows are dummies): a few shapes per prompt bucket, compiled at start."""
         from kerasllm._tf import tf
 
         ready = []
@@ -406,11 +417,11 @@ class GenerationEngine:
         bucket = min(_bucket(widest), self.context)
         if self.architecture != "transformer":
             bucket = max(bucket, widest)
-        # a few joiners: one batch-1 prefill each (small outputs); many (a static batch): one call for all
-        groups = [[row] for row in ready] if len(ready) <= FEW_JOINERS else [ready]
+        sizes = sorted({min(b, self.slots) for b in PREFILL_BATCHES + (self.slots,)})
         parts, logits = [], []  # per joiner: its cache rows (one array per cache tensor), its logits
-        for group in groups:
-            batch = 1 if len(group) == 1 else self.slots
+        for first in range(0, len(ready), sizes[-1]):
+            group = ready[first:first + sizes[-1]]
+            batch = next(b for b in sizes if b >= len(group))
             tokens = np.zeros((batch, bucket), np.int32)
             pads = np.full(batch, bucket - 1, np.int32)
             for i, (_, window, _) in enumerate(group):
