@@ -46,9 +46,10 @@ def test_models_list(openai_client):
 
 
 @pytest.mark.parametrize("model,lm_fixture", [("chars", "tiny_lm"), ("words", "subword_lm"), ("lstm", "tiny_lstm")])
-def test_concurrent_greedy_completions_equal_solo_generate(openai_client, request, model, lm_fixture):
+def test_concurrent_greedy_completions_equal_solo_generate(openai_client, lm_server, request, model, lm_fixture):
     """Requests of mixed lengths join the running slots at different steps (4 slots, 10 requests, some past
-    the context): each answer is what the model generates for that prompt alone."""
+    the context; later joiners are prefilled as a group while other rows run): each answer is what the model
+    generates for that prompt alone."""
     from kerasllm.generation.window import stop_lengths
 
     lm = request.getfixturevalue(lm_fixture)
@@ -58,8 +59,11 @@ def test_concurrent_greedy_completions_equal_solo_generate(openai_client, reques
         prompt, n = job
         return openai_client.completions.create(model=model, prompt=prompt, max_tokens=n, temperature=0)
 
+    engines = [e for (name, _), e in lm_server.server._engines.items() if name == model]
+    joins = sum(e.group_joins for e in engines)
     with ThreadPoolExecutor(len(jobs)) as pool:
         answers = list(pool.map(one, jobs))
+    assert sum(e.group_joins for e in engines) > joins  # a group of joiners admitted in one prefill
     # the reference: each prompt alone (a batch follows its longest row's window past the context); the
     # window plan does not depend on max_new_tokens, so the first 12 of 90 greedy tokens are the 12-token answer
     eot = getattr(lm.tokenizer, "end_of_text_id", None)

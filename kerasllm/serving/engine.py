@@ -185,6 +185,7 @@ class GenerationEngine:
         self._cache = None  # tf.Variables, one per cache tensor; transformer: [slots * heads, context, head_dim]
         self._decode_step = self._shift_cache = None
         self._pos = 0
+        self.group_joins = 0  # prefill calls that admitted several joiners while other rows ran (tests read it)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"kerasllm-gen-{self.name}")
         self._executor.submit(self._warm)  # compile before the first request (which queues behind this)
         self._wake = asyncio.Event()
@@ -419,6 +420,8 @@ class GenerationEngine:
             bucket = max(bucket, widest)
         sizes = sorted({min(b, self.slots) for b in PREFILL_BATCHES + (self.slots,)})
         parts, logits = [], []  # per joiner: its cache rows (one array per cache tensor), its logits
+        if len(ready) > 1 and any(r is not None for r in self._rows):
+            self.group_joins += 1
         for first in range(0, len(ready), sizes[-1]):
             group = ready[first:first + sizes[-1]]
             batch = next(b for b in sizes if b >= len(group))
