@@ -3,13 +3,17 @@
 Variants, measured in one run on the same dimensions with random weights:
   naive     kerasllm model, greedy, recomputing the whole sequence per token (no cache; XLA forward)
   cached    kerasllm ``generate_tokens``: KV cache + the whole decode loop as one XLA function
-  tflite    kerasllm TFLite ``prefill``/``decode`` signatures driven from Python (cache as tensors)
+  tflite    kerasllm TFLite ``generate_1``/``generate_8``: one invoke per window segment for the whole
+            batch (prefill + the decode loop as a TFLite WHILE op; the cache stays in the interpreter)
   keras-hub GPT2CausalLM.generate (greedy) in its own Keras 3 venv (benchmarks/keras_hub_peer.py),
             both as keras-hub runs by default on CPU (jit_compile auto = off) and with jit_compile=True
   speculative  plain vs speculative decode of a trained "small" target with a distilled draft at
             batch 1, acceptance rate (benchmarks/speculative.py; its options apply)
 
     python benchmarks/generation.py [--configs tiny,small] [--batches 1,8] [--threads 1] [--core 0]
+
+It ends with the goal checks: cached >= 2x keras-hub (the faster of its two rows) at every config and
+batch, TFLite >= 0.7x cached, speculative >= 1.6x plain.
 
 The keras-hub interpreter is $KERASHUB_PYTHON (default <repo>/.bench-venv/bin/python); without it the
 peer rows are skipped with a note. Pinned to one core and one thread by default (BENCHMARKING.md).
@@ -19,7 +23,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,11 +42,10 @@ def parse_args():
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--core", type=int, default=0, help="CPU core to pin to; -1: no pinning")
     p.add_argument("--variants", default="naive,cached,tflite,keras_hub,keras_hub_xla,speculative")
+    from pinning import add_arguments as pin_arguments
     from speculative import add_arguments  # benchmarks/speculative.py: trained small target + distilled draft
-    return add_arguments(p).parse_args()
+    return pin_arguments(add_arguments(p)).parse_args()
 
 
 def peer(python, config, batch, args, jit):
@@ -76,16 +78,12 @@ def timed(fn, repeats, outputs=None):
 
 
 def main():
+    from pinning import describe, pin
+
     args = parse_args()
-    if args.core >= 0:
-        os.sched_setaffinity(0, {args.core})
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    sys.path.insert(0, str(ROOT))
+    tf, keras = pin(args.core, args.threads)
     import numpy as np
 
-    from kerasllm._tf import tf, keras
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     import kerasllm
     import tasks
 
@@ -137,27 +135,36 @@ def main():
             bound = batch * BANDWIDTH / weight_bytes
             rows.append((name, batch, lm.num_params, bound, results))
     print()
-    print(f"pinned to core {args.core if args.core >= 0 else 'none'}, {args.threads} thread(s), "
-          f"prompt {p} + {n} new tokens, greedy, random weights")
+    print(f"{describe(args.core, args.threads)}; prompt {p} + {n} new tokens, greedy, random weights")
     print(f"tensorflow {tf.__version__}, tf_keras {keras.__version__}, "
           f"ai-edge-litert {_version('ai-edge-litert')}, keras-hub {peer_versions.get('keras_hub')}, "
           f"keras {peer_versions.get('keras')}")
-    header = ["config", "batch", "variant", "tokens/s", "x keras-hub", "x keras-hub xla", "% of bw bound"]
+    header = ["config", "batch", "variant", "tokens/s", "x cached", "x keras-hub", "x keras-hub xla", "% of bw bound"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name, batch, params, bound, results in rows:
         kh, khx = results.get("keras_hub"), results.get("keras_hub_xla")
         for v, tps in results.items():
-            print(f"| {name} | {batch} | {v} | {tps:,.0f} | {_ratio(tps, kh)} | {_ratio(tps, khx)} | "
-                  f"{100 * tps / bound:.0f}% |")
+            print(f"| {name} | {batch} | {v} | {tps:,.0f} | {_ratio(tps, results.get('cached'))} | {_ratio(tps, kh)} | "
+                  f"{_ratio(tps, khx)} | {100 * tps / bound:.0f}% |")
         print(f"| {name} | {batch} | bandwidth bound ({params * 4 / 1e6:.1f} MB weights / 20 GB/s) | "
-              f"{bound:,.0f} | | | |")
+              f"{bound:,.0f} | | | | |")
+    goals = []
+    for name, batch, _, _, results in rows:
+        cached, peers = results.get("cached"), [results[v] for v in ("keras_hub", "keras_hub_xla") if v in results]
+        if cached and peers:
+            goals.append(("cached >= 2x keras-hub (faster row)", name, batch, cached / max(peers), 2.0))
+        if cached and results.get("tflite"):
+            goals.append(("tflite >= 0.7x cached (XLA)", name, batch, results["tflite"] / cached, 0.7))
+    for what, name, batch, ratio, goal in goals:
+        print(f"goal: {what}, {name} batch {batch}: {ratio:.2f}x ({'met' if ratio >= goal else 'NOT met'})")
     for note in notes:
         print("note:", note)
     if "speculative" in variants:  # speculative vs plain decode, trained "small" target, batch 1
         from speculative import measure
-        print(f"\nspeculative decoding (benchmarks/speculative.py), load average {os.getloadavg()[0]:.1f}")
-        print("\n".join(measure(args)))
+        lines = measure(args)
+        print(f"\nspeculative decoding (benchmarks/speculative.py), {describe(args.core, args.threads)}")
+        print("\n".join(lines))
 
 
 def _ratio(a, b):

@@ -164,3 +164,27 @@ def test_generate_tokens_honours_stop_ids_and_end_of_text(periodic_lm, periodic_
     assert tok.end_of_text_id == 0 and periodic_lm._stop_ids(None) == [0]
     with pytest.raises(ValueError, match="stop"):
         periodic_lm.generate_tokens(ids, 5, stop=[10 ** 6])
+
+
+def test_tflite_batched_decode_equals_xla_in_one_invoke_per_group(periodic_lm, periodic_runtimes):
+    """Nine rows of different lengths (groups of 8 + 1 row: both batch signatures, the second with
+    first_row 8), past the context: TFLite greedy and seeded samples equal the XLA loop's, and each
+    group of rows is ONE generate invoke per window segment (the cache never leaves the interpreter)."""
+    from kerasllm.generation.window import segments
+
+    _, tflite, _ = periodic_runtimes
+    assert {"generate_1", "generate_8"} <= set(tflite.interpreter.get_signature_list())
+    prompts = [_prompt(n, start) for n, start in zip([1, 2, 5, 9, 17, CTX - 1, CTX, 2 * CTX, 3], range(9))]
+    assert tflite.generate(prompts, NEW) == periodic_lm.generate(prompts, NEW)
+    assert tflite.generate(prompts, NEW, seed=4, **SAMPLE) == periodic_lm.generate(prompts, NEW, seed=4, **SAMPLE)
+    calls = []
+    runners = tflite._runners
+    tflite._runners = {name: (lambda f, name=name: lambda **kw: calls.append(name) or f(**kw))(f)
+                       for name, f in runners.items()}
+    try:
+        ids = periodic_lm.tokenizer.encode(_prompt(CTX, 1))
+        tokens = np.stack([ids] * 9)
+        np.testing.assert_array_equal(tflite.generate_tokens(tokens, NEW), periodic_lm.generate_tokens(tokens, NEW))
+    finally:
+        tflite._runners = runners
+    assert calls == ["generate_8", "generate_1"] * len(segments(CTX, NEW, CTX))

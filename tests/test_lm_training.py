@@ -121,25 +121,34 @@ def test_time_budget_alone_chooses_and_reports_the_size(lm_text):
 
 
 def test_lstm_training_compiles_with_xla_in_seconds_and_matches_keras_lstm():
+    """The LSTM LM's training path (lstm_sequence and its own gradient) computes what Keras' LSTM
+    layers compute on the same weights, as a plain graph and XLA-compiled (in seconds)."""
     import time
 
     from kerasllm._tf import tf
     from kerasllm.models.language_model import build_model
 
     model = build_model("lstm", dict(vocab_size=30, hidden=16, layers=2, context_length=24), 0)
-    tokens = tf.constant(np.random.default_rng(0).integers(0, 30, (4, 24)).astype(np.int32))
-    x = model.embedding(tokens)
-    for lstm in model.lstms:  # Keras' own LSTM layers on the same weights
-        x = lstm(x)[0]
-    np.testing.assert_allclose(model(tokens).numpy(), model.head(x).numpy(), atol=1e-6)
+    tokens = tf.constant(np.random.default_rng(0).integers(0, 30, (4, 25)).astype(np.int32))
 
-    def gradients(tokens):
+    def keras_lstm(x):
+        h = model.embedding(x)
+        for lstm in model.lstms:
+            h = lstm(h)[0]
+        return model.head(h)
+
+    def gradients(forward, tokens):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(tokens[:, 1:], model(tokens[:, :-1])))
-        return tape.gradient(loss, model.trainable_variables)
+            logits = forward(tokens[:, :-1])
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(tokens[:, 1:], logits))
+        return [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)], logits
 
+    expected, expected_logits = gradients(keras_lstm, tokens)
     started = time.perf_counter()
-    compiled = tf.function(gradients, jit_compile=True)(tokens)
-    assert time.perf_counter() - started < 60  # seconds (about 2 on an idle core), not minutes
-    for a, b in zip(compiled, tf.function(gradients)(tokens)):
-        np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(), atol=1e-5)
+    compiled = tf.function(lambda t: gradients(model, t), jit_compile=True)(tokens)
+    assert time.perf_counter() - started < 120  # seconds (about 3 on an idle core; 30 on a core shared by 4 jobs)
+    for got, logits in (compiled, tf.function(lambda t: gradients(model, t))(tokens)):
+        np.testing.assert_allclose(logits.numpy(), expected_logits.numpy(), atol=1e-5)
+        assert len(got) == len(expected) == 9
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=1e-4)

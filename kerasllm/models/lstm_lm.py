@@ -1,9 +1,8 @@
 """LSTM language model: Embedding -> stacked LSTM -> Dense, in tf_keras.
 
 Training (``call``) runs each layer as ``lstm_sequence``: the input projection of every step as one
-matmul, then a loop over the steps that XLA compiles in seconds and runs fast (Keras' own LSTM
-under XLA projected each step's input inside the loop and ran several times slower than a plain
-graph). It computes what Keras' LSTM computes, up to float rounding, on the same weights.
+matmul, then a loop over the steps (XLA compiles it in seconds), with a gradient whose loop carries
+only the recurrence. It computes what Keras' LSTM computes, up to float rounding, on the same weights.
 
 Same generation interface as ``TransformerLM`` (``init_cache``, ``call_with_cache``, ``prefill``,
 ``decode``); the "cache" is the carried (h, c) state of every layer, so there is no context limit
@@ -44,19 +43,50 @@ class LSTMConfig:
 def lstm_sequence(cell, x):
     """x [B, T, in] -> h [B, T, units] of a Keras ``LSTMCell`` (gates i, f, c, o; sigmoid and tanh)
     run from a zero state over all T steps."""
-    b, units = tf.shape(x)[0], cell.units
     projected = tf.transpose(tf.matmul(x, cell.kernel), [1, 0, 2])  # [T, B, 4 x units]: out of the loop
+    return tf.transpose(_recurrence(projected, tf.identity(cell.recurrent_kernel), tf.identity(cell.bias)), [1, 0, 2])
 
-    def step(state, xz):
-        h, c = state
-        z = tf.nn.bias_add(xz + tf.matmul(h, cell.recurrent_kernel), cell.bias)  # Keras' order of sums
+
+@tf.custom_gradient
+def _recurrence(xz, recurrent_kernel, bias):
+    """xz [T, B, 4u] (inputs times the input kernel) -> h [T, B, u]. The gradient loop carries only
+    what depends on the previous step; the recurrent kernel's and the bias' gradients are one matmul
+    and one sum over all steps afterwards (automatic differentiation would add a [u, 4u] outer
+    product into an accumulator at every step)."""
+    units = tf.shape(recurrent_kernel)[0]
+    zeros = tf.zeros([tf.shape(xz)[1], units], xz.dtype)
+
+    def step(state, z_in):
+        h, c = state[0], state[1]
+        z = tf.nn.bias_add(z_in + tf.matmul(h, recurrent_kernel), bias)  # Keras' order of sums
         i, f, g, o = tf.split(z, 4, axis=-1)
-        c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-        return tf.sigmoid(o) * tf.tanh(c), c
+        i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+        c = f * c + i * g
+        return tf.tanh(c) * o, c, tf.concat([i, f, g, o], -1)
 
-    zeros = tf.zeros([b, units], x.dtype)
-    h, _ = tf.scan(step, projected, initializer=(zeros, zeros))
-    return tf.transpose(h, [1, 0, 2])
+    h, c, gates = tf.scan(step, xz, initializer=(zeros, zeros, tf.zeros_like(xz[0])))
+
+    def grad(dh_out):
+        c_prev = tf.concat([zeros[None], c[:-1]], 0)
+
+        def back(carry, inputs):
+            dh_next, dc_next = carry[0], carry[1]
+            dh_t, c_t, c_before, gate = inputs
+            i, f, g, o = tf.split(gate, 4, axis=-1)
+            dh = dh_t + dh_next
+            tanh_c = tf.tanh(c_t)
+            dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
+            dz = tf.concat([dc * g * i * (1.0 - i), dc * c_before * f * (1.0 - f), dc * i * (1.0 - g * g),
+                            dh * tanh_c * o * (1.0 - o)], -1)
+            return tf.matmul(dz, recurrent_kernel, transpose_b=True), dc * f, dz
+
+        _, _, dz = tf.scan(back, (dh_out, c, c_prev, gates), initializer=(zeros, zeros, tf.zeros_like(xz[0])),
+                           reverse=True)
+        h_prev = tf.concat([zeros[None], h[:-1]], 0)
+        flat = lambda t: tf.reshape(t, [-1, tf.shape(t)[-1]])  # noqa: E731
+        return dz, tf.matmul(flat(h_prev), flat(dz), transpose_a=True), tf.reduce_sum(flat(dz), 0)
+
+    return h, grad
 
 
 class LSTMLM(keras.Model):
