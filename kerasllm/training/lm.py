@@ -168,7 +168,8 @@ class Progress:
 def use_xla(model, steps=None, time_budget_s=None):
     """XLA fuses the Transformer's element-wise work, but compiling costs seconds (tens on a busy
     machine), which pays off only over a few hundred steps or a few minutes. The LSTM trains as a
-    plain TF graph: XLA on CPU ran its recurrence far slower (benchmarks/lm_training.py, lstm rows)."""
+    plain TF graph: its training path compiles with XLA in seconds, but the graph ran slightly
+    faster on CPU (benchmarks/lm_training.py, lstm_graph and lstm_xla rows)."""
     if getattr(model, "architecture", None) == "lstm":
         return False
     return (steps is None or steps >= 300) and (time_budget_s is None or time_budget_s >= 120)
