@@ -226,24 +226,86 @@ def test_tflite_ids_padded_on_either_side_give_the_keras_answer(classifier, clas
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
-def test_recurrent_weight_never_makes_the_sum_worse_than_the_bag_on_validation():
-    from kerasllm.models.classifier import choose_recurrent_scale
+def _log_loss(z, y):
+    z = z - z.max(1, keepdims=True)
+    return -(z - np.log(np.exp(z).sum(1, keepdims=True)))[np.arange(len(y)), y].mean()
+
+
+def _best_temperature_loss(z, y):
+    from scipy.optimize import minimize_scalar
+
+    return minimize_scalar(lambda t: _log_loss(t * z, y), bounds=(1e-3, 1e3), method="bounded").fun
+
+
+def test_recurrent_mix_never_makes_the_sum_worse_than_the_bag_on_validation():
+    from kerasllm.models.classifier import choose_recurrent_mix
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 200)
+    prior = np.bincount(y, minlength=3)
     bag = rng.normal(size=(200, 3)) + 2.0 * np.eye(3)[y]  # informative
     noise = 5.0 * rng.normal(size=(200, 3))  # a recurrent path that learned nothing
-
-    def loss(z):
-        z = z - z.max(1, keepdims=True)
-        return -(z - np.log(np.exp(z).sum(1, keepdims=True)))[np.arange(200), y].mean()
-
-    assert choose_recurrent_scale(noise, bag, y) < 0.05  # about 0 (the fitted weight may find a chance edge)
+    assert choose_recurrent_mix(noise, bag, y, prior)[0] < 0.05  # about 0 (a chance edge at most)
     helpful = 3.0 * np.eye(3)[y] + rng.normal(size=(200, 3))
-    scale = choose_recurrent_scale(helpful, bag, y)
-    assert scale > 0 and loss(bag + scale * helpful) < loss(bag)
+    weight, offset = choose_recurrent_mix(helpful, bag, y, prior)
+    assert weight > 0 and _log_loss(bag + weight * helpful + offset, y) < _log_loss(bag, y)
+    np.testing.assert_allclose(offset, -weight * np.log(prior / prior.sum()), rtol=1e-6)  # the prior, once
     for recurrent in (noise, helpful, -helpful):
-        assert loss(bag + choose_recurrent_scale(recurrent, bag, y) * recurrent) <= loss(bag) + 1e-12
+        weight, offset = choose_recurrent_mix(recurrent, bag, y, prior)
+        assert _best_temperature_loss(bag + weight * recurrent + offset, y) <= _best_temperature_loss(bag, y) + 1e-9
+
+
+def test_recurrent_mix_is_not_chosen_to_fix_an_under_confident_bag():
+    """A small-data bag is under-confident; any added logits then lower its log-loss, so a weight
+    chosen on the plain log-loss let a recurrent path that carries no signal into the sum."""
+    from kerasllm.models.classifier import choose_recurrent_mix
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 60)
+    bag = 0.3 * (rng.normal(size=(60, 5)) + 3.0 * np.eye(5)[y])  # right, but timid
+    confident_noise = 2.0 * rng.normal(size=(60, 5)) + 0.8 * np.eye(5)[y]  # mostly wrong on its own
+    assert np.mean(confident_noise.argmax(1) == y) < np.mean(bag.argmax(1) == y) - 0.3
+    weight, offset = choose_recurrent_mix(confident_noise, bag, y, np.bincount(y, minlength=5))
+    assert np.mean((bag + weight * confident_noise + offset).argmax(1) == y) >= np.mean(bag.argmax(1) == y)
+
+
+def test_default_bag_path_is_the_bag_alone_after_the_refit(classifier, topic_split):
+    """With its own held-out split, the default learns everything again from all texts: its bag
+    path is the model that recurrent=False gives (same vocabulary, idf and logistic regression)."""
+    from kerasllm.models.classifier import paths_model
+
+    train, labels, test = topic_split[0], topic_split[1], topic_split[2]
+    bag_alone = tasks.train_classifier(train, labels, seed=0, recurrent=False)
+    assert classifier.history_["refit_epochs"] and classifier.tokenizer.vocabulary == bag_alone.tokenizer.vocabulary
+    recurrent, bag = paths_model(classifier.model_).predict(classifier.tokenizer.encode(test), verbose=0)
+    np.testing.assert_allclose(bag, paths_model(bag_alone.model_).predict(bag_alone.tokenizer.encode(test), verbose=0),
+                               atol=1e-5)
+    cfg = classifier.config_
+    np.testing.assert_allclose(np.log(classifier.predict_proba(test)),
+                               np.log(_softmax(bag + cfg.recurrent_scale * recurrent + cfg.recurrent_offset)),
+                               atol=1e-4)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_svd_embeddings_start_words_of_one_topic_close():
+    from kerasllm.models.classifier import ema_momentum, svd_embeddings
+
+    rng = np.random.default_rng(0)
+    # ids 2-11 occur in texts of one kind, 12-21 in the other; 0 padding, 1 the unknown word
+    words = np.array([np.r_[rng.choice(np.arange(2, 12) + 10 * (i % 2), 6), [1, 0, 0]] for i in range(80)])
+    vectors = svd_embeddings(words, 22, 8)
+    assert vectors.shape == (22, 8) and not vectors[:2].any()  # padding and unknown stay at their start
+    unit = vectors[2:] / np.linalg.norm(vectors[2:], axis=1, keepdims=True)
+    cos = unit @ unit.T
+    same = np.mean([cos[i, j] for i in range(20) for j in range(20) if i != j and i // 10 == j // 10])
+    other = np.mean([cos[i, j] for i in range(20) for j in range(20) if i // 10 != j // 10])
+    assert same > other + 0.5
+    # the weights' average spans about an epoch at most: on 300 texts (10 steps) it must not stall training
+    assert ema_momentum(0.995, 10) == 0.9 and ema_momentum(0.995, 1000) == 0.995
 
 
 def test_float16_tflite_gives_finite_probabilities(classifier, topic_split, tmp_path):

@@ -326,7 +326,11 @@ class ClassifierParts:
                                          offset=list(config.bag_offset) if fitted else 0.0, name="bag_scale")
         if self.recurrent:
             # the recurrent logits' weight in the sum, chosen on the validation split after training
-            self.recurrent_scale = L.Rescaling(float(getattr(config, "recurrent_scale", 1.0)), name="recurrent_scale")
+            # and its offset: minus its share of the class prior, which both paths' logits hold
+            offset = getattr(config, "recurrent_offset", None)
+            self.recurrent_scale = L.Rescaling(float(getattr(config, "recurrent_scale", 1.0)),
+                                               offset=list(offset) if offset is not None else 0.0,
+                                               name="recurrent_scale")
         self.add = L.Add(name="logits")
 
     def paths(self, ids, n_words=None, training=None, folded=None):
