@@ -7,9 +7,15 @@ is trained for ``--target-time`` seconds on tiny Shakespeare; the draft (``--dra
 runs with the same settings. Prompts: ``--prompts`` windows of ``--prompt-len`` tokens from the
 validation text (the last 10%); each variant generates ``--new-tokens`` tokens for every prompt,
 variants alternating, median of ``--repeats``. Greedy rows check that speculative tokens equal plain
-tokens; sampled rows (temperature 1) print the acceptance rate.
+tokens; sampled rows (temperature 1) print the acceptance rate. ``--lookup-k`` adds prompt-lookup rows
+(``with_draft("prompt_lookup")``: no draft model; proposals copied from earlier text).
 
-    python benchmarks/speculative.py [--k 2,3,4] [--core 0] [--target-time 300] [--draft-time 120]
+    python benchmarks/speculative.py [--k 2,3,4] [--core 0] [--target-time 300] [--draft-time 120] [--profile]
+
+``--profile`` also times the parts of a round separately, each in its own XLA loop of cached calls on
+the same pair (variants alternating, median): a plain target step, a verify pass over k + 1 tokens,
+a draft step, each split into the Transformer blocks and the vocabulary head; and from those costs
+the acceptance rate each k would need for 1.0x and 1.6x.
 
 ``benchmarks/generation.py`` runs this too (its ``speculative`` variant).
 """
@@ -35,11 +41,13 @@ def add_arguments(p):
     g.add_argument("--target-time", type=float, default=300.0, help="seconds to train the target")
     g.add_argument("--draft-time", type=float, default=120.0, help="seconds to distil the draft")
     g.add_argument("--draft", default="1x128", choices=sorted(DRAFTS))
-    g.add_argument("--k", default="2,3,4", help="numbers of speculative tokens to measure")
+    g.add_argument("--k", default="2,3,4", help="numbers of speculative tokens to measure (distilled draft)")
+    g.add_argument("--lookup-k", default="4,8", help="numbers of tokens prompt lookup proposes ('' : no lookup rows)")
     g.add_argument("--prompts", type=int, default=4)
     g.add_argument("--spec-new-tokens", type=int, default=128)
     g.add_argument("--spec-prompt-len", type=int, default=16)
     g.add_argument("--spec-repeats", type=int, default=3)
+    g.add_argument("--profile", action="store_true", help="also time draft step, verify pass and plain step apart")
     g.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "kerasllm-speculative-bench"),
                    help="folder for the trained target and draft (reused when present)")
     return p
@@ -95,24 +103,28 @@ def measure(args):
     prompts = [np.asarray(ids[s:s + args.spec_prompt_len], np.int32)[None] for s in starts]
     n = args.spec_new_tokens
     ks = [int(k) for k in args.k.split(",")]
-    specs = {k: target.with_draft(draft, num_speculative=k) for k in ks}
-    lines, ratios = [], []
+    # variant name -> decoder: the distilled draft at each k, and prompt lookup (no draft model)
+    specs = {f"draft k={k}": target.with_draft(draft, num_speculative=k) for k in ks}
+    specs.update({f"prompt lookup k={k}": target.with_draft("prompt_lookup", num_speculative=k)
+                  for k in ([int(k) for k in args.lookup_k.split(",")] if args.lookup_k else [])})
+    lines, ratios, greedy_acceptance = [], {}, {}
     for mode, temperature in (("greedy", 0.0), ("sampled T=1", 1.0)):
         def plain():
             return [target.generate_tokens(p, n, temperature=temperature, seed=0) for p in prompts]
 
-        def speculative(k, stats=None):
+        def speculative(name, stats=None):
             outs = []
             for p in prompts:
-                outs.append(specs[k].generate_tokens(p, n, temperature=temperature, seed=0))
+                outs.append(specs[name].generate_tokens(p, n, temperature=temperature, seed=0))
                 if stats is not None:
-                    stats.append(specs[k].stats)
+                    stats.append(specs[name].stats)
             return outs
 
-        runs = {"plain": plain, **{f"k={k}": (lambda k=k: speculative(k)) for k in ks}}
+        runs = {"plain": plain, **{name: (lambda name=name: speculative(name)) for name in specs}}
         reference = plain()
-        stats = {k: [] for k in ks}
-        same = {k: all(np.array_equal(r, o) for r, o in zip(reference, speculative(k, stats[k]))) for k in ks}
+        stats = {name: [] for name in specs}
+        same = {name: all(np.array_equal(r, o) for r, o in zip(reference, speculative(name, stats[name])))
+                for name in specs}
         times = {name: [] for name in runs}
         for _ in range(args.spec_repeats):  # alternate the variants: plain, k=.., plain, k=.., ...
             for name, fn in runs.items():
@@ -121,18 +133,27 @@ def measure(args):
                 times[name].append(time.perf_counter() - t)
         plain_tps = len(prompts) * n / statistics.median(times["plain"])
         lines.append(f"| {mode} | plain (target alone) | {plain_tps:,.0f} | 1.00 | | |")
-        for k in ks:
-            tps = len(prompts) * n / statistics.median(times[f"k={k}"])
-            rate = sum(s["accepted"] for s in stats[k]) / sum(s["proposed"] for s in stats[k])
-            per_round = sum(s["accepted"] + s["rounds"] for s in stats[k]) / sum(s["rounds"] for s in stats[k])
-            check = ("identical to plain" if same[k] else "DIFFERENT from plain") if mode == "greedy" else ""
+        for name in specs:
+            st = stats[name]
+            tps = len(prompts) * n / statistics.median(times[name])
+            rounds = sum(s["rounds"] for s in st)
+            rate = sum(s["accepted"] for s in st) / max(1, sum(s["proposed"] for s in st))
+            per_round = sum(s["accepted"] + s["rounds"] for s in st) / max(1, rounds)
+            plain_steps = sum(s.get("plain_steps", 0) for s in st)
+            extra = f", {plain_steps} plain steps" if name.startswith("prompt") else ""
+            check = ("identical to plain" if same[name] else "DIFFERENT from plain") if mode == "greedy" else ""
             if mode == "greedy":
-                ratios.append(tps / plain_tps)
-            lines.append(f"| {mode} | speculative k={k} | {tps:,.0f} | {tps / plain_tps:.2f} | {rate:.2f} "
-                         f"({per_round:.2f} tokens/round) | {check} |")
-    best = max(ratios)
-    lines.append(f"goal: speculative greedy >= 1.6x plain at batch 1: best {best:.2f}x "
-                 f"({'met' if best >= 1.6 else 'NOT met'})")
+                ratios[name] = tps / plain_tps
+                if name.startswith("draft"):
+                    greedy_acceptance[int(name.split("=")[1])] = rate
+            lines.append(f"| {mode} | speculative, {name} | {tps:,.0f} | {tps / plain_tps:.2f} | {rate:.2f} "
+                         f"({per_round:.2f} tokens per verify pass{extra}) | {check} |")
+    trained = max(v for name, v in ratios.items() if name.startswith("draft"))
+    lines.append(f"goal: speculative greedy with the trained draft >= 1.6x plain at batch 1: best {trained:.2f}x "
+                 f"({'met' if trained >= 1.6 else 'NOT met'})")
+    if len(ratios) > len(ks):
+        best = max(ratios, key=ratios.get)
+        lines.append(f"best of all variants: {best} {ratios[best]:.2f}x")
     val_loss = {name: m.history.get("final_val_loss") if m.history else None for name, m in
                 (("target", target), ("draft", draft))}
     head = [f"training: target = 'small' config ({TARGET}, subword vocab 8192, context 256) trained "
@@ -144,7 +165,123 @@ def measure(args):
             f"batch 1, {len(prompts)} prompts of {args.spec_prompt_len} tokens from the validation text, "
             f"{n} new tokens each",
             "| mode | variant | tokens/s | x plain | acceptance rate | tokens |", "|---|---|---|---|---|---|"]
+    if getattr(args, "profile", False):
+        lookup_ks = [int(k) for k in args.lookup_k.split(",")] if args.lookup_k else []
+        lines += [""] + profile(target, draft, ks, greedy_acceptance, max(5, args.spec_repeats),
+                                args.spec_prompt_len, n, prompts[0], lookup_ks)
     return head + lines
+
+
+PROFILE_STEPS = 64  # cached calls per timed XLA loop
+
+
+def _loop(model, tokens_per_call, cache_len, start, head=True):
+    """An XLA function running PROFILE_STEPS cached calls of ``tokens_per_call`` tokens at batch 1 (slots
+    start, start + 1, ...; each call's argmax feeds the next, so nothing is hoisted out of the loop).
+    ``head=False`` stops at the final hidden states: the Transformer blocks alone; ``head="last"`` projects
+    only the last position (the draft's 2-token call in a round)."""
+    from kerasllm._tf import tf
+
+    @tf.function(jit_compile=True, autograph=False)
+    def run(token):
+        constants = model.decode_constants()
+        pad = tf.zeros([1], tf.int32)
+
+        def body(i, token, cache):
+            tokens = tf.tile(token[:, None], [1, tokens_per_call])
+            if head == "last":
+                out, cache = model.hidden_with_cache(tokens, cache, start + i, pad)
+                out = model.logits(out[:, -1:], constants)
+            elif head:
+                out, cache = model.call_with_cache(tokens, cache, start + i, pad, constants)
+            else:
+                out, cache = model.hidden_with_cache(tokens, cache, start + i, pad)
+            nxt = tf.reduce_max(tf.argmax(out, -1, output_type=tf.int32), -1)  # every position, as a verify pass
+            return i + 1, nxt % 64 + 1, cache
+
+        init = (tf.constant(0), token, model.init_cache(1, cache_len))
+        return tf.while_loop(lambda i, *_: i < PROFILE_STEPS, body, init)[1]
+
+    return run
+
+
+def profile(target, draft, ks, acceptance, repeats, prompt_len, new_tokens, prompt, lookup_ks=()):
+    """Microseconds per plain step, verify pass (k + 1 tokens), draft step (1 and 2 tokens), each with
+    and without the head; the variants alternate ``repeats`` times (median). Returns table lines."""
+    import numpy as np
+
+    from kerasllm.generation.window import PAD_MULTIPLE, round_up
+
+    cache_len = round_up(prompt_len + new_tokens + max(list(ks) + list(lookup_ks)), PAD_MULTIPLE)
+    start = prompt_len
+    cases = {"target step (1 token) = plain decode step": (target, 1, True),
+             "target blocks only (1 token)": (target, 1, False)}
+    for k in sorted(set(ks) | set(lookup_ks)):
+        cases[f"verify pass k={k} ({k + 1} tokens)"] = (target, k + 1, True)
+        cases[f"target blocks only ({k + 1} tokens)"] = (target, k + 1, False)
+    cases.update({"draft step (1 token)": (draft, 1, True), "draft blocks only (1 token)": (draft, 1, False),
+                  "draft first call of a round (2 tokens)": (draft, 2, "last")})
+    token = np.array([7], np.int32)
+    fns = {name: (lambda f=_loop(m.model, s, cache_len, start, head): f(token).numpy(), PROFILE_STEPS)
+           for name, (m, s, head) in cases.items()}
+    # the real loops in the same alternation: what a round costs inside generate_tokens
+    specs = {k: target.with_draft(draft, num_speculative=k) for k in ks}
+    specs.update({("lookup", k): target.with_draft("prompt_lookup", num_speculative=k) for k in lookup_ks})
+    for key, spec in specs.items():
+        spec.generate_tokens(prompt, new_tokens)
+        calls = spec.stats["rounds"] + spec.stats["plain_steps"]  # loop iterations
+        name = f"prompt lookup k={key[1]}" if isinstance(key, tuple) else f"speculative k={key}"
+        fns[f"{name}, whole loop per round"] = (lambda spec=spec: spec.generate_tokens(prompt, new_tokens), calls)
+    fns["plain generate_tokens, per token"] = (lambda: target.generate_tokens(prompt, new_tokens), new_tokens)
+    for fn, _ in fns.values():
+        fn()  # compile
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, (fn, calls) in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t) / calls * 1e6)
+    us = {name: statistics.median(v) for name, v in times.items()}
+    plain = us["target step (1 token) = plain decode step"]
+    lines = [f"profile: microseconds per cached call at batch 1 (cache {cache_len} slots; {PROFILE_STEPS} calls "
+             f"per XLA loop, median of {repeats}, variants alternating); head = final norm + vocabulary projection "
+             f"+ argmax", "| part | us per call | x plain step | head (us) |", "|---|---|---|---|"]
+    blocks = {(id(m), s): name for name, (m, s, head) in cases.items() if head is False}
+    for name, (m, s, head) in cases.items():
+        if head is False:
+            continue
+        b = blocks.get((id(m), s))
+        head_us = f"{us[name] - us[b]:,.0f} (blocks {us[b]:,.0f})" if b else ""
+        lines.append(f"| {name} | {us[name]:,.0f} | {us[name] / plain:.2f} | {head_us} |")
+    lines.append(f"| plain generate_tokens ({prompt.shape[1]}-token prompt + {new_tokens}), per token | "
+                 f"{us['plain generate_tokens, per token']:,.0f} | "
+                 f"{us['plain generate_tokens, per token'] / plain:.2f} | (prefill included) |")
+    lines += ["round model: a round costs (k - 1) draft steps + one 2-token draft call + one verify pass and yields "
+              "(1 - a^(k+1)) / (1 - a) tokens at per-token acceptance a; speed-up = tokens x plain step / round cost",
+              "| k | round cost from parts (us) | whole loop per round (us) | x plain step | max speed-up (a = 1) | "
+              "a for 1.0x | a for 1.6x | measured a (greedy) | predicted speed-up at measured a |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for k in ks:
+        cost = (k - 1) * us["draft step (1 token)"] + us["draft first call of a round (2 tokens)"] + \
+            us[f"verify pass k={k} ({k + 1} tokens)"]
+
+        def speedup(a):
+            return (k + 1 if a >= 1 else (1 - a ** (k + 1)) / (1 - a)) * plain / cost
+
+        def needed(goal):
+            grid = np.linspace(0, 1, 1001)
+            ok = [a for a in grid if speedup(a) >= goal]
+            return f"{ok[0]:.2f}" if ok else "unreachable"
+
+        a = acceptance.get(k)
+        lines.append(f"| {k} | {cost:,.0f} | {us[f'speculative k={k}, whole loop per round']:,.0f} | "
+                     f"{cost / plain:.2f} | {speedup(1.0):.2f} | {needed(1.0)} | {needed(1.6)} | "
+                     f"{'' if a is None else f'{a:.2f}'} | {'' if a is None else f'{speedup(a):.2f}'} |")
+    for k in lookup_ks:  # no draft: a round is one verify pass (or one plain step when nothing matches)
+        cost = us[f"verify pass k={k} ({k + 1} tokens)"]
+        lines.append(f"| prompt lookup {k} | {cost:,.0f} | {us[f'prompt lookup k={k}, whole loop per round']:,.0f} | "
+                     f"{cost / plain:.2f} | {(k + 1) * plain / cost:.2f} | | | | |")
+    return lines
 
 
 def _fmt(x):

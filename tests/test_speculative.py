@@ -125,6 +125,71 @@ def test_sampled_speculative_follows_the_target_through_the_loop(tiny_lm, draft_
     assert _chi2_pvalue(np.random.default_rng(0).choice(vocab, 1000, p=q1 / q1.sum()), p1) < 1e-6
 
 
+def test_prompt_lookup_greedy_equals_target_greedy(periodic_lm, tiny_lm, lm_text):
+    """Prompt lookup (no draft model): proposals copied from earlier occurrences, rounds without one
+    run a plain step; both branches run here, past the context and in a left-padded batch."""
+    ids = periodic_lm.tokenizer.encode(PERIOD[3:4])[None]  # nothing to look up at first: plain steps
+    n = periodic_lm.context_length + 5  # past the context: one window rebuild
+    spec = periodic_lm.with_draft("prompt_lookup", num_speculative=4)
+    np.testing.assert_array_equal(spec.generate_tokens(ids, n), periodic_lm.generate_tokens(ids, n))
+    assert spec.stats["plain_steps"] > 0 and spec.stats["rounds"] > 0
+    assert 0 < spec.stats["acceptance_rate"] < 1  # copies accepted and rejected ("the " has four continuations)
+    prompts = [lm_text[200:201], lm_text[300:340], lm_text[400:425]]
+    spec = tiny_lm.with_draft("prompt_lookup", num_speculative=3)
+    assert spec.generate(prompts, max_new_tokens=30) == tiny_lm.generate(prompts, max_new_tokens=30)
+
+
+def test_lookup_proposals():
+    from kerasllm._tf import tf
+    from kerasllm.generation.speculative import lookup_proposals
+
+    def run(row, last, pad, k):
+        proposals, found = lookup_proposals(tf.constant([row], tf.int32), tf.constant(last), tf.constant([pad]), k)
+        return proposals.numpy()[0].tolist(), bool(found.numpy()[0])
+
+    # the latest earlier "5 6" (end 7), then what followed it; the longer n-gram wins over a later shorter one
+    assert run([0, 0, 5, 6, 7, 8, 5, 6, 9, 9, 5, 6, 0, 0], 11, 2, 4) == ([9, 9, 5, 6], True)
+    assert run([1, 2, 3, 9, 3, 1, 2, 3, 0], 7, 0, 2) == ([9, 3], True)
+    assert run([3, 1, 2, 3, 1, 2, 0, 0], 5, 0, 5) == ([3, 1, 2, 3, 1], True)  # repeats with the period (3)
+    assert run([1, 2, 3, 0], 2, 0, 2)[1] is False  # nothing earlier
+    assert run([7, 7, 1, 2, 7], 4, 2, 2)[1] is False  # pads are not looked at
+
+
+def test_prompt_lookup_sampled_follows_the_target(periodic_lm):
+    """Lookup proposals are a point mass q: the rule keeps each token distributed as the target's p
+    (temperature 2 here, so p is far from one-hot). The prompt holds every token id, so every row
+    finds its newest token earlier in the window and the round is a verify pass."""
+    from kerasllm._tf import tf
+
+    vocab, temperature = periodic_lm.vocab_size, 2.0
+    prompt = np.concatenate([np.random.default_rng(3).permutation(vocab),
+                             periodic_lm.tokenizer.encode(PERIOD[:8])]).astype(np.int32)
+    assert len(prompt) + 2 <= periodic_lm.context_length
+    spec = periodic_lm.with_draft("prompt_lookup", num_speculative=3)
+    tokens = np.broadcast_to(prompt, (250, len(prompt)))
+    out, rounds = [], 0
+    for seed in (21, 22, 23, 24):
+        out.append(spec.generate_tokens(tokens, 2, temperature=temperature, seed=seed)[:, len(prompt):])
+        rounds += spec.stats["rounds"]
+    out = np.concatenate(out)
+    assert rounds == 4  # the acceptance rule ran in every call
+
+    def probs(x):
+        return tf.nn.softmax(periodic_lm.model(x)[:, -1] / temperature).numpy().astype(np.float64)
+
+    p1 = probs(prompt[None])[0]
+    p2 = p1 @ probs(np.concatenate([np.broadcast_to(prompt, (vocab, len(prompt))), np.arange(vocab)[:, None]],
+                                   1).astype(np.int32))
+    for j, p in ((0, p1), (1, p2)):
+        assert _chi2_pvalue(out[:, j], p) > ALPHA, f"new token {j}"
+    # the test has power: a rule that kept every proposal (what followed token 1 earlier) would fail it
+    from kerasllm.generation.speculative import lookup_proposals
+
+    rows = np.concatenate([np.broadcast_to(prompt, (len(out), len(prompt))), out[:, :1]], 1)
+    proposed, _ = lookup_proposals(tf.constant(rows), tf.constant(len(prompt)), tf.zeros([len(out)], tf.int32), 3)
+    assert _chi2_pvalue(proposed.numpy()[:, 0], p2) < 1e-6
+
+
 def test_new_seed_or_temperature_does_not_compile_again(tiny_lm, draft_lm):
     """Seed and sampling settings are run-time inputs of ONE XLA program: the function is traced
     once and lowers to the same HLO for any seed or temperature (a value XLA must know at compile
@@ -176,5 +241,7 @@ def test_bad_pairs_and_arguments(tiny_lm, tiny_lstm, draft_lm, lm_text):
         tiny_lm.with_draft(draft_lm, num_speculative=0)
     with pytest.raises(TypeError, match="draft must be a LanguageModel"):
         tiny_lm.with_draft(draft_lm.model)
+    with pytest.raises(ValueError, match="prompt_lookup"):
+        tiny_lm.with_draft("lookup")
     with pytest.raises(ValueError, match="temperature"):  # the shared argument checks run before compiling
         tiny_lm.with_draft(draft_lm).generate_tokens(tiny_lm.tokenizer.encode("ab")[None], 5, temperature=-1)

@@ -149,13 +149,15 @@ class Sampler:
     Subclasses override ``next_token``; ``key`` is what changes the compiled graph."""
 
     key = ()
+    random = True  # next_token uses its uniforms
 
     def next_token(self, logits, u, temperature, top_k, top_p, ops):
         """logits [B, V] float32, u [B] uniforms -> int32 [B]."""
         raise NotImplementedError
 
     def pick(self, logits, seed, step, params, ops=TF, first_row=0):
-        u = uniforms(seed, step, logits.shape[0] if ops is NUMPY else _tf_batch(logits), ops, first_row)
+        u = uniforms(seed, step, logits.shape[0] if ops is NUMPY else _tf_batch(logits), ops, first_row) \
+            if self.random else None  # greedy draws nothing (the TFLite runtime picks per token in NumPy)
         return self.next_token(logits, u, *params, ops)
 
     def start(self, model, tokens, pad, cache, count, step0, seed, params, buffer, first_row=0):
@@ -192,6 +194,7 @@ class Sampler:
 
 class Greedy(Sampler):
     key = ("greedy",)
+    random = False
 
     def next_token(self, logits, u, temperature, top_k, top_p, ops):
         return ops.argmax(logits)

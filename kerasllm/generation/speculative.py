@@ -27,6 +27,14 @@ Past the context, generation follows the same window plan as plain decoding
 (``kerasllm.generation.window``): each segment prefills its window into both caches and runs the
 speculative loop for that segment's tokens, so greedy output equals plain greedy output there too.
 
+Prompt lookup (``draft="prompt_lookup"``, no draft model; Saxena 2023, ``prompt_lookup_num_tokens`` in
+Hugging Face transformers): the proposals are the k tokens that followed the most recent earlier
+occurrence of the last 3 (else 2, else 1) tokens in the window and the new tokens (a repeating stretch
+is continued with its period). A round where a row has no such occurrence is one plain decode step
+for the batch (no verify pass over unlikely proposals). Sampling treats the proposals as drawn from a point mass ``q``,
+so the same rule keeps each token distributed as ``p``. It pays where the output repeats the prompt
+or itself (copying, editing, quoting; a weak model looping), and costs a plain step elsewhere.
+
 Use: ``lm.with_draft(draft_lm, num_speculative=4)`` -> a ``SpeculativeDecoder`` with the whole
 generation API (``generate``, ``generate_tokens``, ``stream``, stop rules). Both models must be
 Transformers (an LSTM's state cannot take back rejected tokens) with the same vocabulary, and the
@@ -121,11 +129,41 @@ def probabilities(logits, temperature, top_k, top_p, use_top_k, use_top_p):
     return tf.nn.softmax(z)
 
 
+LOOKUP_NGRAM = 3  # prompt lookup matches the last 3 tokens, else 2, else 1
+PROMPT_LOOKUP = "prompt_lookup"
+
+
+def lookup_proposals(seq, last, pad, k, max_ngram=LOOKUP_NGRAM):
+    """Prompt-lookup proposals. seq [B, L] int32 (left-padded window, then new tokens), ``last`` the
+    position of the newest token (scalar), pad [B] -> (proposals [B, k], found [B] bool). A row's
+    match is the latest end position e < last with seq[e - g + 1 .. e] == seq[last - g + 1 .. last]
+    for the longest g <= max_ngram that has one (only real tokens, not pads); its proposals are
+    seq[e + 1 + (j mod (last - e))], j < k: what followed, repeated with the stretch's period."""
+    from kerasllm._tf import tf
+
+    batch, length = tf.shape(seq)[0], seq.shape[1]
+    ends = tf.range(length)[None, :]
+    best = tf.fill([batch], -1)
+    for g in range(1, max_ngram + 1):  # a longer n-gram's match replaces a shorter one's
+        key = tf.gather(seq, tf.maximum(last - g + 1 + tf.range(g), 0), axis=1)  # [B, g]
+        match = (ends < last) & (ends - g + 1 >= pad[:, None]) & (last - g + 1 >= pad[:, None])
+        for t in range(g):  # seq[e - t] == key[g - 1 - t]
+            shifted = tf.pad(seq, [[0, 0], [t, 0]], constant_values=-1)[:, :length]
+            match &= shifted == key[:, g - 1 - t, None]
+        found_g = tf.reduce_max(tf.where(match, ends, -1), axis=1)
+        best = tf.where(found_g >= 0, found_g, best)
+    found = best >= 0
+    period = tf.maximum(last - best, 1)
+    at = tf.where(found, best, 0)[:, None] + 1 + tf.range(k)[None, :] % period[:, None]
+    return tf.gather(seq, at, batch_dims=1), found
+
+
 # --- the compiled loop ---------------------------------------------------------------------------------
 def speculative_function(target, draft, batch, cache_len, buffer_len, k, key):
     """The XLA program for one shape: (window tokens [B, W], pad [B], count, step0, seed, temperature,
-    top_k, top_p) -> (new tokens [B, buffer_len] (the first ``count`` are the answer), rounds, kept).
-    ``target``/``draft`` are Keras models with ``init_cache``/``prefill``/``call_with_cache``."""
+    top_k, top_p) -> (new tokens [B, buffer_len] (the first ``count`` are the answer), rounds, kept,
+    plain steps). ``target``/``draft`` are Keras models with ``init_cache``/``prefill``/``call_with_cache``
+    (the draft also ``hidden_with_cache``/``logits``); ``draft`` None: prompt lookup proposes."""
     from kerasllm._tf import tf
     from kerasllm.models.ops import dynamic_update_slice
 
@@ -139,19 +177,24 @@ def speculative_function(target, draft, batch, cache_len, buffer_len, k, key):
         def draws(stream, step):  # counter-based uniforms [B]: (seed, stream, step, row)
             return uniforms(seed + _STREAMS[stream], step0 + step, batch, TF)
 
-        t_const, d_const = target.decode_constants(), draft.decode_constants()
+        def pick(logits, i):  # one token from the target's logits [B, V], as the plain loop picks it
+            return tf.argmax(logits, -1, output_type=tf.int32) if greedy else sample_from(probs(logits), draws(2, i))
+
+        t_const = target.decode_constants()
         t_logits, t_cache = target.prefill(tokens, pad, target.init_cache(batch, cache_len))
-        _, d_cache = draft.prefill(tokens, pad, draft.init_cache(batch, cache_len))
+        d_cache, d_const = (), None
+        if draft is not None:
+            d_const = draft.decode_constants()
+            _, d_cache = draft.prefill(tokens, pad, draft.init_cache(batch, cache_len))
         width = tokens.shape[1]
-        first = tf.argmax(t_logits, -1, output_type=tf.int32) if greedy else \
-            sample_from(probs(t_logits), draws(2, 0))
+        first = pick(t_logits, 0)
         out = dynamic_update_slice(tf.zeros([batch, buffer_len], tf.int32), first[:, None], [0, 0])
 
-        def body(i, rounds, kept, prev, tok, t_cache, d_cache, out):
-            index = width + i - 1  # cache slot of ``tok``, the newest token (in neither cache yet)
-            # draft: k proposals; the first call also (re)writes ``prev`` at index - 1
-            logits, d_cache = draft.call_with_cache(tf.stack([prev, tok], 1), d_cache, index - 1, pad, d_const)
-            logits = logits[:, -1]
+        def propose(i, index, prev, tok, d_cache):
+            """k draft proposals [B, k] and their probabilities ([B, k, V], None when greedy)."""
+            # the first call also (re)writes ``prev`` at index - 1
+            hidden, d_cache = draft.hidden_with_cache(tf.stack([prev, tok], 1), d_cache, index - 1, pad)
+            logits = draft.logits(hidden[:, -1:], d_const)[:, 0]  # the head (most of a draft's cost) on one row
             proposals, qs = [], []
             for j in range(k):
                 if greedy:
@@ -163,26 +206,49 @@ def speculative_function(target, draft, batch, cache_len, buffer_len, k, key):
                 if j < k - 1:
                     logits, d_cache = draft.call_with_cache(d[:, None], d_cache, index + 1 + j, pad, d_const)
                     logits = logits[:, 0]
-            proposals = tf.stack(proposals, 1)
-            # target: verify all k in one cached pass over k + 1 tokens
+            return tf.stack(proposals, 1), (None if greedy else tf.stack(qs, 1)), d_cache
+
+        def verify(i, index, tok, proposals, q, t_cache):
+            """One target pass over [tok, proposals] -> (n kept proposals, tokens [B, k + 1], cache)."""
             t_logits, t_cache = target.call_with_cache(tf.concat([tok[:, None], proposals], 1), t_cache,
                                                        index, pad, t_const)
             if greedy:
                 accepted, new = greedy_rule(t_logits, proposals)
             else:
+                q = tf.one_hot(proposals, tf.shape(t_logits)[-1]) if q is None else q  # lookup: a point mass
                 u_accept = tf.stack([draws(1, i + j) for j in range(k)], 1)
-                accepted, new = accept_rule(probs(t_logits), tf.stack(qs, 1), proposals, u_accept, draws(2, i))
-            n = tf.reduce_min(accepted)  # rows share the cache index: all keep the fewest accepted
+                accepted, new = accept_rule(probs(t_logits), q, proposals, u_accept, draws(2, i))
+            return tf.reduce_min(accepted), new, t_cache  # rows share the cache index: all keep the fewest
+
+        def body(i, rounds, kept, steps, prev, tok, t_cache, d_cache, out):
+            index = width + i - 1  # cache slot of ``tok``, the newest token (in neither cache yet)
+            if draft is not None:
+                proposals, q, d_cache = propose(i, index, prev, tok, d_cache)
+                n, new, t_cache = verify(i, index, tok, proposals, q, t_cache)
+                verified = tf.constant(1)
+            else:
+                proposals, found = lookup_proposals(tf.concat([tokens, out], 1), index, pad, k)
+
+                def step():  # nothing to look up: one plain decode step (n = 0; tokens after it are overwritten)
+                    logits, cache = target.decode(tok, index, pad, t_cache, t_const)
+                    return tf.constant(0), tf.pad(pick(logits, i)[:, None], [[0, 0], [0, k]]), cache
+
+                n, new, t_cache = tf.cond(tf.reduce_all(found), lambda: verify(i, index, tok, proposals, None, t_cache),
+                                          step)
+                verified = tf.cast(tf.reduce_all(found), tf.int32)
             out = dynamic_update_slice(out, new, [0, i])  # tokens after n are overwritten later
             seq = tf.concat([tok[:, None], new], 1)
             # gather, not seq[:, n]: a strided slice's begin is a compile-time constant for XLA, which
             # made the seed and temperature constants too (one XLA compilation per seed)
             last_two = tf.gather(seq, tf.stack([n, n + 1]), axis=1)
-            return i + n + 1, rounds + 1, kept + n, last_two[:, 0], last_two[:, 1], t_cache, d_cache, out
+            return (i + n + 1, rounds + verified, kept + n, steps + 1 - verified, last_two[:, 0], last_two[:, 1],
+                    t_cache, d_cache, out)
 
-        init = (tf.constant(1), tf.constant(0), tf.constant(0), tokens[:, -1], first, t_cache, d_cache, out)
-        _, rounds, kept, *_, out = tf.while_loop(lambda i, *_: i < count, body, init, maximum_iterations=buffer_len)
-        return out, rounds, kept
+        init = (tf.constant(1), tf.constant(0), tf.constant(0), tf.constant(0), tokens[:, -1], first, t_cache,
+                d_cache, out)
+        _, rounds, kept, steps, *_, out = tf.while_loop(lambda i, *_: i < count, body, init,
+                                                        maximum_iterations=buffer_len)
+        return out, rounds, kept, steps
 
     return run
 
@@ -190,28 +256,34 @@ def speculative_function(target, draft, batch, cache_len, buffer_len, k, key):
 class SpeculativeDecoder(GenerationAPI):
     """``target`` (a ``LanguageModel``) generating with ``draft`` proposing ``k`` tokens per round:
     the whole generation API of ``kerasllm.models.language_model_text.GenerationAPI``. After each
-    call ``stats`` holds rounds, proposed, accepted, acceptance_rate and tokens_per_round."""
+    call ``stats`` holds rounds (verify passes), proposed, accepted, acceptance_rate, tokens_per_round
+    and plain_steps (prompt lookup's rounds without proposals). ``draft`` is a ``LanguageModel`` or
+    ``"prompt_lookup"``."""
 
     def __init__(self, target, draft, k=4):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_SPECULATIVE:
             raise ValueError(f"num_speculative (draft tokens per round) must be an int in [1, {MAX_SPECULATIVE}], "
                              f"got {k!r}")
-        for name, m in (("target", target), ("draft", draft)):
+        lookup = isinstance(draft, str) and draft == PROMPT_LOOKUP
+        if isinstance(draft, str) and not lookup:
+            raise ValueError(f"draft must be a LanguageModel or {PROMPT_LOOKUP!r}, got {draft!r}")
+        for name, m in (("target", target),) + (() if lookup else (("draft", draft),)):
             if not hasattr(m, "model") or not hasattr(m, "window_context"):
                 raise TypeError(f"{name} must be a LanguageModel, got {type(m).__name__}")
             if m.architecture != "transformer":
                 raise ValueError(f"speculative decoding needs Transformer models (an LSTM state cannot take back "
                                  f"rejected tokens); the {name} is {m.architecture!r}")
-        if draft.vocab_size != target.vocab_size:
-            raise ValueError(f"draft and target must share the vocabulary: draft vocab_size {draft.vocab_size}, "
-                             f"target {target.vocab_size}")
-        if draft.context_length < target.context_length:
-            raise ValueError(f"the draft's context_length ({draft.context_length}) must be at least the target's "
-                             f"({target.context_length})")
-        tok_t, tok_d = target.tokenizer, draft.tokenizer
-        if tok_t is not None and tok_d is not None and tok_t.get_config() != tok_d.get_config():
-            raise ValueError("draft and target must use the same tokenizer (train the draft with "
-                             "train_language_model(..., teacher=target))")
+        if not lookup:
+            if draft.vocab_size != target.vocab_size:
+                raise ValueError(f"draft and target must share the vocabulary: draft vocab_size "
+                                 f"{draft.vocab_size}, target {target.vocab_size}")
+            if draft.context_length < target.context_length:
+                raise ValueError(f"the draft's context_length ({draft.context_length}) must be at least the "
+                                 f"target's ({target.context_length})")
+            tok_t, tok_d = target.tokenizer, draft.tokenizer
+            if tok_t is not None and tok_d is not None and tok_t.get_config() != tok_d.get_config():
+                raise ValueError("draft and target must use the same tokenizer (train the draft with "
+                                 "train_language_model(..., teacher=target))")
         self.target, self.draft, self.k = target, draft, int(k)
         self.tokenizer, self.vocab_size, self.window_context = target.tokenizer, target.vocab_size, \
             target.window_context
@@ -222,9 +294,10 @@ class SpeculativeDecoder(GenerationAPI):
     def of(cls, target, draft, k=4):
         """The decoder for (target, draft, k), kept on the target so its compiled functions are reused."""
         cache = target.__dict__.setdefault("_speculative", {})
-        entry = cache.get((id(draft), k))
-        if entry is None or entry.draft is not draft:
-            entry = cache[(id(draft), k)] = cls(target, draft, k)
+        name = draft if isinstance(draft, str) else id(draft)
+        entry = cache.get((name, k))
+        if entry is None or entry.draft is not draft and entry.draft != draft:
+            entry = cache[(name, k)] = cls(target, draft, k)
         return entry
 
     def __repr__(self):
@@ -235,7 +308,8 @@ class SpeculativeDecoder(GenerationAPI):
         if sig not in self._functions:
             from kerasllm._tf import tf
 
-            run = speculative_function(self.target.model, self.draft.model, batch, cache_len, buffer_len, self.k, key)
+            draft = None if isinstance(self.draft, str) else self.draft.model
+            run = speculative_function(self.target.model, draft, batch, cache_len, buffer_len, self.k, key)
             # autograph off: the loop is an explicit tf.while_loop, the rest plain Python over static values
             self._functions[sig] = tf.function(run, jit_compile=True, reduce_retracing=False, autograph=False)
         return self._functions[sig]
@@ -249,7 +323,7 @@ class SpeculativeDecoder(GenerationAPI):
         key = settings.sampler().key
         params = settings.params()
         params = (np.float32(max(params[0], 1e-6)),) + tuple(params[1:])
-        stats = {"rounds": 0, "proposed": 0, "accepted": 0}
+        stats = {"rounds": 0, "proposed": 0, "accepted": 0, "plain_steps": 0}
         step = 0
         for seg in segments(history.shape[1] - int(pad.min()), max_new_tokens, ctx):
             win, w_pad = window(history, pad, seg, PAD_MULTIPLE)
@@ -257,7 +331,7 @@ class SpeculativeDecoder(GenerationAPI):
             # slots written: the window, then up to index + k with index <= width + count - 2
             cache_len = round_up(width + seg.count - 1 + k, PAD_MULTIPLE)
             buffer_len = round_up(ctx + 1 + k, CHUNK)
-            out, rounds, kept = self._function(batch, width, cache_len, buffer_len, key)(
+            out, rounds, kept, steps = self._function(batch, width, cache_len, buffer_len, key)(
                 win, w_pad, np.int32(seg.count), np.int32(step), np.int32(seed), *params)
             new = out.numpy()[:, :seg.count]
             history = np.concatenate([history, new], axis=1)
@@ -265,6 +339,7 @@ class SpeculativeDecoder(GenerationAPI):
             stats["rounds"] += int(rounds)
             stats["proposed"] += int(rounds) * k
             stats["accepted"] += int(kept)
+            stats["plain_steps"] += int(steps)  # prompt lookup: rounds with nothing to look up
             self.stats = self._summary(stats, step)
             yield new
 
