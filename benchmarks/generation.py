@@ -3,12 +3,14 @@
 Variants, measured in one run on the same dimensions with random weights:
   naive     kerasllm model, greedy, recomputing the whole sequence per token (no cache; XLA forward)
   cached    kerasllm ``generate_tokens``: KV cache + the whole decode loop as one XLA function
-  tflite    kerasllm TFLite ``generate_1``/``generate_8``: one invoke per window segment for the whole
-            batch (prefill + the decode loop as a TFLite WHILE op; the cache stays in the interpreter)
+  tflite    kerasllm TFLite runtime: per window segment one ``start_B`` invoke (prefill), then one
+            ``step{T}_B`` invoke per token over a cache kept in the interpreter (B = 1 or 8 rows;
+            benchmarks/tflite_profile.py shows where its time goes)
   keras-hub GPT2CausalLM.generate (greedy) in its own Keras 3 venv (benchmarks/keras_hub_peer.py),
             both as keras-hub runs by default on CPU (jit_compile auto = off) and with jit_compile=True
-  speculative  plain vs speculative decode of a trained "small" target with a distilled draft at
-            batch 1, acceptance rate (benchmarks/speculative.py; its options apply)
+  speculative  plain vs speculative decode of a trained "small" target with a distilled draft, and
+            with prompt lookup, at batch 1, acceptance rate; ``--profile`` times the parts of a round
+            (benchmarks/speculative.py; its options apply)
 
     python benchmarks/generation.py [--configs tiny,small] [--batches 1,8] [--threads 1] [--core 0]
 

@@ -168,23 +168,41 @@ def test_generate_tokens_honours_stop_ids_and_end_of_text(periodic_lm, periodic_
 
 def test_tflite_batched_decode_equals_xla_in_one_invoke_per_group(periodic_lm, periodic_runtimes):
     """Nine rows of different lengths (groups of 8 + 1 row: both batch signatures, the second with
-    first_row 8), past the context: TFLite greedy and seeded samples equal the XLA loop's, and each
-    group of rows is ONE generate invoke per window segment (the cache never leaves the interpreter)."""
-    from kerasllm.generation.window import segments
+    first_row 8), past the context: TFLite greedy and seeded samples equal the XLA loop's. Per
+    window segment each group of rows is ONE ``start`` invoke (prefill) and one ``step`` invoke
+    per further token; the cache stays in the step signature's inputs (only the step's new
+    keys/values are written into them, checked by the equal tokens)."""
+    from kerasllm.generation.window import cache_slots, segments
 
     _, tflite, _ = periodic_runtimes
-    assert {"generate_1", "generate_8"} <= set(tflite.interpreter.get_signature_list())
+    lengths = tflite.config["step_lengths"]
+    assert {"start_1", "start_8"} | {f"step{n}_{b}" for n in lengths for b in (1, 8)} <= \
+        set(tflite.interpreter.get_signature_list())
     prompts = [_prompt(n, start) for n, start in zip([1, 2, 5, 9, 17, CTX - 1, CTX, 2 * CTX, 3], range(9))]
     assert tflite.generate(prompts, NEW) == periodic_lm.generate(prompts, NEW)
     assert tflite.generate(prompts, NEW, seed=4, **SAMPLE) == periodic_lm.generate(prompts, NEW, seed=4, **SAMPLE)
     calls = []
-    runners = tflite._runners
-    tflite._runners = {name: (lambda f, name=name: lambda **kw: calls.append(name) or f(**kw))(f)
-                       for name, f in runners.items()}
+    wrapper = tflite.interpreter._interpreter
+    names = {wrapper.GetSubgraphIndexFromSignature(n): n for n in tflite.interpreter.get_signature_list()}
+
+    class Counting:  # the interpreter's own calls, counted per signature
+        def __getattr__(self, name):
+            return getattr(wrapper, name)
+
+        def Invoke(self, subgraph=0):
+            calls.append(names[subgraph])
+            return wrapper.Invoke(subgraph)
+
+    tflite.interpreter._interpreter, tflite._runners = Counting(), {}
     try:
         ids = periodic_lm.tokenizer.encode(_prompt(CTX, 1))
         tokens = np.stack([ids] * 9)
         np.testing.assert_array_equal(tflite.generate_tokens(tokens, NEW), periodic_lm.generate_tokens(tokens, NEW))
     finally:
-        tflite._runners = runners
-    assert calls == ["generate_8", "generate_1"] * len(segments(CTX, NEW, CTX))
+        tflite.interpreter._interpreter, tflite._runners = wrapper, {}
+    expected = []
+    for seg in segments(CTX, NEW, CTX):
+        length = min(n for n in lengths if n >= cache_slots(seg.width, seg.count))  # no row is padded
+        for b in (8, 1):
+            expected += [f"start_{b}"] + [f"step{length}_{b}"] * (seg.count - 1)
+    assert calls == expected

@@ -12,8 +12,9 @@ SavedModel signatures (TF Serving can call them):
 Argument checks (empty prompt, bad settings, pads) run outside XLA, so they raise clear
 InvalidArgumentErrors (XLA drops ``tf.debugging`` asserts).
 
-TFLite: ``generate_1`` / ``generate_8`` run a whole window segment for a batch in one invoke (the
-decode loop is a WHILE op; see ``build_tflite_functions``), and one-row ``prefill`` (tokens [1, P],
+TFLite (see ``build_tflite_functions``): Transformer ``start_{B}`` (prefill) and ``step{T}_{B}`` (one
+decode step over a cache kept in the interpreter), LSTM ``generate_{B}``/``resume_{B}`` (chunks
+of the sampler's loop), B in 1 and 8; and one-row ``prefill`` (tokens [1, P],
 pad [1] -> logits [1, V] + cache) / ``decode`` (token [1], pos, pad [1], cache -> logits + cache)
 with the cache as explicit tensors ``cache_0 ... cache_{2L-1}``. The tokenizer and model config are
 attached to the ``.tflite`` (``kerasllm.export.tflite.attach``).
@@ -25,7 +26,7 @@ from pathlib import Path
 from kerasllm._tf import tf
 from kerasllm.generation.samplers import AnySampler
 from kerasllm.generation.window import (MAX_NEW_TOKENS, PAD_MULTIPLE, bucket_extra, first_start, next_start,
-                                        segment_count, window_columns)
+                                        round_up, segment_count, window_columns)
 
 SETTINGS_SPEC = dict(
     max_new_tokens=tf.TensorSpec([], tf.int32, name="max_new_tokens"),
@@ -222,27 +223,31 @@ def build_saved_model_module(lm):
 TFLITE_BATCHES = (1, 8)  # generate signatures: a batch runs as groups of 8 rows, the last padded up to 1 or 8
 
 
-def _generate_specs(batch, lstm):
-    specs = [tf.TensorSpec([batch], tf.int32, name="pad"),
-             tf.TensorSpec([], tf.int32, name="count"), tf.TensorSpec([], tf.int32, name="step0"),
-             tf.TensorSpec([], tf.int32, name="seed"), tf.TensorSpec([], tf.float32, name="temperature"),
-             tf.TensorSpec([], tf.int32, name="top_k"), tf.TensorSpec([], tf.float32, name="top_p"),
-             tf.TensorSpec([], tf.int32, name="first_row")]
-    if not lstm:  # its length is the cache length (a shape, so TFLite plans every tensor statically)
-        specs.insert(1, tf.TensorSpec([None], tf.int32, name="cache_slots"))
-    return specs
+def _generate_specs(batch):
+    return [tf.TensorSpec([batch], tf.int32, name="pad"),
+            tf.TensorSpec([], tf.int32, name="count"), tf.TensorSpec([], tf.int32, name="step0"),
+            tf.TensorSpec([], tf.int32, name="seed"), tf.TensorSpec([], tf.float32, name="temperature"),
+            tf.TensorSpec([], tf.int32, name="top_k"), tf.TensorSpec([], tf.float32, name="top_p"),
+            tf.TensorSpec([], tf.int32, name="first_row")]
 
 
 def build_tflite_functions(lm):
     """Concrete functions for TFLite.
 
-    ``generate_{B}`` (B in ``TFLITE_BATCHES``): one invoke runs a whole window segment for B rows:
-    the prefill and ``AnySampler``'s decode loop (a TFLite WHILE op), the cache staying inside the
-    interpreter. The same ``Sampler.start`` code as the Keras loop and the SavedModel. Transformer
-    inputs: tokens [B, W], pad [B], cache_slots [T] (only its length T, the cache length, matters),
-    count, step0, seed, temperature, top_k, top_p, first_row -> new_tokens [B, context + 1]. The LSTM
-    (no window) generates ``LSTM_CHUNK`` tokens per invoke: ``generate_{B}`` also returns its state
-    (``cache_i``) and last token, and ``resume_{B}`` goes on from them.
+    Transformer, B in ``TFLITE_BATCHES`` (the runtime: ``TFLiteLanguageModel._segment_steps``):
+    ``start_{B}``: tokens [B, W], pad [B], cache_slots [T] (only its length T matters) -> logits
+    [B, V] of the last position and the cache ``cache_i`` (keys transposed [B * heads, head_dim, T],
+    values [B * heads, T, head_dim]). ``step{T}_{B}`` (T in ``step_lengths``, static shapes): token
+    [B], index (its cache slot), pad, cache_i -> logits [B, V] and ``entries`` [2 * layers,
+    B * heads, head_dim], the step's new keys/values. The step only reads the cache, so the runtime
+    keeps it in the signature's input tensors and writes the entries in. No WHILE op: measured
+    (benchmarks/tflite_profile.py), a TFLite WHILE body runs without XNNPACK and copies its loop
+    variables, the cache included, every iteration; and the tokens are picked outside the graph by
+    the sampler's NumPy ops (the same rule), so greedy decoding sorts nothing.
+
+    LSTM (no window): ``generate_{B}`` runs ``AnySampler``'s loop (a TFLite WHILE op) for
+    ``LSTM_CHUNK`` tokens per invoke and returns its state (``cache_i``) and last token; ``resume_{B}``
+    goes on from them (its state is small).
 
     ``prefill``/``decode`` (one row, the cache at the full context length, as explicit tensors):
     single steps, for callers that score tokens one at a time (LM compression)."""
@@ -268,11 +273,24 @@ def build_tflite_functions(lm):
 
     functions = [prefill.get_concrete_function(), decode.get_concrete_function()]
     for batch in TFLITE_BATCHES:
-        functions += _tflite_generate(model, batch, lstm, buffer_len)
+        functions += _tflite_generate(model, batch, lstm, buffer_len, lm.window_context)
     return functions
 
 
-def _tflite_generate(model, batch, lstm, buffer_len):
+def step_lengths(context):
+    """Cache lengths of the TFLite ``step{T}_{B}`` signatures: quarters of the context (a static
+    length per signature: TFLite runs shapes unknown at conversion much slower, and attending over
+    the whole context for a short generation would waste work)."""
+    return sorted({round_up(max(1, q * context // 4), PAD_MULTIPLE) for q in range(1, 5)})
+
+
+def _step_layout(flat):
+    """The cache as ``step_*`` takes it: keys transposed [B * heads, head_dim, T] (XNNPACK runs the
+    scores as a plain batch matmul), values [B * heads, T, head_dim]."""
+    return [tf.transpose(t, [0, 2, 1]) if i % 2 == 0 else t for i, t in enumerate(flat)]
+
+
+def _tflite_generate(model, batch, lstm, buffer_len, context=None):
     """The ``generate_{batch}`` (and LSTM ``resume_{batch}``) concrete functions."""
     sampler = AnySampler()
 
@@ -288,12 +306,23 @@ def _tflite_generate(model, batch, lstm, buffer_len):
 
     tokens = tf.TensorSpec([batch, None], tf.int32, name="tokens")
     if not lstm:
-        def generate(tokens, pad, cache_slots, count, step0, seed, temperature, top_k, top_p, first_row):
-            cache = model.init_cache(batch, tf.shape(cache_slots)[0])
-            return outputs(*sampler.start(model, tokens, pad, cache, count, step0, seed, (temperature, top_k, top_p),
-                                          tf.zeros([batch, buffer_len], tf.int32), first_row))
+        def start(tokens, pad, cache_slots):
+            logits, cache = model.prefill(tokens, pad, model.init_cache(batch, tf.shape(cache_slots)[0]))
+            return {"logits": logits, **{f"cache_{i}": t for i, t in enumerate(_step_layout(_flat(cache)))}}
 
-        return [signature(generate, "generate", [tokens] + _generate_specs(batch, False))]
+        def step(token, index, pad, *cache):
+            logits, recent = model.decode_after_prefix(token, index, pad, _nest(list(cache)), model.decode_constants())
+            return {"logits": logits, "entries": tf.stack([t[:, 0] for t in _flat(recent)])}
+
+        pad = tf.TensorSpec([batch], tf.int32, name="pad")
+        functions = [signature(start, "start", [tokens, pad, tf.TensorSpec([None], tf.int32, name="cache_slots")])]
+        for length in step_lengths(context):
+            cache = [tf.TensorSpec([batch * t.shape[0]] + ([t.shape[2], length] if i % 2 == 0 else [length, t.shape[2]]),
+                                   tf.float32, name=f"cache_{i}") for i, t in enumerate(_flat(model.init_cache(1, 1)))]
+            functions.append(signature(step, f"step{length}", [tf.TensorSpec([batch], tf.int32, name="token"),
+                                                               tf.TensorSpec([], tf.int32, name="index"), pad]
+                                       + cache))
+        return functions
 
     def generate_lstm(tokens, pad, count, step0, seed, temperature, top_k, top_p, first_row):
         return outputs(*sampler.start(model, tokens, pad, model.init_cache(batch, 1), count, step0, seed,
@@ -307,10 +336,10 @@ def _tflite_generate(model, batch, lstm, buffer_len):
 
     state = [tf.TensorSpec([batch] + list(t.shape[1:]), tf.float32, name=f"cache_{i}")
              for i, t in enumerate(_flat(model.init_cache(1, 1)))]
-    return [signature(generate_lstm, "generate", [tokens] + _generate_specs(batch, True)),
+    return [signature(generate_lstm, "generate", [tokens] + _generate_specs(batch)),
             signature(resume, "resume", [tf.TensorSpec([batch], tf.int32, name="token"),
                                          tf.TensorSpec([], tf.int32, name="index")]
-                      + _generate_specs(batch, True) + state)]
+                      + _generate_specs(batch) + state)]
 
 
 def runtime_config(lm):
@@ -318,7 +347,8 @@ def runtime_config(lm):
             "tokenizer": lm.tokenizer.get_config() if lm.tokenizer is not None else None,
             "cache_length": _cache_length(lm), "cache_tensors": 2 * lm.config.layers,
             "generate_batches": list(TFLITE_BATCHES),
-            "generate_chunk": LSTM_CHUNK if lm.window_context is None else lm.window_context + 1}
+            "generate_chunk": LSTM_CHUNK if lm.window_context is None else lm.window_context + 1,
+            "step_lengths": None if lm.window_context is None else step_lengths(lm.window_context)}
 
 
 def export_language_model(lm, directory, formats, quantization=None):
@@ -339,6 +369,7 @@ def export_language_model(lm, directory, formats, quantization=None):
         extra["tflite"] = TFLITE_FILE
         extra["tflite_signatures"] = ["prefill", "decode"] + [
             f"{kind}_{b}" for b in TFLITE_BATCHES for kind in (("generate", "resume") if lm.window_context is None
-                                                               else ("generate",))]
+                                                               else ["start"] + [
+        f"step{n}" for n in step_lengths(lm.window_context)])]
         extra["quantization"] = quantization
     return extra

@@ -1,13 +1,15 @@
 """Generation from an exported language model, without the Keras model.
 
-- ``TFLiteLanguageModel``: follows the window plan of ``kerasllm.generation.window``; each segment
-  is ONE invoke of the ``generate_8`` (or ``generate_1``) signature per group of 8 rows (the last
-  group padded with copies of its last row): the prefill and the whole decode loop (the sampler's
-  loop as a TFLite WHILE op) run inside the interpreter, the cache never leaves it. The LSTM goes on
-  chunk by chunk (``resume_*``, its small state passed along). Files exported before these
-  signatures existed fall back to the one-row ``prefill``/``decode`` signatures (cache through
-  NumPy, sampling in NumPy with the same sampler code). Needs only the ``.tflite`` file (its
-  tokenizer and config are attached to it): ``load_tflite("model.tflite")``.
+- ``TFLiteLanguageModel``: follows the window plan of ``kerasllm.generation.window``; rows run in
+  groups of 8 (``*_8`` signatures; the last group padded with copies of its last row, or ``*_1``).
+  Transformer: per segment one ``start_{B}`` invoke (prefill), then one ``step{T}_{B}`` invoke per
+  token; the cache stays in the step signature's input tensors and only each step's new keys and
+  values are written into it (``_Stepper``); tokens are picked from the logits by the sampler's
+  NumPy ops (the rule and random numbers of the XLA loop). LSTM: chunks of the sampler's loop as a
+  TFLite WHILE op (``generate_*``/``resume_*``, its small state passed along). Files exported
+  before these signatures existed fall back to the one-row ``prefill``/``decode`` signatures
+  (cache through NumPy). Needs only the ``.tflite`` file (its tokenizer and config are attached to
+  it): ``load_tflite("model.tflite")``.
 - ``SavedModelLanguageModel``: calls the SavedModel's ``generate_tokens`` signature once (the
   whole plan runs in the graph, each segment one XLA call), tokenizing in Python.
 Both have the API of ``kerasllm.models.language_model_text.GenerationAPI`` (``generate``,
@@ -52,6 +54,8 @@ class TFLiteLanguageModel(_Exported):
         self._decode = self.interpreter.get_signature_runner("decode")
         self._n_cache = self.config["cache_tensors"]
         self._batches = sorted(self.config.get("generate_batches", ()))
+        if self.window_context is not None and not self.config.get("step_lengths"):
+            self._batches = []  # a Transformer file from before the start/step signatures: rows one by one
         self._chunk = self.config.get("generate_chunk")
         self._runners = {}
 
@@ -74,7 +78,7 @@ class TFLiteLanguageModel(_Exported):
             if self._batches:
                 group = self._batches[-1]  # rows per invoke: the largest batch signature
                 new = np.concatenate([self._segment(win[g:g + group], w_pad[g:g + group], seg.count, step, seed,
-                                                    settings.params(), g) for g in range(0, len(win), group)])
+                                                    settings, g) for g in range(0, len(win), group)])
             else:
                 new = self._segment_per_row(win, w_pad, seg.count, step, seed, settings)
             step += seg.count
@@ -82,21 +86,23 @@ class TFLiteLanguageModel(_Exported):
             for at in range(0, seg.count, chunk or seg.count):
                 yield new[:, at:at + (chunk or seg.count)]
 
-    def _segment(self, tokens, pad, count, step, seed, params, first_row):
-        """One group of rows: ``count`` new tokens [rows, count], one invoke per segment (LSTM: per chunk)."""
+    def _segment(self, tokens, pad, count, step, seed, sampler_settings, first_row):
+        """One group of rows: ``count`` new tokens [rows, count] (Transformer: one ``start`` invoke and
+        one ``step`` invoke per token; LSTM: one invoke per chunk)."""
         rows = len(tokens)
         batch = min(b for b in self._batches if b >= rows)
         extra = np.repeat(np.arange(rows)[-1:], batch - rows)  # pad rows: copies of the last row, dropped after
         tokens, pad = np.concatenate([tokens, tokens[extra]]), np.concatenate([pad, pad[extra]])
-        temperature, top_k, top_p = params
-        settings = dict(pad=pad, seed=np.int32(seed), temperature=temperature, top_k=top_k, top_p=top_p,
-                        first_row=np.int32(first_row))
         width = tokens.shape[1]
         if self.window_context is not None:
-            out = self._runner(f"generate_{batch}")(
-                tokens=tokens, cache_slots=np.zeros(cache_slots(width, count), np.int32), count=np.int32(count),
-                step0=np.int32(step), **settings)
-            return out["new_tokens"][:rows, :count]
+            def pick(logits, i):
+                return sampler.pick(logits, seed, step + i, params, NUMPY, first_row=first_row).astype(np.int32)
+
+            sampler, params = sampler_settings.sampler(), sampler_settings.params()
+            return self._segment_steps(batch, tokens, pad, cache_slots(width, count), count, pick)[:rows]
+        temperature, top_k, top_p = sampler_settings.params()
+        settings = dict(pad=pad, seed=np.int32(seed), temperature=temperature, top_k=top_k, top_p=top_p,
+                        first_row=np.int32(first_row))
         parts, done, state = [], 0, None
         while done < count:  # LSTM: chunks of ``generate_chunk`` tokens, the state carried from one to the next
             n = min(count - done, self._chunk)
@@ -111,6 +117,30 @@ class TFLiteLanguageModel(_Exported):
             parts.append(out["new_tokens"][:rows, :n])
             done += n
         return np.concatenate(parts, 1)
+
+    def _segment_steps(self, batch, tokens, pad, slots, count, pick):
+        """Transformer: ``start_{batch}`` prefills; then one invoke of ``step{T}_{batch}`` per token.
+        The cache is an input of the step signature that stays in the interpreter: a step only
+        reads it and returns the new keys and values, which are written into it here (a few floats
+        per layer; no step copies the whole cache). Tokens are picked from the returned logits by
+        the sampler's NumPy ops (``pick(logits, i)``: the rule, and the random numbers, of the XLA
+        loop; greedy decoding runs no vocabulary sort)."""
+        length = min(n for n in self.config["step_lengths"] if n >= slots)
+        out = self._runner(f"start_{batch}")(tokens=tokens, pad=pad, cache_slots=np.zeros(length, np.int32))
+        stepper = self._stepper(f"step{length}_{batch}")
+        stepper.load({name: out[name] for name in stepper.cache}, pad)
+        new = np.empty((len(tokens), count), np.int32)
+        new[:, 0] = token = pick(out["logits"], 0)
+        index = tokens.shape[1]  # the cache slot of the token being decoded
+        for i in range(1, count):
+            new[:, i] = token = pick(stepper.run(token, index, write=i < count - 1), i)
+            index += 1
+        return new
+
+    def _stepper(self, name):
+        if name not in self._runners:
+            self._runners[name] = _Stepper(self.interpreter, name, self._n_cache)
+        return self._runners[name]
 
     def _runner(self, name):
         if name not in self._runners:
@@ -129,6 +159,45 @@ class TFLiteLanguageModel(_Exported):
                     logits, cache = self.decode(new[r, i - 1:i], win.shape[1] + i - 1, w_pad[r:r + 1], cache)
                 new[r, i] = sampler.pick(logits, seed, step + i, params, NUMPY, first_row=r)[0]
         return new
+
+
+class _Stepper:
+    """Runs one ``step{T}_{B}`` signature through the interpreter's own calls (a SignatureRunner
+    sets every input on every call): the cache and the pads are set once per window segment
+    (``load``); a step sets token and slot, invokes, and writes the step's new keys/values into
+    the cache inputs in place."""
+
+    def __init__(self, interpreter, name, n_cache):
+        self.wrapper = interpreter._interpreter
+        self.subgraph = self.wrapper.GetSubgraphIndexFromSignature(name)
+        signature = interpreter._get_full_signature_list()[name]
+        self.inputs, self.outputs = signature["inputs"], signature["outputs"]
+        self.cache = [f"cache_{i}" for i in range(n_cache)]
+        self.wrapper.AllocateTensors(self.subgraph)
+        self.views = None
+
+    def load(self, cache, pad):
+        w, sub = self.wrapper, self.subgraph
+        for name, value in list(cache.items()) + [("pad", pad)]:
+            w.SetTensor(self.inputs[name], np.asarray(value), sub)
+        # views of the cache inputs, valid while the step signature is not re-allocated (its
+        # shapes are static: it never is after the constructor)
+        self.views = [w.tensor(w, self.inputs[name], sub) for name in self.cache]
+
+    def run(self, token, index, write=True):
+        """Decode ``token`` [B] at cache slot ``index`` -> logits [B, V]."""
+        w, sub = self.wrapper, self.subgraph
+        w.SetTensor(self.inputs["token"], token, sub)
+        w.SetTensor(self.inputs["index"], np.int32(index), sub)
+        w.Invoke(sub)
+        if write:
+            entries = w.tensor(w, self.outputs["entries"], sub)
+            for i, view in enumerate(self.views):
+                if i % 2:
+                    view[:, index] = entries[i]  # values [B * heads, T, head_dim]
+                else:
+                    view[:, :, index] = entries[i]  # keys transposed [B * heads, head_dim, T]
+        return w.GetTensor(self.outputs["logits"], sub)
 
 
 class SavedModelLanguageModel(_Exported):
