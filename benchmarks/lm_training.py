@@ -6,15 +6,23 @@ machine's fp32 matrix-multiply rate measured in the same run.
 
 Variants, alternated in rounds (BENCHMARKING.md), each excluding its compilation:
   matmul       fp32 square products (512, 1024), the fastest of oneDNN (TF op) and XLA: the machine's rate
-  kerasllm     kerasllm.training.lm.train (what train_language_model runs), API default model and batch
+  kerasllm     kerasllm.training.lm.train (what train_language_model runs), API default model and batch,
+               XLA-compiled as at train_language_model's default step count
   fit          the same model compiled with model.compile(jit_compile=True) and trained with model.fit
   fit spe      the same with steps_per_execution=32 (matched: several steps per call, as kerasllm does)
   lstm         the default LSTM through kerasllm's loop, compiled as train_language_model compiles it
   lstm_graph   the same as a plain TF graph (no XLA)
   lstm_xla     the same, XLA-compiled
 
-Model FLOPs per token = 6 x (matmul parameters, output head included) + 12 x layers x context x hidden
-(attention scores and mixing, the full square as computed). Utilisation = model FLOP/s / matmul FLOP/s.
+Accounting (the standard one: PaLM appendix B, nanoGPT's estimate_mfu): model FLOPs per trained token
+= 6N + 12·L·T·d, forward (2x) plus backward (4x) of every matmul weight; N = the matmul weights (qkv,
+proj, fc, out of every layer and the LM head vocab x hidden, which is tied to the token embedding),
+the embedding lookup, biases and LayerNorm excluded; 12·L·T·d = the attention scores and the weighted
+values over the full T x T square. Utilisation = model FLOP/s / the matmul reference, the fastest
+single 512 or 1024 fp32 product of the round (a peak: on a shared core the training rate, an average
+over seconds, loses its share of the core while a single product may not).
+
+    python benchmarks/lm_training.py --profile     per-op profile of kerasllm's compiled training call
 """
 import argparse
 import os
@@ -37,13 +45,9 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--core", type=int, default=0, help="CPU core to pin to; -1: no pinning")
     p.add_argument("--variants", default="matmul,kerasllm,fit,fit_spe,lstm_graph,lstm_xla")
+    p.add_argument("--profile", action="store_true",
+                   help="instead: time every XLA operation of kerasllm's compiled training call, grouped by kind")
     return p.parse_args()
-
-
-def transformer_flops_per_token(cfg, context):
-    h, f, L = cfg["hidden"], cfg["ff"], cfg["layers"]
-    matmul_params = L * (h * 3 * h + h * h + 2 * h * f) + cfg["vocab_size"] * h
-    return 6 * matmul_params + 12 * L * context * h
 
 
 def lstm_flops_per_token(cfg):
@@ -69,8 +73,76 @@ def matmul_rate(tf, sizes=(512, 1024), repeats=5):
     return best
 
 
+# --- per-op profile of one compiled training call ---------------------------------------------
+PROFILE_CATEGORIES = (  # (category, words in the TF op name the HLO instruction came from), first match wins
+    ("optimizer (AdamW, clipping)", ("AdamW", "global_norm", "clip")),
+    ("loss over vocab (softmax cross-entropy)", ("SparseSoftmaxCrossEntropy",)),
+    ("attention softmax + causal mask", ("Softmax", "SelectV2", "/mul")),
+    ("LayerNorm", ("/ln1/", "/ln2/", "/ln_f/", "moments", "batchnorm")),
+    ("GELU", ("Gelu",)),
+    ("bias add / bias gradient", ("BiasAdd",)),
+    ("embedding gather / gradient scatter", ("embedding", "Gather", "Unsorted", "Scatter")),
+    ("head split/merge transposes", ("transpose", "Reshape")),
+    ("residual adds, gradient sums", ("AddN", "add")),
+)
+
+
+def xla_profile(train_once, dump_dir, trace_dir):
+    """Run ``train_once()`` under the TF profiler with XLA:CPU per-operation trace events and
+    return {(category, shape note): seconds} for the instructions of the compiled training call
+    (the largest dumped module). XLA_FLAGS must have been set before TensorFlow was imported."""
+    import collections
+    import glob
+    import re
+
+    from kerasllm._tf import tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    tf.profiler.experimental.start(trace_dir)
+    try:
+        train_once()
+    finally:
+        tf.profiler.experimental.stop()
+    module = max(glob.glob(f"{dump_dir}/*run*cpu_after_optimizations.txt"), key=os.path.getsize)
+    instructions = {}
+    for line in open(module):
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w-]+)\(", line)
+        if m:
+            op = re.search(r'op_name="([^"]*)"', line)
+            opcode = "dot" if m.group(3) == "dot" or "matmul" in line.lower() and m.group(3) == "custom-call" \
+                else m.group(3)
+            instructions.setdefault(m.group(1), (m.group(2), opcode, op.group(1) if op else ""))
+    times = collections.Counter()
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(open(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0], "rb").read())
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            for ev in line.events:
+                inst = instructions.get(names.get(ev.metadata_id))
+                if inst is None:
+                    continue
+                shape, opcode, op_name = inst
+                if opcode == "dot":  # rank 3 (batch x heads first): attention
+                    batched = shape.split("{")[0].count(",") >= 2
+                    key = ("matmul: attention scores and mixing (per head)" if batched
+                           else "matmul: dense layers and LM head", "")
+                else:
+                    key = next(((c, "") for c, words in PROFILE_CATEGORIES if any(w in op_name for w in words)),
+                               ("other (copies, layout, loop)", ""))
+                times[key] += ev.duration_ps / 1e12
+    return times
+
+
 def main():
     args = parse_args()
+    if args.profile:
+        import tempfile
+
+        work = tempfile.mkdtemp(prefix="lm_training_profile_")
+        # per-operation trace events, and the optimized HLO to name them (before TensorFlow is imported)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true "
+                                   f"--xla_dump_to={work}/hlo --xla_dump_hlo_as_text").strip()
     if args.core >= 0:
         os.sched_setaffinity(0, {args.core})
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -79,7 +151,8 @@ def main():
     from kerasllm._tf import keras, no_autotune, tf
     from kerasllm.models.language_model import build_model
     from kerasllm.training import lm as training
-    from tasks.language_model import MODEL_DEFAULTS, TRAIN_DEFAULTS
+    from kerasllm.training.budget import flops_per_token, matmul_params
+    from tasks.language_model import DEFAULT_STEPS, MODEL_DEFAULTS, TRAIN_DEFAULTS
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -88,7 +161,7 @@ def main():
     cfg = {**{k: v for k, v in MODEL_DEFAULTS["transformer"].items()}, "vocab_size": vocab, "context_length": S}
     lstm_cfg = {**MODEL_DEFAULTS["lstm"], "vocab_size": vocab, "context_length": S}
     ids = np.random.default_rng(0).integers(0, vocab, 400_000).astype(np.int32)
-    flops = transformer_flops_per_token(cfg, S)
+    flops = flops_per_token(cfg)  # the budget planner's accounting: one place
     variants = args.variants.split(",")
     results = {v: [] for v in variants}
     compile_s = {}
@@ -128,13 +201,44 @@ def main():
         model.fit(data, epochs=1, steps_per_epoch=n, verbose=0)
         return n * B * S / (time.perf_counter() - t), compiled
 
+    if args.profile:
+        default_rule = training.use_xla
+        training.use_xla = lambda model, steps=None, time_budget_s=None: default_rule(model, DEFAULT_STEPS)
+        steps = 200
+        model = build_model("transformer", cfg, 0)
+        out = {}
+        load0 = os.getloadavg()[0]
+        times = xla_profile(lambda: out.update(training.train(
+            model, ids, context_length=S, steps=steps, batch_size=B, learning_rate=TRAIN_DEFAULTS["learning_rate"],
+            warmup_steps=10, verbose=0)), f"{work}/hlo", f"{work}/trace")
+        peak = matmul_rate(tf)
+        total = sum(times.values())
+        matmul_s = sum(t for (c, _), t in times.items() if c.startswith("matmul"))
+        print(f"\nper-op profile of kerasllm's XLA training call: {steps} steps of {B} x {S} tokens, "
+              f"pinned to core {args.core}, load {load0:.1f}-{os.getloadavg()[0]:.1f}")
+        print(f"{'kind':<48} {'seconds':>8} {'share':>6}")
+        for (c, _), t in sorted(times.items(), key=lambda kv: -kv[1]):
+            print(f"{c:<48} {t:>8.2f} {t / total:>6.1%}")
+        print(f"{'total (all XLA operations)':<48} {total:>8.2f}")
+        print(f"model FLOPs (6N + 12LTd, all of them matmuls) / matmul time: {steps * B * S * flops / matmul_s / 1e9:.1f} "
+              f"GFLOP/s inside the matmuls = {steps * B * S * flops / matmul_s / peak:.2f} of the peak product rate "
+              f"({peak / 1e9:.1f} GFLOP/s); whole call {steps * B * S * flops / total / peak:.2f}")
+        print(f"TensorFlow {tf.__version__}; XLA_FLAGS={os.environ['XLA_FLAGS']}")
+        return
     load = [os.getloadavg()[0]]
     for r in range(args.rounds):
         for v in variants:
             if v == "matmul":
                 results[v].append(matmul_rate(tf))
             elif v == "kerasllm":
-                rate, h = ours("transformer", cfg, args.seconds, v)
+                # XLA as train_language_model's default (steps=DEFAULT_STEPS) compiles it: the short
+                # time budgets here would otherwise select the plain-graph path
+                default_rule = training.use_xla
+                training.use_xla = lambda model, steps=None, time_budget_s=None: default_rule(model, DEFAULT_STEPS)
+                try:
+                    rate, h = ours("transformer", cfg, args.seconds, v)
+                finally:
+                    training.use_xla = default_rule
                 results[v].append(rate)
                 compile_s[v] = h.get("compile_seconds")
             elif v == "fit":
@@ -159,7 +263,8 @@ def main():
     mm = statistics.median(results["matmul"]) if "matmul" in results else None
     print()
     print(f"context {S}, batch {B}, transformer {cfg['layers']} x {cfg['hidden']} (ff {cfg['ff']}), vocab {vocab}; "
-          f"{flops / 1e6:.2f} MFLOP per trained token; LSTM {lstm_cfg['layers']} x {lstm_cfg['hidden']}")
+          f"{flops / 1e6:.2f} MFLOP per trained token (6N + 12LTd, N = {matmul_params(cfg):,} matmul weights "
+          f"incl. the tied LM head); LSTM {lstm_cfg['layers']} x {lstm_cfg['hidden']}")
     print(f"pinned to core {args.core}, 1 thread; load average during the run "
           f"{min(load):.1f}-{max(load):.1f}; {args.rounds} rounds, median")
     print(f"{'variant':<10} {'tokens/s':>10} {'GFLOP/s':>9} {'of matmul':>10} {'vs fit':>7} {'compile s':>10}")

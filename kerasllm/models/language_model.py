@@ -75,8 +75,9 @@ class LanguageModel(GenerationAPI):
 
     def with_draft(self, draft, num_speculative=4):
         """This model generating with speculative decoding: ``draft`` (a small ``LanguageModel`` on the
-        same tokenizer) proposes ``num_speculative`` tokens per round; the same generation API and output
-        distribution (greedy: the same tokens). See ``kerasllm.generation.speculative``."""
+        same tokenizer, or ``"prompt_lookup"``: copy what followed the last n-gram's earlier occurrence)
+        proposes ``num_speculative`` tokens per round; the same generation API and output distribution
+        (greedy: the same tokens). See ``kerasllm.generation.speculative``."""
         from kerasllm.generation.speculative import SpeculativeDecoder
         return SpeculativeDecoder.of(self, draft, num_speculative)
 

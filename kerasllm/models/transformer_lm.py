@@ -106,11 +106,15 @@ class Block(keras.layers.Layer):
         self.out = keras.layers.Dense(config.hidden, kernel_initializer=proj_init(), name="out")
         self.drop = keras.layers.Dropout(config.dropout)
 
-    def call(self, x, mask, cache=None, index=None, rope=None, training=False):
+    def call(self, x, mask, cache=None, index=None, rope=None, training=False, prefix=None):
         """x [B, S, hidden]; mask [B or 1, 1, S, keys] bool. Without ``cache`` the keys are the S
         tokens themselves; with ``cache`` ((k, v), each [B * heads, T, head_dim]) the new keys and
         values are written at slot ``index`` and the queries attend over all T slots (the mask
-        hides the ones not yet written)."""
+        hides the ones not yet written). ``prefix`` (k transposed [B * heads, head_dim, P], v
+        [B * heads, P, head_dim]): read-only keys and values attended before the cache's; the mask
+        then covers P + T keys and is a float bias (0 or NEG). The TFLite decode step keeps the
+        long cache there, so no step copies it (keys transposed: XNNPACK runs a plain batch
+        matmul; it does not take one with adj_y)."""
         b, s = tf.shape(x)[0], tf.shape(x)[1]
         qkv = tf.reshape(self.qkv(self.ln1(x)), [b, s, 3, self.heads, self.head_dim])
         # [3, B * heads, S, head_dim]: batch and heads merged so the cache and the attention
@@ -124,11 +128,22 @@ class Block(keras.layers.Layer):
             keys = dynamic_update_slice(cache[0], keys, [0, index, 0])
             values = dynamic_update_slice(cache[1], values, [0, index, 0])
             cache = (keys, values)
-        scores = tf.matmul(q, keys, transpose_b=True) * (1.0 / math.sqrt(self.head_dim))
+        if prefix is None:
+            scores = tf.matmul(q, keys, transpose_b=True)
+        else:  # the few recent keys by multiply-and-sum (XNNPACK has no batch matmul with adj_y)
+            scores = tf.concat([tf.matmul(q, prefix[0]), tf.reduce_sum(q[:, :, None] * keys[:, None], -1)], -1)
+        scores = scores * (1.0 / math.sqrt(self.head_dim))
         scores = tf.reshape(scores, [b, self.heads, s, -1])
-        weights = tf.nn.softmax(tf.where(mask, scores, NEG))
+        # with a prefix the mask is an additive bias (0 or NEG; the same weights): TFLite's select is slow
+        weights = tf.nn.softmax(tf.where(mask, scores, NEG) if prefix is None else scores + mask)
         weights = tf.reshape(self.drop(weights, training=training), [b * self.heads, s, -1])
-        y = tf.reshape(tf.matmul(weights, values), [b, self.heads, s, self.head_dim])
+        if prefix is None:
+            y = tf.matmul(weights, values)
+        else:
+            split = prefix[1].shape[1]
+            recent = tf.reduce_sum(weights[:, :, split:, None] * values[:, None], 2)
+            y = tf.matmul(weights[:, :, :split], prefix[1]) + recent
+        y = tf.reshape(y, [b, self.heads, s, self.head_dim])
         y = tf.reshape(tf.transpose(y, [0, 2, 1, 3]), [b, s, self.hidden])
         x = x + self.drop(self.proj(y), training=training)
         h = tf.nn.gelu(self.fc(self.ln2(x)), approximate=True)
@@ -223,6 +238,21 @@ class TransformerLM(keras.Model):
         """tokens [B, P] left-padded (``pad`` [B] leading pads) -> (logits of the last position [B, V], cache)."""
         x, cache = self.hidden_with_cache(tokens, cache, 0, pad)
         return self.logits(x[:, -1:])[:, 0], cache  # (ln_f was built for 3-D input)
+
+    def decode_after_prefix(self, token, index, pad, prefix, constants=None):
+        """One decode step over a read-only cache (TFLite): token [B] at cache slot ``index``; the
+        slots below ``index`` are in ``prefix`` (per layer keys transposed [B * heads, head_dim, P]
+        and values [B * heads, P, head_dim]). Same mask and positions as ``decode``; the cache is
+        not written -> (logits [B, V], the new (k, v) per layer, each [B * heads, 1, head_dim])."""
+        x, rope = self._embed(token[:, None], tf.maximum(index - pad, 0)[:, None])
+        key = tf.range(prefix[0][1].shape[1])  # a static length: TFLite plans every tensor statically
+        old = (key[None, :] < index) & (key[None, :] >= pad[:, None])  # [B, P]; the new key is always seen
+        mask = tf.where(tf.concat([old, tf.ones_like(old[:, :1])], 1), 0.0, NEG)[:, None, None, :]  # a bias
+        new = []
+        for block, before, layer_cache in zip(self.blocks, prefix, self.init_cache(token.shape[0], 1)):
+            x, layer_cache = block(x, mask, cache=layer_cache, index=0, rope=rope, prefix=before)
+            new.append(layer_cache)
+        return self.logits(x, constants)[:, 0], tuple(new)
 
     def decode(self, token, index, pad, cache, constants=None):
         """token [B] at cache slot ``index`` (a scalar, the same for every row) -> (logits [B, V], cache)."""

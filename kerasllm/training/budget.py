@@ -40,12 +40,15 @@ def size_config(layers, hidden, context, vocab_size):
 
 
 def matmul_params(cfg):
+    """N of the standard 6N accounting: the matmul weights every token meets (qkv, proj, fc and out of
+    every layer, the LM head tied to the token embedding); lookups, biases and LayerNorm left out."""
     h, f = cfg["hidden"], cfg["ff"]
     return cfg["layers"] * (h * 3 * h + h * h + 2 * h * f) + cfg["vocab_size"] * h
 
 
 def flops_per_token(cfg):
-    """Training FLOPs per token: 6 x matmul parameters + the attention square (12 x layers x context x hidden)."""
+    """Training FLOPs per token, PaLM's / nanoGPT's MFU accounting: 6N (forward 2N, backward 4N) + the
+    attention scores and weighted values over the full square (12 x layers x context x hidden)."""
     return 6 * matmul_params(cfg) + 12 * cfg["layers"] * cfg["context_length"] * cfg["hidden"]
 
 
