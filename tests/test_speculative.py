@@ -36,6 +36,21 @@ def test_greedy_equals_target_greedy_past_the_context(periodic_lm):
         assert rate == 1.0 if draft is periodic_lm else rate < 0.7, rate  # both accepting and rejecting ran
 
 
+def test_greedy_with_a_restricted_draft_vocabulary(periodic_lm, tiny_lm, draft_lm, lm_text):
+    """``draft_vocab``: the draft proposes only those tokens (the target still emits any): greedy output
+    unchanged, past the context and in a left-padded batch; the tokens outside are never accepted."""
+    ids = periodic_lm.tokenizer.encode(PERIOD[3:4])[None]
+    n = 2 * periodic_lm.context_length + 5
+    used = np.unique(periodic_lm.generate_tokens(ids, n))
+    half = used[::2]  # the perfect draft may propose only half of the tokens it would
+    spec = periodic_lm.with_draft(periodic_lm, num_speculative=4, draft_vocab=half)
+    np.testing.assert_array_equal(spec.generate_tokens(ids, n), periodic_lm.generate_tokens(ids, n))
+    assert 0 < spec.stats["acceptance_rate"] < 1, spec.stats
+    prompts = [lm_text[200:201], lm_text[300:309], lm_text[400:425]]
+    spec = tiny_lm.with_draft(draft_lm, num_speculative=3, draft_vocab=tiny_lm.vocab_size // 2)  # the first ids
+    assert spec.generate(prompts, max_new_tokens=30) == tiny_lm.generate(prompts, max_new_tokens=30)
+
+
 def test_greedy_batch_of_prompts_of_different_lengths(tiny_lm, draft_lm, lm_text):
     prompts = [lm_text[200:201], lm_text[300:309], lm_text[400:425]]  # left-padded rows sharing one cache index
     spec = tiny_lm.with_draft(draft_lm, num_speculative=3)
@@ -101,15 +116,18 @@ def test_acceptance_rule_samples_the_target_distribution():
     assert _chi2_pvalue(proposals, p[0]) < 1e-12
 
 
-def test_sampled_speculative_follows_the_target_through_the_loop(tiny_lm, draft_lm, lm_text):
+@pytest.mark.parametrize("restricted", [False, True])
+def test_sampled_speculative_follows_the_target_through_the_loop(tiny_lm, draft_lm, lm_text, restricted):
     """Many rows of one prompt, sampled at temperature 1: the second new token (the first the
     acceptance rule chooses, after a round of draft proposals and cache updates) is distributed as
     the target's sum over t1 of p(t1 | prompt) p(t2 | prompt, t1). Four seeds of 250 rows share one
-    compiled loop (the seed is a run-time input)."""
+    compiled loop (the seed is a run-time input). ``restricted``: the draft proposes only every
+    other token id (``draft_vocab``), its q zero elsewhere."""
     from kerasllm._tf import tf
 
     prompt = tiny_lm.tokenizer.encode(lm_text[3000:3010])
-    spec = tiny_lm.with_draft(draft_lm, num_speculative=3)
+    draft_vocab = np.arange(1, tiny_lm.vocab_size, 2) if restricted else None
+    spec = tiny_lm.with_draft(draft_lm, num_speculative=3, draft_vocab=draft_vocab)
     tokens = np.broadcast_to(prompt, (250, len(prompt)))
     out = np.concatenate([spec.generate_tokens(tokens, 2, temperature=1.0, seed=seed)[:, len(prompt):]
                           for seed in (11, 12, 13, 14)])
@@ -243,5 +261,10 @@ def test_bad_pairs_and_arguments(tiny_lm, tiny_lstm, draft_lm, lm_text):
         tiny_lm.with_draft(draft_lm.model)
     with pytest.raises(ValueError, match="prompt_lookup"):
         tiny_lm.with_draft("lookup")
+    for bad in (0, tiny_lm.vocab_size + 1, [tiny_lm.vocab_size], [], [-1]):
+        with pytest.raises(ValueError, match="draft_vocab"):
+            tiny_lm.with_draft(draft_lm, draft_vocab=bad)
+    with pytest.raises(ValueError, match="prompt lookup"):
+        tiny_lm.with_draft("prompt_lookup", draft_vocab=10)
     with pytest.raises(ValueError, match="temperature"):  # the shared argument checks run before compiling
         tiny_lm.with_draft(draft_lm).generate_tokens(tiny_lm.tokenizer.encode("ab")[None], 5, temperature=-1)

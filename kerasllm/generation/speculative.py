@@ -35,6 +35,12 @@ for the batch (no verify pass over unlikely proposals). Sampling treats the prop
 so the same rule keeps each token distributed as ``p``. It pays where the output repeats the prompt
 or itself (copying, editing, quoting; a weak model looping), and costs a plain step elsewhere.
 
+Draft vocabulary (``draft_vocab``): a draft step's cost is mostly its vocabulary head (hidden x V,
+read from memory every step). ``draft_vocab=N`` projects onto the first N token ids only (byte-level
+BPE: the 256 bytes and the earliest, most frequent merges), or onto a given list of ids: the draft then
+never proposes the other tokens (the target's own token still can be any). Its distribution ``q`` is
+zero outside the list, which the acceptance rule allows, so greedy and sampled output are unchanged.
+
 Use: ``lm.with_draft(draft_lm, num_speculative=4)`` -> a ``SpeculativeDecoder`` with the whole
 generation API (``generate``, ``generate_tokens``, ``stream``, stop rules). Both models must be
 Transformers (an LSTM's state cannot take back rejected tokens) with the same vocabulary, and the
@@ -159,11 +165,12 @@ def lookup_proposals(seq, last, pad, k, max_ngram=LOOKUP_NGRAM):
 
 
 # --- the compiled loop ---------------------------------------------------------------------------------
-def speculative_function(target, draft, batch, cache_len, buffer_len, k, key):
+def speculative_function(target, draft, batch, cache_len, buffer_len, k, key, draft_vocab=None):
     """The XLA program for one shape: (window tokens [B, W], pad [B], count, step0, seed, temperature,
     top_k, top_p) -> (new tokens [B, buffer_len] (the first ``count`` are the answer), rounds, kept,
     plain steps). ``target``/``draft`` are Keras models with ``init_cache``/``prefill``/``call_with_cache``
-    (the draft also ``hidden_with_cache``/``logits``); ``draft`` None: prompt lookup proposes."""
+    (the draft also ``hidden_with_cache``/``logits``); ``draft`` None: prompt lookup proposes.
+    ``draft_vocab``: int32 token ids [N] the draft's head is restricted to (None: all)."""
     from kerasllm._tf import tf
     from kerasllm.models.ops import dynamic_update_slice
 
@@ -184,7 +191,9 @@ def speculative_function(target, draft, batch, cache_len, buffer_len, k, key):
         t_logits, t_cache = target.prefill(tokens, pad, target.init_cache(batch, cache_len))
         d_cache, d_const = (), None
         if draft is not None:
-            d_const = draft.decode_constants()
+            d_const = draft.decode_constants()  # the output matrix [hidden, V]
+            if draft_vocab is not None:  # only its columns for draft_vocab: a draft logit j is token draft_vocab[j]
+                d_const = tf.gather(d_const, draft_vocab, axis=1)
             _, d_cache = draft.prefill(tokens, pad, draft.init_cache(batch, cache_len))
         width = tokens.shape[1]
         first = pick(t_logits, 0)
@@ -202,11 +211,17 @@ def speculative_function(target, draft, batch, cache_len, buffer_len, k, key):
                 else:
                     qs.append(probs(logits))
                     d = sample_from(qs[-1], draws(0, i + j))
+                d = d if draft_vocab is None else tf.gather(draft_vocab, d)  # a token id
                 proposals.append(d)
                 if j < k - 1:
                     logits, d_cache = draft.call_with_cache(d[:, None], d_cache, index + 1 + j, pad, d_const)
                     logits = logits[:, 0]
-            return tf.stack(proposals, 1), (None if greedy else tf.stack(qs, 1)), d_cache
+            q = None if greedy else tf.stack(qs, 1)  # [B, k, N]
+            if q is not None and draft_vocab is not None:  # zero outside draft_vocab: [B, k, V]
+                vocab = t_const.shape[-1]
+                q = tf.transpose(tf.scatter_nd(draft_vocab[:, None], tf.transpose(q, [2, 0, 1]), [vocab, batch, k]),
+                                 [1, 2, 0])
+            return tf.stack(proposals, 1), q, d_cache
 
         def verify(i, index, tok, proposals, q, t_cache):
             """One target pass over [tok, proposals] -> (n kept proposals, tokens [B, k + 1], cache)."""
@@ -253,14 +268,33 @@ def speculative_function(target, draft, batch, cache_len, buffer_len, k, key):
     return run
 
 
+def _draft_vocab(draft_vocab, vocab_size, lookup):
+    """``draft_vocab`` (None, int N or ids) -> sorted unique int32 ids, or None for the whole vocabulary."""
+    if draft_vocab is None:
+        return None
+    if lookup:
+        raise ValueError("draft_vocab restricts a draft model's head; prompt lookup has none")
+    if isinstance(draft_vocab, bool):
+        raise TypeError(f"draft_vocab must be None, an int or a list of token ids, got {draft_vocab!r}")
+    if isinstance(draft_vocab, (int, np.integer)):
+        if not 1 <= draft_vocab <= vocab_size:
+            raise ValueError(f"draft_vocab must be in [1, {vocab_size}] (the vocabulary size), got {draft_vocab}")
+        return None if draft_vocab == vocab_size else np.arange(draft_vocab, dtype=np.int32)
+    ids = np.unique(np.asarray(draft_vocab))
+    if ids.size == 0 or ids.dtype.kind not in "iu" or ids[0] < 0 or ids[-1] >= vocab_size:
+        raise ValueError(f"draft_vocab ids must be a non-empty list of token ids in [0, {vocab_size})")
+    return ids.astype(np.int32)
+
+
 class SpeculativeDecoder(GenerationAPI):
     """``target`` (a ``LanguageModel``) generating with ``draft`` proposing ``k`` tokens per round:
     the whole generation API of ``kerasllm.models.language_model_text.GenerationAPI``. After each
     call ``stats`` holds rounds (verify passes), proposed, accepted, acceptance_rate, tokens_per_round
     and plain_steps (prompt lookup's rounds without proposals). ``draft`` is a ``LanguageModel`` or
-    ``"prompt_lookup"``."""
+    ``"prompt_lookup"``; ``draft_vocab`` (None, an int N: the first N ids, or a list of ids) the tokens
+    the draft may propose (see the module docs)."""
 
-    def __init__(self, target, draft, k=4):
+    def __init__(self, target, draft, k=4, draft_vocab=None):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_SPECULATIVE:
             raise ValueError(f"num_speculative (draft tokens per round) must be an int in [1, {MAX_SPECULATIVE}], "
                              f"got {k!r}")
@@ -284,6 +318,7 @@ class SpeculativeDecoder(GenerationAPI):
             if tok_t is not None and tok_d is not None and tok_t.get_config() != tok_d.get_config():
                 raise ValueError("draft and target must use the same tokenizer (train the draft with "
                                  "train_language_model(..., teacher=target))")
+        self.draft_vocab = _draft_vocab(draft_vocab, target.vocab_size, lookup)
         self.target, self.draft, self.k = target, draft, int(k)
         self.tokenizer, self.vocab_size, self.window_context = target.tokenizer, target.vocab_size, \
             target.window_context
@@ -291,17 +326,21 @@ class SpeculativeDecoder(GenerationAPI):
         self.stats = None
 
     @classmethod
-    def of(cls, target, draft, k=4):
-        """The decoder for (target, draft, k), kept on the target so its compiled functions are reused."""
+    def of(cls, target, draft, k=4, draft_vocab=None):
+        """The decoder for (target, draft, k, draft_vocab), kept on the target so its compiled functions
+        are reused."""
         cache = target.__dict__.setdefault("_speculative", {})
         name = draft if isinstance(draft, str) else id(draft)
-        entry = cache.get((name, k))
+        vocab_key = draft_vocab if draft_vocab is None or isinstance(draft_vocab, (int, np.integer)) \
+            else np.asarray(draft_vocab).tobytes()
+        entry = cache.get((name, k, vocab_key))
         if entry is None or entry.draft is not draft and entry.draft != draft:
-            entry = cache[(name, k)] = cls(target, draft, k)
+            entry = cache[(name, k, vocab_key)] = cls(target, draft, k, draft_vocab)
         return entry
 
     def __repr__(self):
-        return f"SpeculativeDecoder(target={self.target!r}, draft={self.draft!r}, k={self.k})"
+        vocab = "" if self.draft_vocab is None else f", draft_vocab={len(self.draft_vocab)} tokens"
+        return f"SpeculativeDecoder(target={self.target!r}, draft={self.draft!r}, k={self.k}{vocab})"
 
     def _function(self, batch, width, cache_len, buffer_len, key):
         sig = (batch, width, cache_len, buffer_len, key)
@@ -309,7 +348,8 @@ class SpeculativeDecoder(GenerationAPI):
             from kerasllm._tf import tf
 
             draft = None if isinstance(self.draft, str) else self.draft.model
-            run = speculative_function(self.target.model, draft, batch, cache_len, buffer_len, self.k, key)
+            run = speculative_function(self.target.model, draft, batch, cache_len, buffer_len, self.k, key,
+                                       None if self.draft_vocab is None else tf.constant(self.draft_vocab))
             # autograph off: the loop is an explicit tf.while_loop, the rest plain Python over static values
             self._functions[sig] = tf.function(run, jit_compile=True, reduce_retracing=False, autograph=False)
         return self._functions[sig]

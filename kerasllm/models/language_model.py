@@ -73,13 +73,15 @@ class LanguageModel(GenerationAPI):
     def _chunks(self, tokens, pad, max_new_tokens, settings, seed, chunk):
         return self._decoder.chunks(tokens, pad, max_new_tokens, settings, seed, chunk)
 
-    def with_draft(self, draft, num_speculative=4):
+    def with_draft(self, draft, num_speculative=4, draft_vocab=None):
         """This model generating with speculative decoding: ``draft`` (a small ``LanguageModel`` on the
         same tokenizer, or ``"prompt_lookup"``: copy what followed the last n-gram's earlier occurrence)
         proposes ``num_speculative`` tokens per round; the same generation API and output distribution
-        (greedy: the same tokens). See ``kerasllm.generation.speculative``."""
+        (greedy: the same tokens). ``draft_vocab`` (an int N: the first N token ids, or a list of ids)
+        restricts the draft's proposals and makes its head that much cheaper. See
+        ``kerasllm.generation.speculative``."""
         from kerasllm.generation.speculative import SpeculativeDecoder
-        return SpeculativeDecoder.of(self, draft, num_speculative)
+        return SpeculativeDecoder.of(self, draft, num_speculative, draft_vocab)
 
     def generate_tokens_uncached(self, token_ids, max_new_tokens=64):
         """Greedy generation recomputing the whole window for each token (the reference for tests
