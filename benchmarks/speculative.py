@@ -3,14 +3,17 @@
 The "small" config target (subword vocab 8192, hidden 256, 4 layers, 4 heads, MLP 1024, context 256)
 is trained for ``--target-time`` seconds on tiny Shakespeare; the draft (``--draft`` size, default
 1 layer x 128) is distilled from it on the same text for ``--draft-time`` seconds
-(``train_language_model(..., teacher=target)``). Both are saved under ``--cache`` and reused by later
+(``train_language_model(..., teacher=target)``); ``--draft-vocab`` lists the draft heads measured:
+``all`` (the whole vocabulary) and N (``with_draft(draft, draft_vocab=N)``: proposals from the first N
+token ids only, a head N / 8192 as costly). Both models are saved under ``--cache`` and reused by later
 runs with the same settings. Prompts: ``--prompts`` windows of ``--prompt-len`` tokens from the
 validation text (the last 10%); each variant generates ``--new-tokens`` tokens for every prompt,
 variants alternating, median of ``--repeats``. Greedy rows check that speculative tokens equal plain
 tokens; sampled rows (temperature 1) print the acceptance rate. ``--lookup-k`` adds prompt-lookup rows
 (``with_draft("prompt_lookup")``: no draft model; proposals copied from earlier text).
 
-    python benchmarks/speculative.py [--k 2,3,4] [--core 0] [--target-time 300] [--draft-time 120] [--profile]
+    python benchmarks/speculative.py [--k 2,3,4] [--draft-vocab all,1024] [--core 0] [--target-time 300]
+        [--draft-time 120] [--profile]
 
 ``--profile`` also times the parts of a round separately, each in its own XLA loop of cached calls on
 the same pair (variants alternating, median): a plain target step, a verify pass over k + 1 tokens,
@@ -42,6 +45,8 @@ def add_arguments(p):
     g.add_argument("--draft-time", type=float, default=120.0, help="seconds to distil the draft")
     g.add_argument("--draft", default="1x128", choices=sorted(DRAFTS))
     g.add_argument("--k", default="2,3,4", help="numbers of speculative tokens to measure (distilled draft)")
+    g.add_argument("--draft-vocab", default="all,1024",
+                   help="draft heads to measure: 'all' or N (with_draft(..., draft_vocab=N): the first N token ids)")
     g.add_argument("--lookup-k", default="4,8", help="numbers of tokens prompt lookup proposes ('' : no lookup rows)")
     g.add_argument("--prompts", type=int, default=4)
     g.add_argument("--spec-new-tokens", type=int, default=128)
@@ -103,8 +108,9 @@ def measure(args):
     prompts = [np.asarray(ids[s:s + args.spec_prompt_len], np.int32)[None] for s in starts]
     n = args.spec_new_tokens
     ks = [int(k) for k in args.k.split(",")]
-    # variant name -> decoder: the distilled draft at each k, and prompt lookup (no draft model)
-    specs = {f"draft k={k}": target.with_draft(draft, num_speculative=k) for k in ks}
+    vocabs = _vocabs(args.draft_vocab)
+    # variant name -> decoder: the distilled draft at each k and head, and prompt lookup (no draft model)
+    specs = {_name(k, v): target.with_draft(draft, num_speculative=k, draft_vocab=v) for v in vocabs for k in ks}
     specs.update({f"prompt lookup k={k}": target.with_draft("prompt_lookup", num_speculative=k)
                   for k in ([int(k) for k in args.lookup_k.split(",")] if args.lookup_k else [])})
     lines, ratios, greedy_acceptance = [], {}, {}
@@ -145,13 +151,13 @@ def measure(args):
             if mode == "greedy":
                 ratios[name] = tps / plain_tps
                 if name.startswith("draft"):
-                    greedy_acceptance[int(name.split("=")[1])] = rate
+                    greedy_acceptance[name] = rate
             lines.append(f"| {mode} | speculative, {name} | {tps:,.0f} | {tps / plain_tps:.2f} | {rate:.2f} "
                          f"({per_round:.2f} tokens per verify pass{extra}) | {check} |")
     trained = max(v for name, v in ratios.items() if name.startswith("draft"))
     lines.append(f"goal: speculative greedy with the trained draft >= 1.6x plain at batch 1: best {trained:.2f}x "
                  f"({'met' if trained >= 1.6 else 'NOT met'})")
-    if len(ratios) > len(ks):
+    if len(ratios) > len(ks) * len(vocabs):
         best = max(ratios, key=ratios.get)
         lines.append(f"best of all variants: {best} {ratios[best]:.2f}x")
     val_loss = {name: m.history.get("final_val_loss") if m.history else None for name, m in
@@ -168,23 +174,35 @@ def measure(args):
     if getattr(args, "profile", False):
         lookup_ks = [int(k) for k in args.lookup_k.split(",")] if args.lookup_k else []
         lines += [""] + profile(target, draft, ks, greedy_acceptance, max(5, args.spec_repeats),
-                                args.spec_prompt_len, n, prompts[0], lookup_ks)
+                                args.spec_prompt_len, n, prompts[0], lookup_ks, vocabs)
     return head + lines
+
+
+def _vocabs(text):
+    """--draft-vocab 'all,1024' -> [None, 1024]"""
+    return [None if v.strip() == "all" else int(v) for v in text.split(",")]
+
+
+def _name(k, vocab):
+    return f"draft k={k}" + ("" if vocab is None else f", draft_vocab={vocab}")
 
 
 PROFILE_STEPS = 64  # cached calls per timed XLA loop
 
 
-def _loop(model, tokens_per_call, cache_len, start, head=True):
+def _loop(model, tokens_per_call, cache_len, start, head=True, vocab=None):
     """An XLA function running PROFILE_STEPS cached calls of ``tokens_per_call`` tokens at batch 1 (slots
     start, start + 1, ...; each call's argmax feeds the next, so nothing is hoisted out of the loop).
     ``head=False`` stops at the final hidden states: the Transformer blocks alone; ``head="last"`` projects
-    only the last position (the draft's 2-token call in a round)."""
+    only the last position (the draft's 2-token call in a round). ``vocab`` N: a head over the first N
+    token ids (``draft_vocab``)."""
     from kerasllm._tf import tf
 
     @tf.function(jit_compile=True, autograph=False)
     def run(token):
         constants = model.decode_constants()
+        if vocab is not None:
+            constants = constants[:, :vocab]
         pad = tf.zeros([1], tf.int32)
 
         def body(i, token, cache):
@@ -205,7 +223,7 @@ def _loop(model, tokens_per_call, cache_len, start, head=True):
     return run
 
 
-def profile(target, draft, ks, acceptance, repeats, prompt_len, new_tokens, prompt, lookup_ks=()):
+def profile(target, draft, ks, acceptance, repeats, prompt_len, new_tokens, prompt, lookup_ks=(), vocabs=(None,)):
     """Microseconds per plain step, verify pass (k + 1 tokens), draft step (1 and 2 tokens), each with
     and without the head; the variants alternate ``repeats`` times (median). Returns table lines."""
     import numpy as np
@@ -219,18 +237,22 @@ def profile(target, draft, ks, acceptance, repeats, prompt_len, new_tokens, prom
     for k in sorted(set(ks) | set(lookup_ks)):
         cases[f"verify pass k={k} ({k + 1} tokens)"] = (target, k + 1, True)
         cases[f"target blocks only ({k + 1} tokens)"] = (target, k + 1, False)
-    cases.update({"draft step (1 token)": (draft, 1, True), "draft blocks only (1 token)": (draft, 1, False),
-                  "draft first call of a round (2 tokens)": (draft, 2, "last")})
+    cases["draft blocks only (1 token)"] = (draft, 1, False)
+    for v in vocabs:
+        head = "" if v is None else f", head over {v} tokens"
+        cases.update({f"draft step (1 token{head})": (draft, 1, True, v),
+                      f"draft first call of a round (2 tokens{head})": (draft, 2, "last", v)})
+    cases = {name: case + (None,) * (4 - len(case)) for name, case in cases.items()}
     token = np.array([7], np.int32)
-    fns = {name: (lambda f=_loop(m.model, s, cache_len, start, head): f(token).numpy(), PROFILE_STEPS)
-           for name, (m, s, head) in cases.items()}
+    fns = {name: (lambda f=_loop(m.model, s, cache_len, start, head, v): f(token).numpy(), PROFILE_STEPS)
+           for name, (m, s, head, v) in cases.items()}
     # the real loops in the same alternation: what a round costs inside generate_tokens
-    specs = {k: target.with_draft(draft, num_speculative=k) for k in ks}
+    specs = {_name(k, v): target.with_draft(draft, num_speculative=k, draft_vocab=v) for v in vocabs for k in ks}
     specs.update({("lookup", k): target.with_draft("prompt_lookup", num_speculative=k) for k in lookup_ks})
     for key, spec in specs.items():
         spec.generate_tokens(prompt, new_tokens)
         calls = spec.stats["rounds"] + spec.stats["plain_steps"]  # loop iterations
-        name = f"prompt lookup k={key[1]}" if isinstance(key, tuple) else f"speculative k={key}"
+        name = f"prompt lookup k={key[1]}" if isinstance(key, tuple) else key
         fns[f"{name}, whole loop per round"] = (lambda spec=spec: spec.generate_tokens(prompt, new_tokens), calls)
     fns["plain generate_tokens, per token"] = (lambda: target.generate_tokens(prompt, new_tokens), new_tokens)
     for fn, _ in fns.values():
@@ -246,23 +268,24 @@ def profile(target, draft, ks, acceptance, repeats, prompt_len, new_tokens, prom
     lines = [f"profile: microseconds per cached call at batch 1 (cache {cache_len} slots; {PROFILE_STEPS} calls "
              f"per XLA loop, median of {repeats}, variants alternating); head = final norm + vocabulary projection "
              f"+ argmax", "| part | us per call | x plain step | head (us) |", "|---|---|---|---|"]
-    blocks = {(id(m), s): name for name, (m, s, head) in cases.items() if head is False}
-    for name, (m, s, head) in cases.items():
+    blocks = {(id(m), s): name for name, (m, s, head, v) in cases.items() if head is False}
+    for name, (m, s, head, v) in cases.items():
         if head is False:
             continue
         b = blocks.get((id(m), s))
-        head_us = f"{us[name] - us[b]:,.0f} (blocks {us[b]:,.0f})" if b else ""
+        head_us = f"{us[name] - us[b]:,.0f} (blocks {us[b]:,.0f})" if b and head is True else ""
         lines.append(f"| {name} | {us[name]:,.0f} | {us[name] / plain:.2f} | {head_us} |")
     lines.append(f"| plain generate_tokens ({prompt.shape[1]}-token prompt + {new_tokens}), per token | "
                  f"{us['plain generate_tokens, per token']:,.0f} | "
                  f"{us['plain generate_tokens, per token'] / plain:.2f} | (prefill included) |")
     lines += ["round model: a round costs (k - 1) draft steps + one 2-token draft call + one verify pass and yields "
               "(1 - a^(k+1)) / (1 - a) tokens at per-token acceptance a; speed-up = tokens x plain step / round cost",
-              "| k | round cost from parts (us) | whole loop per round (us) | x plain step | max speed-up (a = 1) | "
-              "a for 1.0x | a for 1.6x | measured a (greedy) | predicted speed-up at measured a |",
+              "| k, draft head | round cost from parts (us) | whole loop per round (us) | x plain step | "
+              "max speed-up (a = 1) | a for 1.0x | a for 1.6x | measured a (greedy) | predicted speed-up at measured a |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for k in ks:
-        cost = (k - 1) * us["draft step (1 token)"] + us["draft first call of a round (2 tokens)"] + \
+    for v, k in ((v, k) for v in vocabs for k in ks):
+        head = "" if v is None else f", head over {v} tokens"
+        cost = (k - 1) * us[f"draft step (1 token{head})"] + us[f"draft first call of a round (2 tokens{head})"] + \
             us[f"verify pass k={k} ({k + 1} tokens)"]
 
         def speedup(a):
@@ -273,8 +296,8 @@ def profile(target, draft, ks, acceptance, repeats, prompt_len, new_tokens, prom
             ok = [a for a in grid if speedup(a) >= goal]
             return f"{ok[0]:.2f}" if ok else "unreachable"
 
-        a = acceptance.get(k)
-        lines.append(f"| {k} | {cost:,.0f} | {us[f'speculative k={k}, whole loop per round']:,.0f} | "
+        a = acceptance.get(_name(k, v))
+        lines.append(f"| {k}, {v or 'all'} | {cost:,.0f} | {us[f'{_name(k, v)}, whole loop per round']:,.0f} | "
                      f"{cost / plain:.2f} | {speedup(1.0):.2f} | {needed(1.0)} | {needed(1.6)} | "
                      f"{'' if a is None else f'{a:.2f}'} | {'' if a is None else f'{speedup(a):.2f}'} |")
     for k in lookup_ks:  # no draft: a round is one verify pass (or one plain step when nothing matches)
