@@ -164,17 +164,21 @@ def test_tflite_predictor_is_safe_to_share_between_threads(classifier, classifie
         assert list(pool.map(work, range(4))) == [0, 0, 0, 0]
 
 
-def test_tflite_batches_of_any_size_give_the_keras_answer_and_small_ones_run_once(classifier, classifier_export,
-                                                                                  topic_split):
+def test_tflite_batches_of_any_size_give_the_keras_answer_and_run_at_their_own_buckets(classifier, classifier_export,
+                                                                                       topic_split):
     texts = ["short", "word " * 300, "", *topic_split[2][:40]]
     expected = _expected(classifier, texts)
     predictor = kerasllm.load(classifier_export["version_dir"].parent)
     for k in (2, 3, 5, 8, 9, 43):
         np.testing.assert_allclose(predictor.predict_proba(texts[:k]), expected[:k], atol=1e-4)
-    # two texts of different length buckets: one interpreter call, at batch 2 and the longer one's bucket
+    # two texts of different length buckets: each at its own bucket and batch 1, no padded block
     fresh = kerasllm.load(classifier_export["version_dir"].parent)
     np.testing.assert_allclose(fresh.predict_proba(texts[:2]), expected[:2], atol=1e-4)
-    assert list(fresh._state().runners) == [(2, len(fresh.buckets) - 1)]
+    assert fresh._state().runners == {}
+    # two texts of one bucket: one interpreter call at batch 2
+    same = ["short", "words"]
+    np.testing.assert_allclose(fresh.predict_proba(same), _expected(classifier, same), atol=1e-4)
+    assert list(fresh._state().runners) == [(2, 0)]
 
 
 def test_savedmodel_predictor_is_safe_to_share_between_threads(classifier, classifier_export, topic_split):
