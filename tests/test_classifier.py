@@ -44,6 +44,9 @@ def test_bad_input(classifier):
         tasks.train_classifier(["a", "b"], ["x", "y"], architecture="transformer")
     with pytest.raises(ValueError, match="at least two classes"):
         tasks.train_classifier(["a", "b"], ["x", "x"])
+    for weight in (-1.0, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match="recurrent_weight must be None"):
+            tasks.train_classifier(["a", "b"], ["x", "y"], recurrent_weight=weight)
 
 
 def test_save_and_load_give_identical_probabilities(classifier, topic_split, tmp_path):
@@ -257,6 +260,24 @@ def test_recurrent_mix_never_makes_the_sum_worse_than_the_bag_on_validation():
     for recurrent in (noise, helpful, -helpful):
         weight, offset = choose_recurrent_mix(recurrent, bag, y, prior)
         assert _best_temperature_loss(bag + weight * recurrent + offset, y) <= _best_temperature_loss(bag, y) + 1e-9
+
+
+def test_recurrent_mix_needs_a_gain_beyond_one_standard_error():
+    """A recurrent path whose edge over the bag is within noise gets weight 0 (the
+    one-standard-error rule), while a real gain on the same texts keeps its weight; on fewer than
+    MIN_MIX_TEXTS validation texts even a real-looking gain gets weight 0."""
+    from kerasllm.models.classifier import MIN_MIX_TEXTS, choose_recurrent_mix
+
+    rng = np.random.default_rng(2)
+    n = MIN_MIX_TEXTS
+    y = rng.integers(0, 5, n)
+    prior = np.bincount(y, minlength=5)
+    bag = rng.normal(size=(n, 5)) + 2.5 * np.eye(5)[y]
+    lucky = [choose_recurrent_mix(rng.normal(size=(n, 5)), bag, y, prior) for _ in range(20)]
+    assert all(weight == 0.0 and offset == [0.0] * 5 for weight, offset in lucky)
+    helpful = 4.0 * np.eye(5)[y] + rng.normal(size=(n, 5))
+    assert choose_recurrent_mix(helpful, bag, y, prior)[0] > 0
+    assert choose_recurrent_mix(helpful[:n - 1], bag[:n - 1], y[:n - 1], prior) == (0.0, [0.0] * 5)
 
 
 def test_recurrent_mix_is_not_chosen_to_fix_an_under_confident_bag():
