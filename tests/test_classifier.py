@@ -44,6 +44,9 @@ def test_bad_input(classifier):
         tasks.train_classifier(["a", "b"], ["x", "y"], architecture="transformer")
     with pytest.raises(ValueError, match="at least two classes"):
         tasks.train_classifier(["a", "b"], ["x", "x"])
+    for weight in (-1.0, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match="recurrent_weight must be None"):
+            tasks.train_classifier(["a", "b"], ["x", "y"], recurrent_weight=weight)
 
 
 def test_save_and_load_give_identical_probabilities(classifier, topic_split, tmp_path):
@@ -164,17 +167,21 @@ def test_tflite_predictor_is_safe_to_share_between_threads(classifier, classifie
         assert list(pool.map(work, range(4))) == [0, 0, 0, 0]
 
 
-def test_tflite_batches_of_any_size_give_the_keras_answer_and_small_ones_run_once(classifier, classifier_export,
-                                                                                  topic_split):
+def test_tflite_batches_of_any_size_give_the_keras_answer_and_run_at_their_own_buckets(classifier, classifier_export,
+                                                                                       topic_split):
     texts = ["short", "word " * 300, "", *topic_split[2][:40]]
     expected = _expected(classifier, texts)
     predictor = kerasllm.load(classifier_export["version_dir"].parent)
     for k in (2, 3, 5, 8, 9, 43):
         np.testing.assert_allclose(predictor.predict_proba(texts[:k]), expected[:k], atol=1e-4)
-    # two texts of different length buckets: one interpreter call, at batch 2 and the longer one's bucket
+    # two texts of different length buckets: each at its own bucket and batch 1, no padded block
     fresh = kerasllm.load(classifier_export["version_dir"].parent)
     np.testing.assert_allclose(fresh.predict_proba(texts[:2]), expected[:2], atol=1e-4)
-    assert list(fresh._state().runners) == [(2, len(fresh.buckets) - 1)]
+    assert fresh._state().runners == {}
+    # two texts of one bucket: one interpreter call at batch 2
+    same = ["short", "words"]
+    np.testing.assert_allclose(fresh.predict_proba(same), _expected(classifier, same), atol=1e-4)
+    assert list(fresh._state().runners) == [(2, 0)]
 
 
 def test_savedmodel_predictor_is_safe_to_share_between_threads(classifier, classifier_export, topic_split):
@@ -253,6 +260,24 @@ def test_recurrent_mix_never_makes_the_sum_worse_than_the_bag_on_validation():
     for recurrent in (noise, helpful, -helpful):
         weight, offset = choose_recurrent_mix(recurrent, bag, y, prior)
         assert _best_temperature_loss(bag + weight * recurrent + offset, y) <= _best_temperature_loss(bag, y) + 1e-9
+
+
+def test_recurrent_mix_needs_a_gain_beyond_one_standard_error():
+    """A recurrent path whose edge over the bag is within noise gets weight 0 (the
+    one-standard-error rule), while a real gain on the same texts keeps its weight; on fewer than
+    MIN_MIX_TEXTS validation texts even a real-looking gain gets weight 0."""
+    from kerasllm.models.classifier import MIN_MIX_TEXTS, choose_recurrent_mix
+
+    rng = np.random.default_rng(2)
+    n = MIN_MIX_TEXTS
+    y = rng.integers(0, 5, n)
+    prior = np.bincount(y, minlength=5)
+    bag = rng.normal(size=(n, 5)) + 2.5 * np.eye(5)[y]
+    lucky = [choose_recurrent_mix(rng.normal(size=(n, 5)), bag, y, prior) for _ in range(20)]
+    assert all(weight == 0.0 and offset == [0.0] * 5 for weight, offset in lucky)
+    helpful = 4.0 * np.eye(5)[y] + rng.normal(size=(n, 5))
+    assert choose_recurrent_mix(helpful, bag, y, prior)[0] > 0
+    assert choose_recurrent_mix(helpful[:n - 1], bag[:n - 1], y[:n - 1], prior) == (0.0, [0.0] * 5)
 
 
 def test_recurrent_mix_is_not_chosen_to_fix_an_under_confident_bag():

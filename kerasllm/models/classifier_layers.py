@@ -234,14 +234,17 @@ class Recurrence(keras.layers.Layer):
             zeros = tf.zeros((u, u), x.dtype)
             forward, backward = self.recurrent_kernels
             recurrent = tf.concat([tf.concat([forward, zeros], 1), tf.concat([zeros, backward], 1)], 0)
-            state_mask = tf.repeat(mask, u, axis=2)  # [batch, T, 2u]
+            ones = tf.ones((1, 1, u), x.dtype)
+            state_mask = tf.concat([mask[:, :, :1] * ones, mask[:, :, 1:] * ones], axis=2)  # [batch, T, 2u]
         else:
             recurrent, state_mask = self.recurrent_kernels[0], mask
-        masks = tf.unstack(state_mask > 0, axis=1)
-        h = tf.where(masks[0], tf.tanh(steps[0]), tf.zeros_like(steps[0]))
+        # Padding keeps the state by arithmetic, h * (1 - m) + new * m with m in {0, 1} (exactly a
+        # select), not tf.where: TFLite's XNNPACK then runs the whole unrolled loop as one partition.
+        masks = tf.unstack(state_mask, axis=1)
+        h = tf.tanh(steps[0]) * masks[0]
         states = [h]
         for x_t, m_t in zip(steps[1:], masks[1:]):
-            h = tf.where(m_t, tf.tanh(x_t + tf.matmul(h, recurrent)), h)
+            h = h * (1.0 - m_t) + tf.tanh(x_t + tf.matmul(h, recurrent)) * m_t
             states.append(h)
         return self._pool(states, h, state_mask)
 

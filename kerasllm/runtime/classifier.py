@@ -15,11 +15,11 @@ class TFLiteClassifier:
     """Python tokenizer + LiteRT interpreter (no TensorFlow import).
 
     Texts run the shortest length bucket they fit (``predict_<words>`` signatures: same answer,
-    shorter recurrence). One text runs at batch 1. A batch of fewer than ``min_rows`` texts runs
-    in one call at the bucket of its longest text; a larger batch is grouped by bucket. Rows run
-    in blocks padded to the next of ``block_sizes`` (2, 4, ... 64), one interpreter per block size,
-    so each signature keeps one fixed shape and no interpreter ever re-allocates its tensors: two
-    texts cost one call, not two.
+    shorter recurrence), in a batch as in a single call: a batch is grouped by bucket, a bucket
+    with one text runs at batch 1, and larger groups run in blocks padded to the next of
+    ``block_sizes`` (2, 4, ... 64), one interpreter per block size, so each signature keeps one
+    fixed shape and no interpreter ever re-allocates its tensors. Two texts of one bucket cost one
+    call; two of different buckets cost two calls at their own lengths, never one at the longer.
 
     Threads: a LiteRT interpreter must not be used by two threads at once, so each thread that
     calls ``predict``/``predict_proba`` gets its own interpreters on its first call (LiteRT's
@@ -30,7 +30,6 @@ class TFLiteClassifier:
     """
 
     block_sizes = (2, 4, 8, 16, 32, 64)
-    min_rows = 8
 
     def __init__(self, tflite_path, num_threads=1):
         config = tflite_lib.read_attached(tflite_path)
@@ -85,16 +84,17 @@ class TFLiteClassifier:
             return self._predict_one(texts[0], state).copy()
         out = np.empty((len(texts), len(self.classes)), np.float32)
         encoded = [self.tokenizer.ids_one(text) for text in texts]
-        buckets = [self._bucket(words, grams) for words, grams in encoded]
         groups = {}
-        if len(texts) < self.min_rows:  # a few texts: one call, at the longest one's bucket
-            groups[max(buckets, default=0)] = list(range(len(texts)))
-        else:
-            for row, i in enumerate(buckets):
-                groups.setdefault(i, []).append(row)
+        for row, (words, grams) in enumerate(encoded):
+            groups.setdefault(self._bucket(words, grams), []).append(row)
         top = self.block_sizes[-1]
         for i, rows in groups.items():
             n = self.buckets[i][0]
+            if len(rows) == 1:
+                _, _, runner, row = state.single[i]
+                fill_row(row[0], *encoded[rows[0]], n)
+                out[rows[0]] = runner(token_ids=row)["probabilities"][0]
+                continue
             for start in range(0, len(rows), top):
                 chunk = rows[start:start + top]
                 runner, block = self._block_runner(state, i, len(chunk))
