@@ -278,10 +278,19 @@ def build_tflite_functions(lm):
 
 
 def step_lengths(context):
-    """Cache lengths of the TFLite ``step{T}_{B}`` signatures: quarters of the context (a static
-    length per signature: TFLite runs shapes unknown at conversion much slower, and attending over
-    the whole context for a short generation would waste work)."""
-    return sorted({round_up(max(1, q * context // 4), PAD_MULTIPLE) for q in range(1, 5)})
+    """Cache lengths of the TFLite ``step{T}_{B}`` signatures: eighths of the context, rounded up
+    to ``PAD_MULTIPLE`` (a static length per signature: TFLite runs shapes unknown at conversion
+    much slower). The runtime moves the cache to the next length as it fills (``step_length``), so a
+    step attends over at most an eighth of the context more than the filled slots: the attention
+    over the cache is most of a step's time (benchmarks/tflite_profile.py)."""
+    return sorted({round_up(max(1, q * context // 8), PAD_MULTIPLE) for q in range(1, 9)})
+
+
+def step_length(lengths, slot):
+    """The ``step{T}`` signature that decodes the token at cache slot ``slot``: the shortest cache
+    with room for slots ``0 .. slot`` (the step reads the slots below ``slot``; its own keys and
+    values are written at ``slot`` after it)."""
+    return min(n for n in lengths if n > slot)
 
 
 def _step_layout(flat):
