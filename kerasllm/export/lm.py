@@ -294,8 +294,8 @@ def step_length(lengths, slot):
 
 
 def _step_layout(flat):
-    """The cache as ``step_*`` takes it: keys transposed [B * heads, head_dim, T] (XNNPACK runs the
-    scores as a plain batch matmul), values [B * heads, T, head_dim]."""
+    """The cache as ``step_*`` takes it: keys transposed [B * heads, head_dim, T] (the scores are one
+    multiply and a sum over head_dim, axis 1), values [B * heads, T, head_dim]."""
     return [tf.transpose(t, [0, 2, 1]) if i % 2 == 0 else t for i, t in enumerate(flat)]
 
 
