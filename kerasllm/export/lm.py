@@ -281,8 +281,8 @@ def step_lengths(context):
     """Cache lengths of the TFLite ``step{T}_{B}`` signatures: eighths of the context, rounded up
     to ``PAD_MULTIPLE`` (a static length per signature: TFLite runs shapes unknown at conversion
     much slower). The runtime moves the cache to the next length as it fills (``step_length``), so a
-    step attends over at most an eighth of the context more than the filled slots: the attention
-    over the cache is most of a step's time (benchmarks/tflite_profile.py)."""
+    step attends over at most an eighth of the context more than the filled slots: at batch 8 the
+    attention over the cache was most of a step's time (README, TFLite decode)."""
     return sorted({round_up(max(1, q * context // 8), PAD_MULTIPLE) for q in range(1, 9)})
 
 
