@@ -4,8 +4,8 @@ Variants, measured in one run on the same dimensions with random weights:
   naive     kerasllm model, greedy, recomputing the whole sequence per token (no cache; XLA forward)
   cached    kerasllm ``generate_tokens``: KV cache + the whole decode loop as one XLA function
   tflite    kerasllm TFLite runtime: per window segment one ``start_B`` invoke (prefill), then one
-            ``step{T}_B`` invoke per token over a cache kept in the interpreter (B = 1 or 8 rows;
-            benchmarks/tflite_profile.py shows where its time goes)
+            ``step{T}_B`` invoke per token over a cache kept in the interpreter, T growing with the
+            filled slots (B = 1 or 8 rows; benchmarks/tflite_profile.py shows where its time goes)
   keras-hub GPT2CausalLM.generate (greedy) in its own Keras 3 venv (benchmarks/keras_hub_peer.py),
             both as keras-hub runs by default on CPU (jit_compile auto = off) and with jit_compile=True
   speculative  plain vs speculative decode of a trained "small" target with a distilled draft, and

@@ -171,8 +171,10 @@ def test_tflite_batched_decode_equals_xla_in_one_invoke_per_group(periodic_lm, p
     first_row 8), past the context: TFLite greedy and seeded samples equal the XLA loop's. Per
     window segment each group of rows is ONE ``start`` invoke (prefill) and one ``step`` invoke
     per further token; the cache stays in the step signature's inputs (only the step's new
-    keys/values are written into them, checked by the equal tokens)."""
-    from kerasllm.generation.window import cache_slots, segments
+    keys/values are written into them, checked by the equal tokens) and moves to the next longer
+    step signature when it is full."""
+    from kerasllm.export.lm import step_length
+    from kerasllm.generation.window import segments
 
     _, tflite, _ = periodic_runtimes
     lengths = tflite.config["step_lengths"]
@@ -193,16 +195,19 @@ def test_tflite_batched_decode_equals_xla_in_one_invoke_per_group(periodic_lm, p
             calls.append(names[subgraph])
             return wrapper.Invoke(subgraph)
 
-    tflite.interpreter._interpreter, tflite._runners = Counting(), {}
-    try:
-        ids = periodic_lm.tokenizer.encode(_prompt(CTX, 1))
-        tokens = np.stack([ids] * 9)
-        np.testing.assert_array_equal(tflite.generate_tokens(tokens, NEW), periodic_lm.generate_tokens(tokens, NEW))
-    finally:
-        tflite.interpreter._interpreter, tflite._runners = wrapper, {}
-    expected = []
-    for seg in segments(CTX, NEW, CTX):
-        length = min(n for n in lengths if n >= cache_slots(seg.width, seg.count))  # no row is padded
-        for b in (8, 1):
-            expected += [f"start_{b}"] + [f"step{length}_{b}"] * (seg.count - 1)
-    assert calls == expected
+    for width in (CTX, 5):  # 5: the first segment's steps move the cache from step16 to step32
+        calls.clear()
+        tflite.interpreter._interpreter, tflite._runners = Counting(), {}
+        try:
+            ids = periodic_lm.tokenizer.encode(_prompt(width, 1))
+            tokens = np.stack([ids] * 9)
+            np.testing.assert_array_equal(tflite.generate_tokens(tokens, NEW), periodic_lm.generate_tokens(tokens, NEW))
+        finally:
+            tflite.interpreter._interpreter, tflite._runners = wrapper, {}
+        expected = []
+        for seg in segments(len(ids), NEW, CTX):  # no row is padded: slot = window width + step - 1
+            for b in (8, 1):  # the step signature grows with the filled slots
+                expected += [f"start_{b}"] + [f"step{step_length(lengths, seg.width + i - 1)}_{b}"
+                                              for i in range(1, seg.count)]
+        assert calls == expected
+    assert lengths == [16, 32] and "step16_8" in expected and "step32_8" in expected

@@ -278,15 +278,24 @@ def build_tflite_functions(lm):
 
 
 def step_lengths(context):
-    """Cache lengths of the TFLite ``step{T}_{B}`` signatures: quarters of the context (a static
-    length per signature: TFLite runs shapes unknown at conversion much slower, and attending over
-    the whole context for a short generation would waste work)."""
-    return sorted({round_up(max(1, q * context // 4), PAD_MULTIPLE) for q in range(1, 5)})
+    """Cache lengths of the TFLite ``step{T}_{B}`` signatures: eighths of the context, rounded up
+    to ``PAD_MULTIPLE`` (a static length per signature: TFLite runs shapes unknown at conversion
+    much slower). The runtime moves the cache to the next length as it fills (``step_length``), so a
+    step attends over at most an eighth of the context more than the filled slots: at batch 8 the
+    attention over the cache was most of a step's time (README, TFLite decode)."""
+    return sorted({round_up(max(1, q * context // 8), PAD_MULTIPLE) for q in range(1, 9)})
+
+
+def step_length(lengths, slot):
+    """The ``step{T}`` signature that decodes the token at cache slot ``slot``: the shortest cache
+    with room for slots ``0 .. slot`` (the step reads the slots below ``slot``; its own keys and
+    values are written at ``slot`` after it)."""
+    return min(n for n in lengths if n > slot)
 
 
 def _step_layout(flat):
-    """The cache as ``step_*`` takes it: keys transposed [B * heads, head_dim, T] (XNNPACK runs the
-    scores as a plain batch matmul), values [B * heads, T, head_dim]."""
+    """The cache as ``step_*`` takes it: keys transposed [B * heads, head_dim, T] (the scores are one
+    multiply and a sum over head_dim, axis 1), values [B * heads, T, head_dim]."""
     return [tf.transpose(t, [0, 2, 1]) if i % 2 == 0 else t for i, t in enumerate(flat)]
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasllm.generation.samplers import NUMPY
-from kerasllm.generation.window import cache_slots, segments, window
+from kerasllm.generation.window import segments, window
 from kerasllm.models.language_model_text import GenerationAPI
 
 
@@ -99,7 +99,7 @@ class TFLiteLanguageModel(_Exported):
                 return sampler.pick(logits, seed, step + i, params, NUMPY, first_row=first_row).astype(np.int32)
 
             sampler, params = sampler_settings.sampler(), sampler_settings.params()
-            return self._segment_steps(batch, tokens, pad, cache_slots(width, count), count, pick)[:rows]
+            return self._segment_steps(batch, tokens, pad, count, pick)[:rows]
         temperature, top_k, top_p = sampler_settings.params()
         settings = dict(pad=pad, seed=np.int32(seed), temperature=temperature, top_k=top_k, top_p=top_p,
                         first_row=np.int32(first_row))
@@ -118,21 +118,30 @@ class TFLiteLanguageModel(_Exported):
             done += n
         return np.concatenate(parts, 1)
 
-    def _segment_steps(self, batch, tokens, pad, slots, count, pick):
+    def _segment_steps(self, batch, tokens, pad, count, pick):
         """Transformer: ``start_{batch}`` prefills; then one invoke of ``step{T}_{batch}`` per token.
         The cache is an input of the step signature that stays in the interpreter: a step only
         reads it and returns the new keys and values, which are written into it here (a few floats
-        per layer; no step copies the whole cache). Tokens are picked from the returned logits by
-        the sampler's NumPy ops (``pick(logits, i)``: the rule, and the random numbers, of the XLA
-        loop; greedy decoding runs no vocabulary sort)."""
-        length = min(n for n in self.config["step_lengths"] if n >= slots)
+        per layer; no step copies the whole cache). T grows with the filled slots
+        (``step_length``): when the cache is full, it moves once to the next step signature's
+        inputs, so a step attends over few more slots than are filled. Tokens are picked from the
+        returned logits by the sampler's NumPy ops (``pick(logits, i)``: the rule, and the random
+        numbers, of the XLA loop; greedy decoding runs no vocabulary sort)."""
+        from kerasllm.export.lm import step_length
+
+        lengths = self.config["step_lengths"]
+        index = tokens.shape[1]  # the cache slot of the token being decoded
+        # the prefill fills slots below ``index``; a step at ``index`` needs one more (none when count is 1)
+        length = step_length(lengths, index if count > 1 else index - 1)
         out = self._runner(f"start_{batch}")(tokens=tokens, pad=pad, cache_slots=np.zeros(length, np.int32))
         stepper = self._stepper(f"step{length}_{batch}")
-        stepper.load({name: out[name] for name in stepper.cache}, pad)
+        stepper.load([out[name] for name in stepper.cache], pad)
         new = np.empty((len(tokens), count), np.int32)
         new[:, 0] = token = pick(out["logits"], 0)
-        index = tokens.shape[1]  # the cache slot of the token being decoded
         for i in range(1, count):
+            if index >= length:  # full: the cache moves to the next step signature
+                length = step_length(lengths, index)
+                stepper = self._stepper(f"step{length}_{batch}").load(stepper.views, pad)
             new[:, i] = token = pick(stepper.run(token, index, write=i < count - 1), i)
             index += 1
         return new
@@ -163,26 +172,32 @@ class TFLiteLanguageModel(_Exported):
 
 class _Stepper:
     """Runs one ``step{T}_{B}`` signature through the interpreter's own calls (a SignatureRunner
-    sets every input on every call): the cache and the pads are set once per window segment
-    (``load``); a step sets token and slot, invokes, and writes the step's new keys/values into
-    the cache inputs in place."""
+    sets every input on every call): the cache and the pads are set when a window segment starts
+    or the cache moves here from a shorter step signature (``load``); a step sets token and slot,
+    invokes, and writes the step's new keys/values into the cache inputs in place."""
 
     def __init__(self, interpreter, name, n_cache):
-        self.wrapper = interpreter._interpreter
-        self.subgraph = self.wrapper.GetSubgraphIndexFromSignature(name)
+        self.wrapper = w = interpreter._interpreter
+        self.subgraph = sub = w.GetSubgraphIndexFromSignature(name)
         signature = interpreter._get_full_signature_list()[name]
         self.inputs, self.outputs = signature["inputs"], signature["outputs"]
         self.cache = [f"cache_{i}" for i in range(n_cache)]
-        self.wrapper.AllocateTensors(self.subgraph)
-        self.views = None
-
-    def load(self, cache, pad):
-        w, sub = self.wrapper, self.subgraph
-        for name, value in list(cache.items()) + [("pad", pad)]:
-            w.SetTensor(self.inputs[name], np.asarray(value), sub)
+        w.AllocateTensors(sub)
         # views of the cache inputs, valid while the step signature is not re-allocated (its
         # shapes are static: it never is after the constructor)
         self.views = [w.tensor(w, self.inputs[name], sub) for name in self.cache]
+
+    def load(self, cache, pad):
+        """Sets the cache (keys [B * heads, head_dim, t], values [B * heads, t, head_dim], t <= T:
+        the slots from t on are zeroed; they are masked) and the pads -> self."""
+        for i, (view, value) in enumerate(zip(self.views, cache)):
+            t = value.shape[2 - i % 2]
+            if i % 2:
+                view[:, :t], view[:, t:] = value, 0.0
+            else:
+                view[:, :, :t], view[:, :, t:] = value, 0.0
+        self.wrapper.SetTensor(self.inputs["pad"], np.asarray(pad, np.int32), self.subgraph)
+        return self
 
     def run(self, token, index, write=True):
         """Decode ``token`` [B] at cache slot ``index`` -> logits [B, V]."""
