@@ -178,10 +178,12 @@ def test_tflite_batches_of_any_size_give_the_keras_answer_and_run_at_their_own_b
     fresh = kerasllm.load(classifier_export["version_dir"].parent)
     np.testing.assert_allclose(fresh.predict_proba(texts[:2]), expected[:2], atol=1e-4)
     assert fresh._state().runners == {}
-    # two texts of one bucket: one interpreter call at batch 2
-    same = ["short", "words"]
+    # a few texts of one bucket: still the batch-1 interpreter; four: one call in a block of 4
+    same = ["short", "words", "a few", "more words"]
+    np.testing.assert_allclose(fresh.predict_proba(same[:3]), _expected(classifier, same[:3]), atol=1e-4)
+    assert fresh._state().runners == {}
     np.testing.assert_allclose(fresh.predict_proba(same), _expected(classifier, same), atol=1e-4)
-    assert list(fresh._state().runners) == [(2, 0)]
+    assert list(fresh._state().runners) == [(4, 0)]
 
 
 def test_savedmodel_predictor_is_safe_to_share_between_threads(classifier, classifier_export, topic_split):
