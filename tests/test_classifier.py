@@ -264,10 +264,9 @@ def test_recurrent_mix_never_makes_the_sum_worse_than_the_bag_on_validation():
         assert _best_temperature_loss(bag + weight * recurrent + offset, y) <= _best_temperature_loss(bag, y) + 1e-9
 
 
-def test_recurrent_mix_needs_a_gain_beyond_one_standard_error():
-    """A recurrent path whose edge over the bag is within noise gets weight 0 (the
-    one-standard-error rule), while a real gain on the same texts keeps its weight; on fewer than
-    MIN_MIX_TEXTS validation texts even a real-looking gain gets weight 0."""
+def test_recurrent_mix_needs_enough_validation_texts():
+    """On fewer than MIN_MIX_TEXTS validation texts even a helpful-looking recurrent path gets
+    weight 0 (so few texts cannot tell help from luck); at MIN_MIX_TEXTS it gets its weight."""
     from kerasllm.models.classifier import MIN_MIX_TEXTS, choose_recurrent_mix
 
     rng = np.random.default_rng(2)
@@ -275,8 +274,6 @@ def test_recurrent_mix_needs_a_gain_beyond_one_standard_error():
     y = rng.integers(0, 5, n)
     prior = np.bincount(y, minlength=5)
     bag = rng.normal(size=(n, 5)) + 2.5 * np.eye(5)[y]
-    lucky = [choose_recurrent_mix(rng.normal(size=(n, 5)), bag, y, prior) for _ in range(20)]
-    assert all(weight == 0.0 and offset == [0.0] * 5 for weight, offset in lucky)
     helpful = 4.0 * np.eye(5)[y] + rng.normal(size=(n, 5))
     assert choose_recurrent_mix(helpful, bag, y, prior)[0] > 0
     assert choose_recurrent_mix(helpful[:n - 1], bag[:n - 1], y[:n - 1], prior) == (0.0, [0.0] * 5)
@@ -288,9 +285,9 @@ def test_recurrent_mix_is_not_chosen_to_fix_an_under_confident_bag():
     from kerasllm.models.classifier import choose_recurrent_mix
 
     rng = np.random.default_rng(1)
-    y = rng.integers(0, 5, 60)
-    bag = 0.3 * (rng.normal(size=(60, 5)) + 3.0 * np.eye(5)[y])  # right, but timid
-    confident_noise = 2.0 * rng.normal(size=(60, 5)) + 0.8 * np.eye(5)[y]  # mostly wrong on its own
+    y = rng.integers(0, 5, 150)  # enough texts for a weight to be chosen at all (MIN_MIX_TEXTS)
+    bag = 0.3 * (rng.normal(size=(150, 5)) + 3.0 * np.eye(5)[y])  # right, but timid
+    confident_noise = 2.0 * rng.normal(size=(150, 5)) + 0.8 * np.eye(5)[y]  # mostly wrong on its own
     assert np.mean(confident_noise.argmax(1) == y) < np.mean(bag.argmax(1) == y) - 0.3
     weight, offset = choose_recurrent_mix(confident_noise, bag, y, np.bincount(y, minlength=5))
     assert np.mean((bag + weight * confident_noise + offset).argmax(1) == y) >= np.mean(bag.argmax(1) == y)
