@@ -76,7 +76,7 @@ class ClassifierConfig:
     ema: float = 0.995  # > 0: validate and keep an exponential moving average of the weights (this momentum)
     refit: bool = True  # after early stopping on the automatic split, train again on all texts that long
     recurrent_weight: float | None = None  # the recurrent logits' weight in the sum with a fitted bag; None:
-    # chosen on the validation split (choose_recurrent_mix: 0 unless it helps there beyond noise)
+    # chosen on the validation split (choose_recurrent_mix: 0 on fewer than MIN_MIX_TEXTS texts)
     clipnorm: float = 1.0
     batch_size: int = 32
     max_epochs: int = 30

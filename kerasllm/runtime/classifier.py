@@ -16,7 +16,7 @@ class TFLiteClassifier:
 
     Texts run the shortest length bucket they fit (``predict_<words>`` signatures: same answer,
     shorter recurrence), in a batch as in a single call: a batch is grouped by bucket; a group of
-    fewer than ``min_block`` texts runs text by text through the batch-1 interpreter, and larger
+    fewer than ``block_sizes[0]`` texts runs text by text through the batch-1 interpreter, and larger
     groups run in blocks padded to the next of ``block_sizes`` (4, 8, ... 64), one interpreter per
     block size, so each signature keeps one fixed shape and no interpreter ever re-allocates its
     tensors. A few texts never run at a longer bucket than their own, nor in a second interpreter
@@ -30,8 +30,7 @@ class TFLiteClassifier:
     is a dict written under the GIL).
     """
 
-    block_sizes = (4, 8, 16, 32, 64)
-    min_block = 4
+    block_sizes = (4, 8, 16, 32, 64)  # a group of fewer texts than the first runs at batch 1
 
     def __init__(self, tflite_path, num_threads=1):
         config = tflite_lib.read_attached(tflite_path)
@@ -62,7 +61,12 @@ class TFLiteClassifier:
 
     def _predict_one(self, text, state):
         words, grams = self.tokenizer.ids_one(text)
-        n, _, runner, row = state.single[self._bucket(words, grams)]
+        return self._run_one(words, grams, self._bucket(words, grams), state)
+
+    @staticmethod
+    def _run_one(words, grams, bucket, state):
+        """Probabilities [1, classes] of one encoded text through the batch-1 interpreter."""
+        n, _, runner, row = state.single[bucket]
         fill_row(row[0], words, grams, n)
         return runner(token_ids=row)["probabilities"]
 
@@ -92,11 +96,9 @@ class TFLiteClassifier:
         top = self.block_sizes[-1]
         for i, rows in groups.items():
             n = self.buckets[i][0]
-            if len(rows) < self.min_block:
-                _, _, runner, single = state.single[i]
+            if len(rows) < self.block_sizes[0]:
                 for row in rows:
-                    fill_row(single[0], *encoded[row], n)
-                    out[row] = runner(token_ids=single)["probabilities"][0]
+                    out[row] = self._run_one(*encoded[row], i, state)[0]
                 continue
             for start in range(0, len(rows), top):
                 chunk = rows[start:start + top]
