@@ -11,12 +11,10 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kerasllm.export.layout import make_readable
+from kerasllm.export.layout import atomic_file, write_text_atomic
 
 
 @dataclass
@@ -142,13 +140,11 @@ _us = duration_us
 
 
 def _save(fig, path):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    _pyplot().close(fig)
-    make_readable(tmp)  # mkstemp makes 0600
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        _pyplot().close(fig)
 
 
 def write_report(directory, title, sections, intro=""):
@@ -178,11 +174,7 @@ def write_report(directory, title, sections, intro=""):
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>" + "\n".join(body) + "</body></html>")
     for name, text in (("report.md", "\n".join(md)), ("report.html", page)):
-        fd, tmp = tempfile.mkstemp(dir=directory)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        make_readable(tmp)
-        os.replace(tmp, directory / name)
+        write_text_atomic(directory / name, text)
     return directory / "report.md", directory / "report.html"
 
 

@@ -1,9 +1,12 @@
 """Export layout: integer versions that appear only when complete."""
 import json
+import os
+import stat
 
 import pytest
 
-from kerasllm.export.layout import MANIFEST, check_model_name, publish, read_manifest, resolve_version, versions
+from kerasllm.export.layout import (MANIFEST, atomic_file, check_model_name, publish, read_manifest, resolve_version,
+                                    versions, write_text_atomic)
 
 
 def _write(tmp):
@@ -33,6 +36,23 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         publish(model_dir, broken)
     assert sorted(p.name for p in model_dir.iterdir()) == ["1"]
+
+
+def test_a_file_is_replaced_whole_or_not_at_all_and_readable_by_others(tmp_path):
+    path = tmp_path / "sub" / "report.md"
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(path, "first")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "first"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_file(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert path.read_text() == "first"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.md"]  # no temporary file left
 
 
 def test_existing_version_is_never_overwritten(tmp_path):

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasllm.export.layout import write_bytes_atomic
+
 MODES = (None, "dynamic", "float16", "int8", "16x8")
 MODEL_FILE = "model.h5"
 QAT_WEIGHTS = "qat_weights.npz"
@@ -190,9 +192,7 @@ def child_main(job_path, work):
         Path(job["result"]).write_text(json.dumps({"error": _short(e)}), encoding="utf-8")
         sys.exit(CHILD_FAILED)
     Path(job["result"]).write_text(json.dumps({"notes": notes}), encoding="utf-8")
-    tmp = job["output"] + ".tmp"
-    Path(tmp).write_bytes(flatbuffer)
-    os.replace(tmp, job["output"])
+    write_bytes_atomic(job["output"], flatbuffer)
 
 
 def _last_error(stderr):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from kerasllm.export.layout import write_json_atomic
+from kerasllm.export.layout import atomic_file, write_json_atomic, write_text_atomic
 
 
 class CompressionReport:
@@ -112,9 +111,7 @@ class CompressionReport:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         md = directory / f"{stem}.md"
-        tmp = md.with_name(f".{md.name}.tmp-{os.getpid()}")
-        tmp.write_text(self.to_markdown(), encoding="utf-8")
-        os.replace(tmp, md)
+        write_text_atomic(md, self.to_markdown())
         write_json_atomic(directory / f"{stem}.json", json.loads(json.dumps(self.to_dict(), default=str)))
         return {"markdown": md, "json": directory / f"{stem}.json", "plot": self.plot(directory / f"{stem}.png")}
 
@@ -173,10 +170,11 @@ class CompressionReport:
                      f"(marker area grows with p50 latency {self.latency_unit}, {low:.3f}-{high:.3f} ms)",
                      fontsize=10)
         fig.tight_layout()
-        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-        fig.savefig(tmp)
-        plt.close(fig)
-        os.replace(tmp, path)
+        try:
+            with atomic_file(path, suffix=".png") as tmp:
+                fig.savefig(tmp)
+        finally:
+            plt.close(fig)
         return path
 
 

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 MANIFEST = "kerasllm.json"
@@ -99,20 +100,39 @@ def read_manifest(version_dir) -> dict:
     return manifest
 
 
-def write_json_atomic(path, obj):
-    """Write JSON to a temporary file beside ``path`` and rename it over ``path``."""
+@contextmanager
+def atomic_file(path, suffix=""):
+    """Yield a temporary path beside ``path`` to write; when the block ends without error it becomes
+    ``path`` in one rename, readable by others, so a reader never sees half a file. On error it is
+    removed and ``path`` keeps what it had. ``suffix``: for writers that go by the extension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, ensure_ascii=False)
-        make_readable(tmp)
+        yield Path(tmp)
+        make_readable(tmp)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_bytes_atomic(path, data: bytes):
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path, text: str):
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path, obj):
+    """Write JSON to a temporary file beside ``path`` and rename it over ``path``."""
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
 
 
 def publish(model_dir, write, version=None) -> Path:

@@ -28,14 +28,12 @@ container, so one ``models.config`` serves both.
 """
 from __future__ import annotations
 
-import os
 import shlex
-import tempfile
 from pathlib import Path
 
 from kerasllm.export.batching_params import (BATCHING_PARAMS_FILE, BatchingOptions, model_batching,
                                              signature_batchable)
-from kerasllm.export.layout import check_model_name, make_readable, versions
+from kerasllm.export.layout import atomic_file, check_model_name, versions, write_bytes_atomic
 
 MODELS_CONFIG = "models.config"
 BATCHING_FILE = "batching_parameters.txt"
@@ -48,20 +46,6 @@ SAMPLE_TEXTS = ("hello world", "this is a short message to warm up the model", "
 # values for scalar inputs found on kerasllm's signatures; small so warm-up is quick
 SCALAR_DEFAULTS = {"max_new_tokens": 4, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 0, "k": 10}
 _INIT_OP = "__saved_model_init_op"
-
-
-def _write_atomic(path: Path, data: bytes):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        make_readable(tmp)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def model_names(root) -> list[str]:
@@ -123,7 +107,7 @@ def write_model_batching(version_dir, options: BatchingOptions):
             if path.exists():
                 path.unlink()
         else:
-            _write_atomic(path, batching.to_pbtxt().encode())
+            write_bytes_atomic(path, batching.to_pbtxt().encode())
     return batching
 
 
@@ -244,19 +228,9 @@ def write_warmup_requests(version_dir, model_name, batch_sizes=(1,), texts=SAMPL
     records = warmup_requests(model_name, version_dir, batch_sizes, texts, batching=batching)
     if not records:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for record in records:
-                writer.write(record.SerializeToString())
-        make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
+        for record in records:
+            writer.write(record.SerializeToString())
     return path
 
 
@@ -288,10 +262,10 @@ def write_serving_bundle(root, max_batch_size=32, batch_timeout_micros=2000, max
     commands = launch_commands(root, rest_api_port, grpc_port, docker_image, poll_seconds)
     written = {"models_config": root / MODELS_CONFIG, "batching_parameters": root / BATCHING_FILE,
                "monitoring_config": root / MONITORING_FILE, "launch": root / LAUNCH_FILE, "warmup": {}}
-    _write_atomic(written["models_config"], models_config(root, names, num_versions, version_labels).encode())
-    _write_atomic(written["batching_parameters"], batching.encode())
-    _write_atomic(written["monitoring_config"], monitoring_config().encode())
-    _write_atomic(written["launch"], (
+    write_bytes_atomic(written["models_config"], models_config(root, names, num_versions, version_labels).encode())
+    write_bytes_atomic(written["batching_parameters"], batching.encode())
+    write_bytes_atomic(written["monitoring_config"], monitoring_config().encode())
+    write_bytes_atomic(written["launch"], (
         "# TensorFlow Serving for the models in this folder (REST on "
         f"{rest_api_port}, gRPC on {grpc_port}; same REST API as `kerasllm serve`)\n"
         f"# docker:\n{commands['docker']}\n# binary:\n{commands['binary']}\n").encode())
