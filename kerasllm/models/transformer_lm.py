@@ -155,9 +155,8 @@ class Block(keras.layers.Layer):
         old = tf.reduce_sum(tf.reshape(q, [-1, d, 1]) * prefix[0], 1)  # [B * heads, P]
         scores = tf.concat([old, tf.reduce_sum(q * k, -1, keepdims=True)], -1)
         weights = tf.nn.softmax(scores * (1.0 / math.sqrt(d)) + bias)
-        split = prefix[1].shape[1]
-        w_old, w_new = tf.split(weights, [split, 1], axis=-1)
-        y = tf.reduce_sum(tf.reshape(w_old, [-1, split, 1]) * prefix[1], 1) + w_new * v  # [B * heads, head_dim]
+        split = prefix[1].shape[1]  # slices, not tf.split: XNNPACK takes no SPLIT_V (it would cut the graph)
+        y = tf.reduce_sum(tf.reshape(weights[:, :split], [-1, split, 1]) * prefix[1], 1) + weights[:, split:] * v
         return self._mlp(x, tf.reshape(y, [b, 1, self.hidden])), (k, v)
 
 
@@ -259,9 +258,11 @@ class TransformerLM(keras.Model):
         if rope is not None:
             rope = tuple(tf.reshape(t, [-1, self.config.head_dim]) for t in rope)  # [B * heads, head_dim]
         key = tf.range(prefix[0][1].shape[1])  # a static length: TFLite plans every tensor statically
-        old = (key[None, :] < index) & (key[None, :] >= pad[:, None])  # [B, P]; the new key is always seen
-        bias = tf.where(tf.concat([old, tf.ones_like(old[:, :1])], 1), 0.0, NEG)  # [B, P + 1]
-        bias = tf.reshape(tf.tile(bias[:, None], [1, heads, 1]), [-1, bias.shape[1]])  # [B * heads, P + 1]
+        # the mask as a bias per row b * heads + h, built from integers: XNNPACK takes only the float
+        # ops after it (an op it does not take between float ops splits its graph, once per layer)
+        pad = tf.reshape(tf.tile(pad[:, None], [1, heads]), [-1])  # [B * heads]
+        old = (key[None, :] < index) & (key[None, :] >= pad[:, None])  # [B * heads, P]; its own key is seen
+        bias = tf.where(tf.concat([old, tf.ones_like(old[:, :1])], 1), 0.0, NEG)  # [B * heads, P + 1]
         new = []
         for block, before in zip(self.blocks, prefix):
             x, entries = block.step(x, bias, before, rope)
