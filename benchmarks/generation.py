@@ -1,6 +1,7 @@
 """Generation speed: new tokens per second for a 16-token prompt + 128 new tokens, batch 1 and 8.
 
-Variants, measured in one run on the same dimensions with random weights:
+Variants, measured in one run on the same dimensions with random weights (the in-process ones taking
+turns, call by call, the same number of repeats each, so load from other jobs falls on all alike):
   naive     kerasllm model, greedy, recomputing the whole sequence per token (no cache; XLA forward)
   cached    kerasllm ``generate_tokens``: KV cache + the whole decode loop as one XLA function
   tflite    kerasllm TFLite runtime: per window segment one ``start_B`` invoke (prefill), then one
@@ -79,6 +80,22 @@ def timed(fn, repeats, outputs=None):
     return statistics.median(times)
 
 
+def interleaved(fns, outputs):
+    """``fns``: name -> (fn, repeats). One warm-up call each (its output goes to ``outputs[name]``),
+    then the timed calls taking turns (round r times every variant with more than r repeats), so
+    a change in the machine's load falls on all of them alike -> name -> median seconds."""
+    for name, (fn, _) in fns.items():
+        outputs[name] = [fn()]
+    times = {name: [] for name in fns}
+    for r in range(max(reps for _, reps in fns.values())):
+        for name, (fn, reps) in fns.items():
+            if r < reps:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main():
     from pinning import describe, pin
 
@@ -114,14 +131,12 @@ def main():
             fns = {
                 "naive": (lambda: lm.generate_tokens_uncached(tokens, n), 1 if name == "small" else 2),
                 "cached": (lambda: lm.generate_tokens(tokens, max_new_tokens=n), args.repeats),
-                "tflite": (lambda: tfl.generate_tokens(tokens, max_new_tokens=n), max(2, args.repeats // 2)),
+                "tflite": (lambda: tfl.generate_tokens(tokens, max_new_tokens=n), args.repeats),
             }
+            local = {v: fns[v] for v in variants if v in fns and (v != "tflite" or tfl is not None)}
+            results.update({v: batch * n / t for v, t in interleaved(local, outputs).items()})
             for v in variants:
-                if v in fns and (v != "tflite" or tfl is not None):
-                    fn, reps = fns[v]
-                    outputs[v] = []
-                    results[v] = batch * n / timed(fn, reps, outputs[v])
-                elif v.startswith("keras_hub") and have_peer:
+                if v.startswith("keras_hub") and have_peer:
                     out, err = peer(python, name, batch, args, "true" if v == "keras_hub_xla" else "auto")
                     if out is None:
                         notes.append(f"{v} {name} batch {batch} failed: {err}")
@@ -132,8 +147,9 @@ def main():
             for v in ("naive", "tflite"):  # sanity: every variant decodes the same greedy tokens
                 if outputs.get(v) and not np.array_equal(cached_out, outputs[v][0]):
                     notes.append(f"{name} batch {batch}: {v} tokens differ from cached tokens")
-            if "cached" in variants and "cached" in results:  # second cached pass, alternating with the peer
-                results["cached"] = max(results["cached"], batch * n / timed(fns["cached"][0], args.repeats))
+            if any(v.startswith("keras_hub") for v in results):  # a second pass of ours, alternating with the peer
+                again = interleaved({v: f for v, f in local.items() if v != "naive"}, {})
+                results.update({v: max(results[v], batch * n / t) for v, t in again.items()})
             bound = batch * BANDWIDTH / weight_bytes
             rows.append((name, batch, lm.num_params, bound, results))
     print()

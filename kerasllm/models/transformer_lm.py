@@ -106,14 +106,11 @@ class Block(keras.layers.Layer):
         self.out = keras.layers.Dense(config.hidden, kernel_initializer=proj_init(), name="out")
         self.drop = keras.layers.Dropout(config.dropout)
 
-    def call(self, x, mask, cache=None, index=None, rope=None, training=False, prefix=None):
+    def call(self, x, mask, cache=None, index=None, rope=None, training=False):
         """x [B, S, hidden]; mask [B or 1, 1, S, keys] bool. Without ``cache`` the keys are the S
         tokens themselves; with ``cache`` ((k, v), each [B * heads, T, head_dim]) the new keys and
         values are written at slot ``index`` and the queries attend over all T slots (the mask
-        hides the ones not yet written). ``prefix`` (k transposed [B * heads, head_dim, P], v
-        [B * heads, P, head_dim]): read-only keys and values attended before the cache's; the mask
-        then covers P + T keys and is a float bias (0 or NEG). The TFLite decode step keeps the
-        long cache there, so no step copies it; a prefix is for one query (S = 1)."""
+        hides the ones not yet written). ``step`` is the same maths for one token over a read-only cache."""
         b, s = tf.shape(x)[0], tf.shape(x)[1]
         qkv = tf.reshape(self.qkv(self.ln1(x)), [b, s, 3, self.heads, self.head_dim])
         # [3, B * heads, S, head_dim]: batch and heads merged so the cache and the attention
@@ -127,30 +124,40 @@ class Block(keras.layers.Layer):
             keys = dynamic_update_slice(cache[0], keys, [0, index, 0])
             values = dynamic_update_slice(cache[1], values, [0, index, 0])
             cache = (keys, values)
-        if prefix is None:
-            scores = tf.matmul(q, keys, transpose_b=True)
-        else:  # one query (S = 1): multiply-and-sum, not a batch matmul (XNNPACK packs a batch
-            # matmul's non-constant operand, the whole cache, on every call: measured about 1.1x
-            # slower per step at T = 96-192); the few recent keys likewise
-            old = tf.reduce_sum(tf.reshape(q, [-1, self.head_dim, 1]) * prefix[0], 1)[:, None]  # [B * heads, 1, P]
-            scores = tf.concat([old, tf.reduce_sum(q[:, :, None] * keys[:, None], -1)], -1)
-        scores = scores * (1.0 / math.sqrt(self.head_dim))
+        scores = tf.matmul(q, keys, transpose_b=True) * (1.0 / math.sqrt(self.head_dim))
         scores = tf.reshape(scores, [b, self.heads, s, -1])
-        # with a prefix the mask is an additive bias (0 or NEG; the same weights): TFLite's select is slow
-        weights = tf.nn.softmax(tf.where(mask, scores, NEG) if prefix is None else scores + mask)
+        weights = tf.nn.softmax(tf.where(mask, scores, NEG))
         weights = tf.reshape(self.drop(weights, training=training), [b * self.heads, s, -1])
-        if prefix is None:
-            y = tf.matmul(weights, values)
-        else:
-            split = prefix[1].shape[1]
-            recent = tf.reduce_sum(weights[:, :, split:, None] * values[:, None], 2)
-            y = tf.reduce_sum(tf.reshape(weights[:, :, :split], [-1, split, 1]) * prefix[1], 1)[:, None] + recent
-        y = tf.reshape(y, [b, self.heads, s, self.head_dim])
+        y = tf.reshape(tf.matmul(weights, values), [b, self.heads, s, self.head_dim])
         y = tf.reshape(tf.transpose(y, [0, 2, 1, 3]), [b, s, self.hidden])
+        return self._mlp(x, y, training), cache
+
+    def _mlp(self, x, y, training=False):
+        """The block after attention: output projection of ``y`` (heads joined), residual, MLP, residual."""
         x = x + self.drop(self.proj(y), training=training)
         h = tf.nn.gelu(self.fc(self.ln2(x)), approximate=True)
-        x = x + self.drop(self.out(h), training=training)
-        return x, cache
+        return x + self.drop(self.out(h), training=training)
+
+    def step(self, x, bias, prefix, rope=None):
+        """``call`` for one token per row over a read-only cache (the TFLite decode step), shaped for
+        few ops: x [B, 1, hidden]; ``prefix`` keys transposed [B * heads, head_dim, P] and values
+        [B * heads, P, head_dim] (the slots before this token); ``bias`` [B * heads, P + 1], 0 or
+        NEG (an additive mask: TFLite's select is slow), the last column for this token's own key;
+        rope: cos and sin [B * heads, head_dim] -> (x [B, 1, hidden], (k, v) of this token, each
+        [B * heads, head_dim]). Attention is multiply-and-sum, not a batch matmul (XNNPACK packs a
+        batch matmul's non-constant operand, the whole cache, on every call: measured about 1.1x
+        slower per step at T = 96-192)."""
+        b, d = tf.shape(x)[0], self.head_dim
+        # row b * heads + h of [B * heads, head_dim] is head h of row b: a reshape, no transpose
+        q, k, v = (tf.reshape(t, [-1, d]) for t in tf.split(self.qkv(self.ln1(x)), 3, axis=-1))
+        if rope is not None:
+            q, k = _rotate(q, rope), _rotate(k, rope)
+        old = tf.reduce_sum(tf.reshape(q, [-1, d, 1]) * prefix[0], 1)  # [B * heads, P]
+        scores = tf.concat([old, tf.reduce_sum(q * k, -1, keepdims=True)], -1)
+        weights = tf.nn.softmax(scores * (1.0 / math.sqrt(d)) + bias)
+        split = prefix[1].shape[1]  # slices, not tf.split: XNNPACK takes no SPLIT_V (it would cut the graph)
+        y = tf.reduce_sum(tf.reshape(weights[:, :split], [-1, split, 1]) * prefix[1], 1) + weights[:, split:] * v
+        return self._mlp(x, tf.reshape(y, [b, 1, self.hidden])), (k, v)
 
 
 class TransformerLM(keras.Model):
@@ -245,15 +252,21 @@ class TransformerLM(keras.Model):
         """One decode step over a read-only cache (TFLite): token [B] at cache slot ``index``; the
         slots below ``index`` are in ``prefix`` (per layer keys transposed [B * heads, head_dim, P]
         and values [B * heads, P, head_dim]). Same mask and positions as ``decode``; the cache is
-        not written -> (logits [B, V], the new (k, v) per layer, each [B * heads, 1, head_dim])."""
-        x, rope = self._embed(token[:, None], tf.maximum(index - pad, 0)[:, None])
+        not written -> (logits [B, V], the new (k, v) per layer, each [B * heads, head_dim])."""
+        heads = self.config.heads
+        x, rope = self._embed(token[:, None], tf.maximum(index - pad, 0)[:, None])  # x [B, 1, hidden]
+        if rope is not None:
+            rope = tuple(tf.reshape(t, [-1, self.config.head_dim]) for t in rope)  # [B * heads, head_dim]
         key = tf.range(prefix[0][1].shape[1])  # a static length: TFLite plans every tensor statically
-        old = (key[None, :] < index) & (key[None, :] >= pad[:, None])  # [B, P]; the new key is always seen
-        mask = tf.where(tf.concat([old, tf.ones_like(old[:, :1])], 1), 0.0, NEG)[:, None, None, :]  # a bias
+        # the mask as a bias per row b * heads + h, built from integers: XNNPACK takes only the float
+        # ops after it (an op it does not take between float ops splits its graph, once per layer)
+        pad = tf.reshape(tf.tile(pad[:, None], [1, heads]), [-1])  # [B * heads]
+        old = (key[None, :] < index) & (key[None, :] >= pad[:, None])  # [B * heads, P]; its own key is seen
+        bias = tf.where(tf.concat([old, tf.ones_like(old[:, :1])], 1), 0.0, NEG)  # [B * heads, P + 1]
         new = []
-        for block, before, layer_cache in zip(self.blocks, prefix, self.init_cache(token.shape[0], 1)):
-            x, layer_cache = block(x, mask, cache=layer_cache, index=0, rope=rope, prefix=before)
-            new.append(layer_cache)
+        for block, before in zip(self.blocks, prefix):
+            x, entries = block.step(x, bias, before, rope)
+            new.append(entries)
         return self.logits(x, constants)[:, 0], tuple(new)
 
     def decode(self, token, index, pad, cache, constants=None):
