@@ -5,7 +5,10 @@ import pytest
 
 from tests.conftest_lm import lm_text, periodic_lm, periodic_runtimes, tiny_lm, tiny_lstm  # noqa: F401  (LM fixtures)
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+_ROOT = Path(__file__).resolve().parents[1]
+# ../shared/data beside the checkout (or beside the folder of worktrees that holds it, as benchmarks/ looks)
+SHARED_DATA = next((p / "shared" / "data" for p in _ROOT.parents if (p / "shared" / "data").is_dir()),
+                   _ROOT.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
