@@ -50,18 +50,58 @@ def classifier_export(classifier, tmp_path_factory):
     return tasks.export(classifier, root / "topics")
 
 
-@pytest.fixture(scope="session")
-def quickstart_run(tmp_path_factory):
-    """``python -m kerasllm quickstart --quick`` once per session, in a child process as a user runs it:
-    (completed process, saved_models folder, report folder)."""
+QUICKSTART = "quickstart_run"
+
+
+def _start_quickstart(config):
+    """Start ``python -m kerasllm quickstart --quick`` in a child process, as a user runs it: the
+    child works on its own while the tests that do not need it run (they run first, see below)."""
     import os
     import subprocess
     import sys
 
-    work = tmp_path_factory.mktemp("quickstart")
+    work = config._tmp_path_factory.mktemp("quickstart")
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k not in ("KERASLLM_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
     env["PYTHONPATH"] = str(root)
-    done = subprocess.run([sys.executable, "-m", "kerasllm", "quickstart", "--quick", "--out", "saved_models",
-                           "--report-dir", "report"], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    args = [sys.executable, "-m", "kerasllm", "quickstart", "--quick", "--out", "saved_models",
+            "--report-dir", "report"]
+    with open(work / "stdout.txt", "wb") as out, open(work / "stderr.txt", "wb") as err:
+        process = subprocess.Popen(args, cwd=work, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+    config._kerasllm_quickstart = (process, work)
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection
+def pytest_collection_modifyitems(session, config, items):
+    """The quickstart run takes minutes of one process: start it now and run the tests that need it
+    last, so it overlaps the rest of the session instead of holding up its first test."""
+    needs = [item for item in items if QUICKSTART in getattr(item, "fixturenames", ())]
+    if needs and not config.option.collectonly:
+        items[:] = [item for item in items if QUICKSTART not in getattr(item, "fixturenames", ())] + needs
+        _start_quickstart(config)
+
+
+def pytest_unconfigure(config):
+    started = getattr(config, "_kerasllm_quickstart", None)
+    if started is not None and started[0].poll() is None:  # the session ended before it was needed
+        started[0].kill()
+        started[0].wait()
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(request):
+    """``python -m kerasllm quickstart --quick`` once per session, in a child process as a user runs it
+    (started at collection): (completed process, saved_models folder, report folder)."""
+    import locale
+    import subprocess
+
+    started = getattr(request.config, "_kerasllm_quickstart", None)
+    if started is None:
+        _start_quickstart(request.config)
+        started = request.config._kerasllm_quickstart
+    process, work = started
+    process.wait(timeout=900)
+    encoding = locale.getpreferredencoding(False)
+    stdout, stderr = ((work / name).read_text(encoding=encoding) for name in ("stdout.txt", "stderr.txt"))
+    done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     return done, work / "saved_models", work / "report"
