@@ -48,8 +48,8 @@ class TFLiteClassifier:
         if state is None:
             single = tflite_lib.interpreter(self.path, self.num_threads)
             state = self._local.state = SimpleNamespace(
-                single=[(n, g, single.get_signature_runner(f"predict_{n}"), np.zeros((1, n + g), np.int32))
-                        for n, g in self.buckets],
+                single=[(n, tflite_lib.direct_call(single, f"predict_{n}", "token_ids", "probabilities"),
+                         np.zeros((1, n + g), np.int32)) for n, g in self.buckets],
                 interpreters={}, runners={})
         return state
 
@@ -66,9 +66,9 @@ class TFLiteClassifier:
     @staticmethod
     def _run_one(words, grams, bucket, state):
         """Probabilities [1, classes] of one encoded text through the batch-1 interpreter."""
-        n, _, runner, row = state.single[bucket]
+        n, call, row = state.single[bucket]
         fill_row(row[0], words, grams, n)
-        return runner(token_ids=row)["probabilities"]
+        return call(row)
 
     def _block_runner(self, state, bucket, rows):
         """(runner, block array) for bucket ``bucket`` at the smallest block size >= ``rows``."""
@@ -87,7 +87,7 @@ class TFLiteClassifier:
         texts = check_texts(texts)
         state = self._state()
         if len(texts) == 1:
-            return self._predict_one(texts[0], state).copy()
+            return self._predict_one(texts[0], state)  # a new array: the interpreter's output copied
         out = np.empty((len(texts), len(self.classes)), np.float32)
         encoded = [self.tokenizer.ids_one(text) for text in texts]
         groups = {}
