@@ -90,17 +90,20 @@ def bucket_grams(config, n_words):
 
 
 class _Lowered(tf.Module):
-    """The classifier at each length bucket, for conversion; holds the folded projection table."""
+    """The classifier at each length bucket, for conversion; holds the folded tables (the recurrent
+    input projection, and the bag table with its IDF weights)."""
 
     def __init__(self, clf):
         super().__init__(name="lowered_classifier")
         self.model = clf.model
         self.parts = model_parts(clf.model)
-        folded = self.parts.fold()
+        folded, bag = self.parts.fold(), self.parts.bag_fold()
         self.folded = None if folded is None else tf.Variable(folded, trainable=False, name="folded_projection")
+        self.bag_folded = None if bag is None else tf.Variable(bag, trainable=False, name="folded_bag")
 
     def __call__(self, ids, n_words):
-        return tf.nn.softmax(self.parts.logits(ids, n_words, training=False, folded=self.folded))
+        return tf.nn.softmax(self.parts.logits(ids, n_words, training=False, folded=self.folded,
+                                               bag_folded=self.bag_folded))
 
 
 def tflite_bytes(clf, quantization=None, representative_texts=None, model=None, buckets=None):
