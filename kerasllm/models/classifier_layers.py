@@ -244,14 +244,14 @@ class Recurrence(keras.layers.Layer):
 
     def _simple_rnn(self, x, keep):
         u = self.units
+        if self.pooling != "last":
+            return self._simple_rnn_packed(x, keep)
         if self.directions == 2:
             zeros = tf.zeros((u, u), x.dtype)
             forward, backward = self.recurrent_kernels
             recurrent = tf.concat([tf.concat([forward, zeros], 1), tf.concat([zeros, backward], 1)], 0)
         else:
             recurrent = self.recurrent_kernels[0]
-        if self.pooling != "last":
-            return self._simple_rnn_packed(x, keep, recurrent)
         steps, mask = self._time_major(x, keep)
         if self.directions == 2:
             ones = tf.ones((1, 1, u), x.dtype)
@@ -269,14 +269,17 @@ class Recurrence(keras.layers.Layer):
             states.append(h)
         return self._pool(states, h, state_mask)
 
-    def _simple_rnn_packed(self, x, keep, recurrent):
+    def _simple_rnn_packed(self, x, keep):
         """The pooled states with the text's words packed to the front first, in each direction's
         order (forward: w1..wk, backward: wk..w1), wherever the padding was. Every direction then
         starts at its first word and the steps after its last word only feed states the pooling
-        leaves out, so a step needs no mask: a matmul, an add and a tanh (the masked step has six
-        ops; measured in TFLite: ~2x faster loop). The states at the words are the masked loop's,
-        bit for bit (h starts at 0 either way); only the pooling's sum order can differ (1e-7).
-        Not for "last" pooling, which reads the state after the last step."""
+        leaves out, so a step needs no mask: a matmul per direction, an add and a tanh (the masked
+        step has six ops). Each direction multiplies by its own [units, units] kernel, not by one
+        block-diagonal [2u, 2u]: half the multiply-adds, and XNNPACK packs a copy of the weights
+        for every unrolled step, so half the bytes the loop streams through the cache (measured in
+        TFLite: 0.82x the block-diagonal step's time, the same probabilities). The states at the
+        words are the masked loop's (h starts at 0 either way); only the pooling's sum order can
+        differ (1e-7). Not for "last" pooling, which reads the state after the last step."""
         steps_total = x.shape[1]
         t = tf.range(steps_total, dtype=tf.int32)[None, :]  # [1, T]
         keep = tf.cast(keep, tf.int32)
@@ -289,11 +292,20 @@ class Recurrence(keras.layers.Layer):
             width = x.shape[-1] // 2
             back = tf.gather(order, tf.where(inside, count - 1 - t, t), batch_dims=1)
             ordered = tf.concat([ordered[:, :, :width], tf.gather(x, back, batch_dims=1)[:, :, width:]], axis=2)
+        kernels = self.recurrent_kernels
+        if self.directions == 2:
+            u = self.units
+
+            def recurrent(h):
+                return tf.concat([tf.matmul(h[:, :u], kernels[0]), tf.matmul(h[:, u:], kernels[1])], axis=1)
+        else:
+            def recurrent(h):
+                return tf.matmul(h, kernels[0])
         steps = tf.unstack(ordered, axis=1)
         h = tf.tanh(steps[0])
         states = [h]
         for x_t in steps[1:]:
-            h = tf.tanh(x_t + tf.matmul(h, recurrent))
+            h = tf.tanh(x_t + recurrent(h))
             states.append(h)
         return self._pool(states, h, tf.cast(inside, x.dtype)[:, :, None])
 
