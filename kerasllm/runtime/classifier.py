@@ -28,6 +28,16 @@ class TFLiteClassifier:
     size the thread first uses) and each thread holds its own tensor arenas; calls then run in
     parallel with no lock and one-text latency is unchanged. The tokenizer is shared (its cache
     is a dict written under the GIL).
+
+    Cost of one SMS-length text (p50 per stage, one core, a stream of SMS texts of mixed lengths;
+    ``benchmarks/classifier_latency.py`` prints the breakdown): tokenizing (regex split, then each
+    token's cached word and n-gram ids) ~5-9 us; writing the int32 row ~2.5 us; the interpreter
+    (set the input, invoke the bucket's subgraph, copy the 2-class output out; called directly, not
+    through a SignatureRunner, which re-checks shapes and re-allocates each call) ~11 us at the
+    8-word bucket to ~26 us at 43 words, most of it the unrolled recurrence; checks, bucket choice
+    and the label ~2 us. The interpreter's time depends as much on the CPU caches as on the
+    arithmetic: a stream that mixes buckets pays to bring each bucket's graph back, so the
+    export keeps few buckets (``kerasllm.export.classifier.length_buckets``).
     """
 
     block_sizes = (4, 8, 16, 32, 64)  # a group of fewer texts than the first runs at batch 1
@@ -110,7 +120,7 @@ class TFLiteClassifier:
         return out
 
     def predict(self, texts):
-        return [self.classes[i] for i in self.predict_proba(texts).argmax(axis=1)]
+        return [self.classes[i] for i in self.predict_proba(texts).argmax(axis=1).tolist()]
 
 
 class SavedModelClassifier:
