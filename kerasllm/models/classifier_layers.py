@@ -222,10 +222,14 @@ class Recurrence(keras.layers.Layer):
         return tf.matmul(embeddings, self.kernel) + self.bias
 
     def call(self, inputs, projected=False):
-        """``projected``: the inputs are already ``x @ kernel + bias`` (rows of ``fold``)."""
+        """``projected``: the inputs are already ``x @ kernel + bias`` (rows of ``fold``): the
+        export's inference graph, which runs the packed loop (``_simple_rnn_packed``: same states,
+        fewer ops); training and the Keras model run the masked loop."""
         x, ids = inputs
         keep = ids > 0  # [batch, T]
         if self.kind == "simple_rnn":
+            if projected and self.pooling != "last":
+                return self._simple_rnn_packed(x, keep)
             return self._simple_rnn(x if projected else tf.matmul(x, self.kernel) + self.bias, keep)
         return self._cells(x, keep)
 
@@ -244,28 +248,22 @@ class Recurrence(keras.layers.Layer):
 
     def _simple_rnn(self, x, keep):
         u = self.units
-        if self.pooling != "last":
-            return self._simple_rnn_packed(x, keep)
+        steps, mask = self._time_major(x, keep)
         if self.directions == 2:
             zeros = tf.zeros((u, u), x.dtype)
             forward, backward = self.recurrent_kernels
             recurrent = tf.concat([tf.concat([forward, zeros], 1), tf.concat([zeros, backward], 1)], 0)
-        else:
-            recurrent = self.recurrent_kernels[0]
-        steps, mask = self._time_major(x, keep)
-        if self.directions == 2:
             ones = tf.ones((1, 1, u), x.dtype)
             state_mask = tf.concat([mask[:, :, :1] * ones, mask[:, :, 1:] * ones], axis=2)  # [batch, T, 2u]
         else:
-            state_mask = mask
+            recurrent, state_mask = self.recurrent_kernels[0], mask
         # Padding keeps the state by arithmetic, h * (1 - m) + new * m with m in {0, 1} (exactly a
         # select), not tf.where: TFLite's XNNPACK then runs the whole unrolled loop as one partition.
-        # 1 - m for all steps in one op, not one per step.
-        masks, holds = tf.unstack(state_mask, axis=1), tf.unstack(1.0 - state_mask, axis=1)
+        masks = tf.unstack(state_mask, axis=1)
         h = tf.tanh(steps[0]) * masks[0]
         states = [h]
-        for x_t, m_t, hold_t in zip(steps[1:], masks[1:], holds[1:]):
-            h = h * hold_t + tf.tanh(x_t + tf.matmul(h, recurrent)) * m_t
+        for x_t, m_t in zip(steps[1:], masks[1:]):
+            h = h * (1.0 - m_t) + tf.tanh(x_t + tf.matmul(h, recurrent)) * m_t
             states.append(h)
         return self._pool(states, h, state_mask)
 
@@ -278,8 +276,10 @@ class Recurrence(keras.layers.Layer):
         block-diagonal [2u, 2u]: half the multiply-adds, and XNNPACK packs a copy of the weights
         for every unrolled step, so half the bytes the loop streams through the cache (measured in
         TFLite: 0.82x the block-diagonal step's time, the same probabilities). The states at the
-        words are the masked loop's (h starts at 0 either way); only the pooling's sum order can
-        differ (1e-7). Not for "last" pooling, which reads the state after the last step."""
+        words are the masked loop's up to float rounding (h starts at 0 either way; measured
+        max diff 2e-7 in the probabilities). Not for "last" pooling, which reads the state after
+        the last step. Only the export runs it: training keeps the masked loop, whose float
+        rounding the trained models (and their accuracy figures) come from."""
         steps_total = x.shape[1]
         t = tf.range(steps_total, dtype=tf.int32)[None, :]  # [1, T]
         keep = tf.cast(keep, tf.int32)
