@@ -184,7 +184,9 @@ class Recurrence(keras.layers.Layer):
 
     SimpleRNN fast path: both directions advance in one step (one matmul with a block-diagonal
     recurrent kernel, an add, a tanh and a select), and ``fold`` gives the input projection
-    ``E @ W + b`` as one table, so the export gathers each word's projected input directly.
+    ``E @ W + b`` as one table, so the export gathers each word's projected input directly. The
+    export (projected inputs, pooling other than "last") runs ``_simple_rnn_packed`` instead: the
+    same states with the words packed to the front, so its steps need no mask.
     """
 
     def __init__(self, kind="simple_rnn", units=32, bidirectional=True, pooling="max_mean", **kwargs):
