@@ -103,12 +103,29 @@ def main():
 
     base = np.median(one["model.predict"])
     print(f"\nclassifier latency, end to end from Python strings to labels ({data_name}, "
-          f"test accuracy {accuracy:.4f}, max_length {clf.config.max_length}); {settings}")
+          f"test accuracy {accuracy:.4f}, max_length {clf.config.max_length}); {settings}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'path':<30} {'p50 one text':>13} {'p99 one text':>13} {'vs predict':>11} {'256 texts/s':>12}")
     for name in paths:
         p50, p99 = np.median(one[name]), np.percentile(one[name], 99)
         rate = len(batch) / np.median(batch_times[name])
         print(f"{name:<30} {p50 * 1e6:>10.1f} µs {p99 * 1e6:>10.1f} µs {base / p50:>10.0f}x {rate:>12.0f}")
+    # Where one text's time goes in the TFLite float predictor (its internals, the same calls
+    # predict makes): tokenizing, then writing the ids and running the bucket's interpreter.
+    tokenize, invoke = [], []
+    state = tflite_float._state()
+    for _ in range(3):
+        for text in test[:400]:
+            t0 = time.perf_counter()
+            words, grams = tflite_float.tokenizer.ids_one(text)
+            t1 = time.perf_counter()
+            tflite_float._run_one(words, grams, tflite_float._bucket(words, grams), state)
+            t2 = time.perf_counter()
+            tokenize.append(t1 - t0), invoke.append(t2 - t1)
+    total = np.median(one["TFLite float (kerasllm.load)"])
+    print(f"{'  TFLite float by stage':<30} tokenize p50 {np.median(tokenize) * 1e6:.1f} µs, write ids + invoke "
+          f"p50 {np.median(invoke) * 1e6:.1f} µs, the rest (checks, bucket, label) "
+          f"~{(total - np.median(tokenize) - np.median(invoke)) * 1e6:.1f} µs")
     # Long texts: one text of n words (words drawn from the test texts) through the TFLite runtime.
     rng = np.random.default_rng(0)
     vocabulary = " ".join(test).split()

@@ -92,3 +92,36 @@ def interpreter(model_path, num_threads=1):
     from kerasllm.logs import litert_interpreter
 
     return litert_interpreter(model_path=str(model_path), num_threads=num_threads)
+
+
+
+
+def direct_call(interpreter, signature, input_name, output_name):
+    """``f(array) -> array`` for one input and one output of ``signature``: like its SignatureRunner
+    without the runner's per-call work (resize, allocate, dicts of names), it sets the input tensor,
+    invokes the signature's subgraph and returns a copy of the output (measured: ~3 us a call saved
+    on a 10-30 us classifier). ``array`` must have the input's allocated shape and dtype (the
+    interpreter checks). Keep the interpreter private to this use: nothing here resizes it.
+
+    The input is copied in at each call rather than written through a held ``tensor()`` view: a
+    graph with a dynamically sized tensor re-plans its arena on the first invoke, and a held view
+    then writes into freed memory. Falls back to the SignatureRunner if this LiteRT lacks the
+    wrapper methods used.
+    """
+    runner = interpreter.get_signature_runner(signature)
+    source = runner.get_input_details()[input_name]["index"]
+    target = runner.get_output_details()[output_name]["index"]
+    wrapper = getattr(interpreter, "_interpreter", None)
+    try:
+        subgraph = wrapper.GetSubgraphIndexFromSignature(signature)
+        set_tensor, invoke, get_tensor = wrapper.SetTensor, wrapper.Invoke, wrapper.GetTensor
+        wrapper.AllocateTensors(subgraph)  # what the runner's first call does; never again
+    except AttributeError:
+        return lambda array: runner(**{input_name: array})[output_name]
+
+    def call(array):
+        set_tensor(source, array, subgraph)
+        invoke(subgraph)
+        return get_tensor(target, subgraph)
+
+    return call

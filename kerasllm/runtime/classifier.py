@@ -28,6 +28,16 @@ class TFLiteClassifier:
     size the thread first uses) and each thread holds its own tensor arenas; calls then run in
     parallel with no lock and one-text latency is unchanged. The tokenizer is shared (its cache
     is a dict written under the GIL).
+
+    Cost of one SMS-length text (p50 per stage, one core, a stream of SMS texts of mixed lengths;
+    ``benchmarks/classifier_latency.py`` prints the breakdown): tokenizing (regex split, then each
+    token's cached word and n-gram ids) ~5-9 us; writing the int32 row ~2.5 us; the interpreter
+    (set the input, invoke the bucket's subgraph, copy the 2-class output out; called directly, not
+    through a SignatureRunner, which re-checks shapes and re-allocates each call) ~11 us at the
+    8-word bucket to ~26 us at 43 words, most of it the unrolled recurrence; checks, bucket choice
+    and the label ~2 us. The interpreter's time depends as much on the CPU caches as on the
+    arithmetic: a stream that mixes buckets pays to bring each bucket's graph back, so the
+    export keeps few buckets (``kerasllm.export.classifier.length_buckets``).
     """
 
     block_sizes = (4, 8, 16, 32, 64)  # a group of fewer texts than the first runs at batch 1
@@ -48,8 +58,8 @@ class TFLiteClassifier:
         if state is None:
             single = tflite_lib.interpreter(self.path, self.num_threads)
             state = self._local.state = SimpleNamespace(
-                single=[(n, g, single.get_signature_runner(f"predict_{n}"), np.zeros((1, n + g), np.int32))
-                        for n, g in self.buckets],
+                single=[(n, tflite_lib.direct_call(single, f"predict_{n}", "token_ids", "probabilities"),
+                         np.zeros((1, n + g), np.int32)) for n, g in self.buckets],
                 interpreters={}, runners={})
         return state
 
@@ -66,9 +76,9 @@ class TFLiteClassifier:
     @staticmethod
     def _run_one(words, grams, bucket, state):
         """Probabilities [1, classes] of one encoded text through the batch-1 interpreter."""
-        n, _, runner, row = state.single[bucket]
+        n, call, row = state.single[bucket]
         fill_row(row[0], words, grams, n)
-        return runner(token_ids=row)["probabilities"]
+        return call(row)
 
     def _block_runner(self, state, bucket, rows):
         """(runner, block array) for bucket ``bucket`` at the smallest block size >= ``rows``."""
@@ -87,7 +97,7 @@ class TFLiteClassifier:
         texts = check_texts(texts)
         state = self._state()
         if len(texts) == 1:
-            return self._predict_one(texts[0], state).copy()
+            return self._predict_one(texts[0], state)  # a new array: the interpreter's output copied
         out = np.empty((len(texts), len(self.classes)), np.float32)
         encoded = [self.tokenizer.ids_one(text) for text in texts]
         groups = {}
@@ -110,7 +120,7 @@ class TFLiteClassifier:
         return out
 
     def predict(self, texts):
-        return [self.classes[i] for i in self.predict_proba(texts).argmax(axis=1)]
+        return [self.classes[i] for i in self.predict_proba(texts).argmax(axis=1).tolist()]
 
 
 class SavedModelClassifier:
