@@ -317,8 +317,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
                 parts.table.trainable = False
             if learned.recurrent and cfg.embedding_init == "svd":
                 start = parts.embedding.get_weights()[0]
-                # the vectors of the words the recurrent path reads
-                parts.embedding.set_weights([start + svd_embeddings(x_train[:, :recurrent_length], start.shape[0],
+                parts.embedding.set_weights([start + svd_embeddings(x_train[:, :max_length], start.shape[0],
                                                                     start.shape[1], seed)])
             trainer = training_model(model)
             heads = len(trainer.outputs)
