@@ -58,12 +58,12 @@ def test_text_lengths_the_bag_reads_nearly_whole_texts_the_recurrent_path_their_
 
     lengths = list(range(1, 1001))  # 95th percentile 950, 99th 990
     assert text_lengths(ClassifierConfig(), lengths) == (512, 128)  # the caps
-    assert text_lengths(ClassifierConfig(), [10] * 90 + [30] * 9 + [300]) == (128, 30)  # at least 128; 95th
-    assert text_lengths(ClassifierConfig(), [50] * 98 + [300] * 2) == (300, 50)  # 99th percentile
+    short = [10] * 90 + [30] * 9 + [300]
+    assert text_lengths(ClassifierConfig(), short) == (33, 30)  # 99th percentile rounded up; 95th
     assert text_lengths(ClassifierConfig(max_length=40), lengths) == (40, 40)  # set alone: both
-    assert text_lengths(ClassifierConfig(recurrent_length=20), lengths) == (512, 20)
+    assert text_lengths(ClassifierConfig(recurrent_length=20), short) == (33, 20)
     assert text_lengths(ClassifierConfig(bag_of_ngrams=False), lengths) == (128, 128)  # no bag: no longer reads
-    assert text_lengths(ClassifierConfig(), [3, 4]) == (128, 16)
+    assert text_lengths(ClassifierConfig(), [3, 4]) == (16, 16)
 
 
 def test_words_past_the_recurrent_length_reach_the_bag_only(classifier):
@@ -331,7 +331,7 @@ def test_default_bag_path_is_the_bag_alone_after_the_refit(classifier, topic_spl
     from kerasllm.models.classifier import paths_model
 
     train, labels, test = topic_split[0], topic_split[1], topic_split[2]
-    bag_alone = tasks.train_classifier(train, labels, seed=0, recurrent=False, max_length=classifier.max_length)
+    bag_alone = tasks.train_classifier(train, labels, seed=0, recurrent=False)
     assert classifier.history_["refit_epochs"] and classifier.tokenizer.vocabulary == bag_alone.tokenizer.vocabulary
     recurrent, bag = paths_model(classifier.model_).predict(classifier.tokenizer.encode(test), verbose=0)
     np.testing.assert_allclose(bag, paths_model(bag_alone.model_).predict(bag_alone.tokenizer.encode(test), verbose=0),

@@ -53,7 +53,7 @@ class ClassifierConfig:
     architecture: str = "simple_rnn"
     vocab_size: int = 20000
     max_length: int | None = None  # words the model reads (the bag path all of them); None: the 99th
-    # percentile of training lengths, within [128, 512] (recurrent_length without the bag)
+    # percentile of training lengths, within [recurrent_length, 512] (recurrent_length without the bag)
     recurrent_length: int | None = None  # the first words of those the recurrent path reads; None: the
     # 95th percentile of training lengths within [16, 128], or max_length when only that is set
     embedding_dim: int = 64
@@ -541,18 +541,16 @@ def ema_momentum(ema, steps_per_epoch):
 
 def text_lengths(cfg, lengths):
     """(max_length, recurrent_length) for training texts of ``lengths`` words. The bag path reads
-    nearly every text whole, as TF-IDF does (a review's verdict is often at its end), and at least
-    128 words, so texts longer than the training ones (trained on phrases, used on sentences) are
-    read whole too; its cost per word is small. The recurrent path, whose cost grows with each
-    word, reads the first words of most training texts. A ``max_length`` set alone is also the
-    recurrent path's length."""
+    nearly every text whole, as TF-IDF does (a review's verdict is often at its end); the recurrent
+    path, whose cost grows with each word, reads the first words of most texts. A ``max_length``
+    set alone is also the recurrent path's length."""
     lengths = np.asarray(lengths if len(lengths) else [0])
     recurrent = cfg.recurrent_length
     if recurrent is None:
         recurrent = cfg.max_length or int(np.clip(np.percentile(lengths, 95), 16, 128))
     words = cfg.max_length
     if words is None:
-        words = max(recurrent, int(np.clip(np.ceil(np.percentile(lengths, 99)), 128, 512))) if cfg.bag_of_ngrams else recurrent
+        words = max(recurrent, int(min(np.ceil(np.percentile(lengths, 99)), 512))) if cfg.bag_of_ngrams else recurrent
     return int(words), int(min(recurrent, words))
 
 
