@@ -47,38 +47,6 @@ def test_bad_input(classifier):
     for weight in (-1.0, float("nan"), "0.5", True):
         with pytest.raises(ValueError, match="recurrent_weight must be None"):
             tasks.train_classifier(["a", "b"], ["x", "y"], recurrent_weight=weight)
-    with pytest.raises(ValueError, match=r"recurrent_length \(64\) must not exceed max_length \(32\)"):
-        tasks.train_classifier(["a", "b"], ["x", "y"], max_length=32, recurrent_length=64)
-    with pytest.raises(ValueError, match="recurrent_length must be None or an integer >= 2"):
-        tasks.train_classifier(["a", "b"], ["x", "y"], recurrent_length=1)
-
-
-def test_text_lengths_the_bag_reads_nearly_whole_texts_the_recurrent_path_their_start():
-    from kerasllm.models.classifier import ClassifierConfig, text_lengths
-
-    lengths = list(range(1, 1001))  # 95th percentile 950, 99th 990
-    assert text_lengths(ClassifierConfig(), lengths) == (512, 128)  # the caps
-    short = [10] * 90 + [30] * 9 + [300]
-    assert text_lengths(ClassifierConfig(), short) == (33, 30)  # 99th percentile rounded up; 95th
-    assert text_lengths(ClassifierConfig(max_length=40), lengths) == (40, 40)  # set alone: both
-    assert text_lengths(ClassifierConfig(recurrent_length=20), short) == (33, 20)
-    assert text_lengths(ClassifierConfig(bag_of_ngrams=False), lengths) == (128, 128)  # no bag: no longer reads
-    assert text_lengths(ClassifierConfig(), [3, 4]) == (16, 16)
-
-
-def test_words_past_the_recurrent_length_reach_the_bag_only(classifier):
-    from kerasllm.models.classifier_layers import paths_model
-
-    cfg = classifier.config_
-    assert cfg.recurrent_length < cfg.max_length  # the session model reads further with its bag
-    words = ["function", "module", "class", "string", "file", "thread", "socket", "list"]
-    base = [words[i % len(words)] for i in range(cfg.max_length)]
-    changed = list(base)
-    changed[cfg.recurrent_length + 2] = "unicode"
-    ids = classifier.tokenizer_.encode([" ".join(base), " ".join(changed)])
-    recurrent, bag = (np.asarray(v) for v in paths_model(classifier.model_)(ids, training=False))
-    np.testing.assert_array_equal(recurrent[0], recurrent[1])
-    assert np.abs(bag[0] - bag[1]).max() > 1e-4
 
 
 def test_save_and_load_give_identical_probabilities(classifier, topic_split, tmp_path):

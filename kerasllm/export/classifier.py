@@ -12,9 +12,7 @@ attached config as ``[n words, g char-grams]``): int32 ``token_ids [batch, n + g
 only); 0 is padding. Word id 1 is an unknown word, 2 an unknown short number, 3 an unknown long
 number, 4 an unknown word with digits; n-grams outside the vocabulary are left out.
 ``WordTokenizer.encode`` pads on the right; padding anywhere else in a section (e.g. on the
-left) gives the same probabilities, because every layer skips id 0. The bag path reads every word
-column; the recurrent path reads the first ``recurrent_length`` real words of the row (in buckets
-longer than that, ``FirstWords`` picks them wherever the padding is).
+left) gives the same probabilities, because every layer skips id 0.
 """
 from __future__ import annotations
 

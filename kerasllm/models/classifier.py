@@ -10,9 +10,8 @@ class prior, which both paths hold, taken off once) is chosen on that split with
 temperature (0 included), so the sum is an ensemble of two models that read text differently.
 Then (``refit``) everything is learned again from all texts, the recurrent path for the epochs
 early stopping chose: the default's bag path is exactly the bag alone. ``bag_of_ngrams=False``
-gives the recurrent path alone, ``recurrent=False`` the bag alone. The bag reads each text nearly
-whole (``max_length``), the recurrent path its first ``recurrent_length`` words (``text_lengths``).
-The maths lives in ``classifier_layers``.
+gives the recurrent path alone, ``recurrent=False`` the bag alone. The maths lives in
+``classifier_layers``.
 
 ``TextClassifier`` is a scikit-learn estimator: its settings are its constructor arguments
 (``get_params``/``set_params``, ``sklearn.base.clone``), and what ``fit`` learns lives in
@@ -52,10 +51,7 @@ class ClassifierConfig:
 
     architecture: str = "simple_rnn"
     vocab_size: int = 20000
-    max_length: int | None = None  # words the model reads (the bag path all of them); None: the 99th
-    # percentile of training lengths, within [recurrent_length, 512] (recurrent_length without the bag)
-    recurrent_length: int | None = None  # the first words of those the recurrent path reads; None: the
-    # 95th percentile of training lengths within [16, 128], or max_length when only that is set
+    max_length: int | None = None  # None: the 95th percentile of training lengths, within [16, 128]
     embedding_dim: int = 64
     embedding_init: str = "svd"  # "svd": word vectors from the training texts' TF-IDF matrix (LSA); "random"
     units: int = 32  # per direction
@@ -102,13 +98,8 @@ class ClassifierConfig:
             value = getattr(self, name)
             if not isinstance(value, Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("max_length", "recurrent_length"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < 2):
-                raise ValueError(f"{name} must be None or an integer >= 2, got {value!r}")
-        if self.max_length is not None and self.recurrent_length is not None and self.recurrent_length > self.max_length:
-            raise ValueError(f"recurrent_length ({self.recurrent_length}) must not exceed max_length "
-                             f"({self.max_length}): the recurrent path reads the first words of those the model reads")
+        if self.max_length is not None and (not isinstance(self.max_length, Integral) or self.max_length < 2):
+            raise ValueError(f"max_length must be None or an integer >= 2, got {self.max_length!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema!r}")
         for name in ("dropout", "embedding_dropout", "bag_dropout"):
@@ -284,12 +275,13 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         from kerasllm._tf import keras, no_autotune, tf
 
         cw = self._class_weights(cfg.class_weight, classes, labels)
-        max_length, recurrent_length = text_lengths(cfg, WordTokenizer().lengths(texts))
+        max_length = cfg.max_length
+        if max_length is None:
+            max_length = int(np.clip(np.percentile(WordTokenizer().lengths(texts), 95), 16, 128))
         char_ngrams = cfg.char_ngrams if cfg.bag_of_ngrams else 0
         tokenizer = WordTokenizer(max_length=max_length, char_ngrams=char_ngrams, max_char_grams=cfg.max_char_grams)
         tokenizer.fit(texts, max_tokens=cfg.vocab_size, max_char_tokens=cfg.char_vocab_size)
-        learned = dataclasses.replace(cfg, labels=classes, max_length=max_length, recurrent_length=recurrent_length,
-                                      vocab_size=tokenizer.vocab_size,
+        learned = dataclasses.replace(cfg, labels=classes, max_length=max_length, vocab_size=tokenizer.vocab_size,
                                       char_vocab_size=len(tokenizer.char_vocabulary),
                                       max_char_grams=tokenizer.max_char_grams)
         if mix is not None:
@@ -537,21 +529,6 @@ def ema_momentum(ema, steps_per_epoch):
     if not ema:
         return 0.99  # unused (no average)
     return float(min(ema, 1.0 - 1.0 / max(steps_per_epoch, 2)))
-
-
-def text_lengths(cfg, lengths):
-    """(max_length, recurrent_length) for training texts of ``lengths`` words. The bag path reads
-    nearly every text whole, as TF-IDF does (a review's verdict is often at its end); the recurrent
-    path, whose cost grows with each word, reads the first words of most texts. A ``max_length``
-    set alone is also the recurrent path's length."""
-    lengths = np.asarray(lengths if len(lengths) else [0])
-    recurrent = cfg.recurrent_length
-    if recurrent is None:
-        recurrent = cfg.max_length or int(np.clip(np.percentile(lengths, 95), 16, 128))
-    words = cfg.max_length
-    if words is None:
-        words = max(recurrent, int(min(np.ceil(np.percentile(lengths, 99)), 512))) if cfg.bag_of_ngrams else recurrent
-    return int(words), int(min(recurrent, words))
 
 
 MIN_MIX_TEXTS = 100  # validation texts needed to give the recurrent path a weight in the sum

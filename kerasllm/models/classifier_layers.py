@@ -39,26 +39,6 @@ class Columns(keras.layers.Layer):
 
 
 @_register
-class FirstWords(keras.layers.Layer):
-    """ids [batch, n] -> [batch, length]: each row's first ``length`` non-padding ids, in order,
-    then padding. Wherever a row's padding is (left, right, between), the recurrent path then
-    reads the same words; ``top_k`` over "earlier is larger" finds them (TFLite TOPK_V2 + GATHER)."""
-
-    def __init__(self, length, **kwargs):
-        super().__init__(**kwargs)
-        self.length = int(length)
-
-    def call(self, ids):
-        n = ids.shape[1]
-        score = tf.cast(ids > 0, tf.int32) * (n - tf.range(n, dtype=tf.int32))  # real words n..1, padding 0
-        _, first = tf.math.top_k(score, k=self.length, sorted=True)
-        return tf.gather(ids, first, batch_dims=1)
-
-    def get_config(self):
-        return {**super().get_config(), "length": self.length}
-
-
-@_register
 class HashedBigrams(keras.layers.Layer):
     """ids [batch, length] -> ids of adjacent-token pairs hashed into ``buckets``, plus ``offset``.
 
@@ -428,14 +408,11 @@ class ClassifierParts:
         words = Columns(0, n_words, name="word_ids")(ids) if ids.shape[1] > n_words else ids
         out = []
         if self.recurrent:
-            # the recurrent path reads the first recurrent_length words (None: a config saved before it)
-            length = getattr(self.config, "recurrent_length", None) or n_words
-            read = FirstWords(length, name="recurrent_word_ids")(words) if n_words > length else words
             if folded is not None:
-                h = self.rnn([tf.gather(folded, read), read], projected=True)
+                h = self.rnn([tf.gather(folded, words), words], projected=True)
             else:
-                x = self.embedding_dropout(self.embedding(read), training=training)
-                h = self.rnn([x, read])
+                x = self.embedding_dropout(self.embedding(words), training=training)
+                h = self.rnn([x, words])
             out.append(self.rnn_logits(self.rnn_dropout(h, training=training)))
         if self.bag:
             grams = self.grams([ids, self.bigrams(words)])
