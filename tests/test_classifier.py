@@ -390,12 +390,12 @@ def test_settings_are_kept_apart_from_learned_state(topic_split):
     short = ["a b", "c d", "a c", "b d"] * 5
     clf.fit(short, ["x", "y", "x", "y"] * 5, epochs=1)
     assert clf.get_params() == params  # fit changed no setting
-    assert clf.config_.recurrent_length == 16 and clf.config_.max_length == 128 and clf.classes_ == ["x", "y"]
+    assert clf.config_.max_length == 16 and clf.classes_ == ["x", "y"]
     fitted = [name for name in vars(clf) if name.endswith("_") and not name.startswith("_")]
     assert {"config_", "tokenizer_", "model_", "history_"} <= set(fitted)
     long_texts = topic_split[0][:60]
     clf.set_params(units=4).fit(long_texts, topic_split[1][:60], epochs=1)
-    assert clf.config_.recurrent_length > 16 and clf.config_.units == 4  # the second fit started from the settings
+    assert clf.config_.max_length > 16 and clf.config_.units == 4  # the second fit started from the settings
     with pytest.raises(ValueError, match="unknown TextClassifier settings|Invalid parameter"):
         clf.set_params(colour="blue")
     with pytest.raises(TypeError, match="unknown TextClassifier settings"):
