@@ -94,8 +94,6 @@ def interpreter(model_path, num_threads=1):
     return litert_interpreter(model_path=str(model_path), num_threads=num_threads)
 
 
-
-
 def direct_call(interpreter, signature, input_name, output_name):
     """``f(array) -> array`` for one input and one output of ``signature``: like its SignatureRunner
     without the runner's per-call work (resize, allocate, dicts of names), it sets the input tensor,
