@@ -78,11 +78,11 @@ def our_features(train, test):
     hashed-bigram ids from its tokenizer, idf-weighted and L2-normalised (``bag_features``)."""
     import numpy as np
 
-    from kerasllm.models.classifier import ClassifierConfig, ClassifierParts, bag_features, idf_weights
+    from kerasllm.models.classifier import ClassifierConfig, ClassifierParts, bag_features, default_max_length, idf_weights
     from kerasllm.text.word import WordTokenizer
 
     cfg = ClassifierConfig()
-    max_length = int(np.clip(np.percentile(WordTokenizer().lengths(train), 95), 16, 128))
+    max_length = default_max_length(train)
     tok = WordTokenizer(max_length=max_length, char_ngrams=cfg.char_ngrams).fit(
         train, max_tokens=cfg.vocab_size, max_char_tokens=cfg.char_vocab_size)
     cfg.max_length, cfg.vocab_size, cfg.char_vocab_size = max_length, tok.vocab_size, len(tok.char_vocabulary)

@@ -378,6 +378,15 @@ def test_savedmodel_pads_to_a_few_batch_sizes(classifier_export, topic_split):
     assert max(later) < first / 3, (first, later)
 
 
+def test_default_max_length_covers_all_but_the_longest_percent():
+    from kerasllm.models.classifier import default_max_length
+
+    # 5% of the texts are 40 words long: a 95th-percentile rule would cut them at 16 words
+    texts = ["w " * 10] * 95 + ["w " * 40] * 5
+    assert default_max_length(texts) == 40
+    assert default_max_length(["a b"] * 10) == 16 and default_max_length(["w " * 500] * 10) == 128
+
+
 def test_settings_are_kept_apart_from_learned_state(topic_split):
     from sklearn.base import clone
 

