@@ -4,7 +4,7 @@ End to end from a Python string to a label: ``model.predict``, a direct Keras ca
 SavedModel signature, and the TFLite runtime (float and dynamic-range int8), each for one text
 (p50/p99 over many calls, paths interleaved in rounds) and for a batch of 256 texts.
 
-    python benchmarks/classifier_latency.py            # pinned to core 0, one thread
+    python benchmarks/classifier_latency.py            # pinned to core 0 (--core N), one thread
     python benchmarks/classifier_latency.py --no-pin
 
 Trains the default classifier on the SMS Spam Collection (../shared/data) when present, else on
@@ -24,21 +24,22 @@ SHARED = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "d
               ROOT.parent / "shared" / "data") / "sms_spam.tsv"
 
 
-def pin(enabled):
+def pin(core):
     """One core, one thread: numbers then do not depend on what the other core is doing."""
-    if not enabled:
+    if core < 0:
         return "not pinned"
     os.environ["OMP_NUM_THREADS"] = "1"
-    os.sched_setaffinity(0, {0})
-    return "pinned to core 0, 1 intra-op / 1 inter-op thread, OMP_NUM_THREADS=1"
+    os.sched_setaffinity(0, {core})
+    return f"pinned to core {core}, 1 intra-op / 1 inter-op thread, OMP_NUM_THREADS=1"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--core", type=int, default=0, help="CPU core to pin to (default 0)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per path")
     args = parser.parse_args()
-    settings = pin(not args.no_pin)
+    settings = pin(-1 if args.no_pin else args.core)
 
     import numpy as np
 
