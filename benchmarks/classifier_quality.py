@@ -15,6 +15,7 @@ over the seeds; the scikit-learn rows are deterministic.
 
     python benchmarks/classifier_quality.py                      # all sets, seeds 0 1 2
     python benchmarks/classifier_quality.py --sets trec cr --seeds 0 --models default
+    python benchmarks/classifier_quality.py --sets cr subj --train-spans 4   # trained on phrases
 
 Pinned to one core with one TensorFlow thread unless --no-pin.
 """
@@ -101,6 +102,9 @@ def main():
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--set-option", nargs="*", default=[], metavar="NAME=VALUE",
                         help="extra TextClassifier settings for the neural rows (experiments)")
+    parser.add_argument("--train-spans", type=int, default=0, metavar="N",
+                        help="train on each training text plus N random spans of it (log-uniform lengths), test on "
+                             "the whole test texts: a model trained on phrases and asked about sentences, as SST is")
     parser.add_argument("--logs", nargs="+", metavar="FILE",
                         help="no training: print the summary of earlier runs' printed rows (e.g. one run per seed)")
     args = parser.parse_args()
@@ -133,6 +137,11 @@ def main():
             print(f"{name}: data not found under {DATA}, skipped", flush=True)
             continue
         train, train_labels, test, test_labels = data
+        if args.train_spans:
+            train, train_labels = with_spans(train, train_labels, args.train_spans)
+            lengths = np.array([len(t.split()) for t in train])
+            print(f"{name}: {len(train)} training texts and spans, lengths p95 {np.percentile(lengths, 95):.0f}, "
+                  f"p99 {np.percentile(lengths, 99):.0f}", flush=True)
         for model, accuracy in linear_rows(train, train_labels, test, test_labels, wanted).items():
             results[(name, model)] = [accuracy]
             print(f"{name:<7} {model:<26} {accuracy:.4f}", flush=True)
@@ -145,9 +154,28 @@ def main():
                 accuracy = clf.evaluate(test, test_labels)["accuracy"]
                 results.setdefault((name, model), []).append(accuracy)
                 print(f"{name:<7} {model:<26} seed {seed} {accuracy:.4f}  ({time.perf_counter() - t0:.0f} s, "
-                      f"{len(clf.history_.get('loss', []))} epochs)", flush=True)
+                      f"{len(clf.history_.get('loss', []))} epochs, max_length {clf.config_.max_length})", flush=True)
 
     summarise(results, args.sets, args.seeds, wanted, extra)
+
+
+def with_spans(texts, labels, n, seed=0):
+    """Each text, then ``n`` random runs of its whitespace-separated words with its label, their
+    lengths log-uniform between 1 and the text's length (short phrases are the most common)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out, out_labels = [], []
+    for text, label in zip(texts, labels):
+        words = text.split()
+        out.append(text)
+        out_labels.append(label)
+        for _ in range(n):
+            size = int(min(len(words), np.ceil(np.exp(rng.uniform(0, np.log(max(len(words), 1)))))))
+            start = int(rng.integers(0, len(words) - size + 1))
+            out.append(" ".join(words[start:start + size]))
+            out_labels.append(label)
+    return out, out_labels
 
 
 def _seeds(path):
