@@ -321,7 +321,8 @@ def _tflite_generate(model, batch, lstm, buffer_len, context=None):
 
         def step(token, index, pad, *cache):
             logits, recent = model.decode_after_prefix(token, index, pad, _nest(list(cache)), model.decode_constants())
-            return {"logits": logits, "entries": tf.stack(_flat(recent))}
+            # a concatenation, not tf.stack: XNNPACK takes CONCATENATION, not PACK
+            return {"logits": logits, "entries": tf.concat([t[None] for t in _flat(recent)], 0)}
 
         pad = tf.TensorSpec([batch], tf.int32, name="pad")
         functions = [signature(start, "start", [tokens, pad, tf.TensorSpec([None], tf.int32, name="cache_slots")])]

@@ -183,9 +183,18 @@ class _Stepper:
         self.inputs, self.outputs = signature["inputs"], signature["outputs"]
         self.cache = [f"cache_{i}" for i in range(n_cache)]
         w.AllocateTensors(sub)
-        # views of the cache inputs, valid while the step signature is not re-allocated (its
-        # shapes are static: it never is after the constructor)
+        # views of the inputs and outputs, valid while the step signature is not re-allocated (its
+        # shapes are static: it never is after the constructor); through them a step skips
+        # SetTensor's checks and GetTensor's copy (measured: Python per step 4.7 -> 3.2 us at tiny
+        # batch 1, 27 -> 15 us at small batch 8)
         self.views = [w.tensor(w, self.inputs[name], sub) for name in self.cache]
+        self.token = w.tensor(w, self.inputs["token"], sub)  # (a scalar input has no view: SetTensor)
+        entries = w.tensor(w, self.outputs["entries"], sub)
+        # (cache view, the step's new entry for it): keys transposed [B * heads, head_dim, T] take
+        # the entry as column ``index``, values [B * heads, T, head_dim] as row ``index``
+        self.keys = [(view, entries[i]) for i, view in enumerate(self.views) if i % 2 == 0]
+        self.values = [(view, entries[i]) for i, view in enumerate(self.views) if i % 2]
+        self.logits = w.tensor(w, self.outputs["logits"], sub)
 
     def load(self, cache, pad):
         """Sets the cache (keys [B * heads, head_dim, t], values [B * heads, t, head_dim], t <= T:
@@ -200,19 +209,17 @@ class _Stepper:
         return self
 
     def run(self, token, index, write=True):
-        """Decode ``token`` [B] at cache slot ``index`` -> logits [B, V]."""
-        w, sub = self.wrapper, self.subgraph
-        w.SetTensor(self.inputs["token"], token, sub)
-        w.SetTensor(self.inputs["index"], np.int32(index), sub)
-        w.Invoke(sub)
+        """Decode ``token`` [B] at cache slot ``index`` -> logits [B, V], a view of the output that
+        the next invoke overwrites."""
+        self.token[:] = token
+        self.wrapper.SetTensor(self.inputs["index"], np.int32(index), self.subgraph)
+        self.wrapper.Invoke(self.subgraph)
         if write:
-            entries = w.tensor(w, self.outputs["entries"], sub)
-            for i, view in enumerate(self.views):
-                if i % 2:
-                    view[:, index] = entries[i]  # values [B * heads, T, head_dim]
-                else:
-                    view[:, :, index] = entries[i]  # keys transposed [B * heads, head_dim, T]
-        return w.GetTensor(self.outputs["logits"], sub)
+            for view, entry in self.keys:
+                view[:, :, index] = entry
+            for view, entry in self.values:
+                view[:, index] = entry
+        return self.logits
 
 
 class SavedModelLanguageModel(_Exported):
