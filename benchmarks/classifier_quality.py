@@ -139,7 +139,10 @@ def main():
         train, train_labels, test, test_labels = data
         if args.train_spans:
             train, train_labels = with_spans(train, train_labels, args.train_spans)
-            lengths = np.array([len(t.split()) for t in train])
+            from kerasllm.text.word import WordTokenizer
+
+            # in the tokenizer's words, as max_length counts them (the default rule takes the 99th)
+            lengths = WordTokenizer().lengths(train)
             print(f"{name}: {len(train)} training texts and spans, lengths p95 {np.percentile(lengths, 95):.0f}, "
                   f"p99 {np.percentile(lengths, 99):.0f}", flush=True)
         for model, accuracy in linear_rows(train, train_labels, test, test_labels, wanted).items():
