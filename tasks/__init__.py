@@ -5,10 +5,10 @@ Each task module imports TensorFlow only inside its functions, so ``import tasks
 from tasks.classify import train_classifier
 from tasks.compress import compress
 from tasks.export import export
-from tasks.language_model import train_language_model
+from tasks.language_model import train_draft_model, train_language_model
 from tasks.quickstart import quickstart
 from tasks.serve import serve
 from tasks.similarity import build_similarity_index
 
-__all__ = ["train_classifier", "train_language_model", "build_similarity_index", "compress", "export", "serve",
+__all__ = ["train_classifier", "train_language_model", "train_draft_model", "build_similarity_index", "compress", "export", "serve",
            "quickstart"]

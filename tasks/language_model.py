@@ -15,7 +15,10 @@ TRAIN_DEFAULTS = {"batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 50, "w
                   "clipnorm": 1.0, "min_lr_ratio": 0.1, "checkpoint_every": 250, "eval_every": None,
                   "eval_max_batches": 8, "distill_temperature": 1.0, "distill_alpha": 0.5,
                   "target_val_loss": None}
-OTHER = {"vocab_size": 2048, "validation_fraction": 0.1, "checkpoint_dir": None, "verbose": 1}
+OTHER = {"vocab_size": 2048, "validation_fraction": 0.1, "checkpoint_dir": None, "verbose": 1,
+         "distill_generated": 0.0}
+# a speculative-decoding draft (train_draft_model): one narrow layer, half its text the target's own output
+DRAFT_DEFAULTS = {"hidden": 128, "layers": 1, "heads": 2, "ff": 512, "distill_generated": 0.5}
 DEFAULT_STEPS = 1000
 DEFAULT_CONTEXT = 256
 
@@ -64,6 +67,10 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
     distribution over the same windows of the text: loss = distill_alpha x cross-entropy with the text
     + (1 - distill_alpha) x T² x cross-entropy with the teacher's softmax at T = distill_temperature
     (defaults 0.5 and 1.0). ``context_length`` defaults to the teacher's; a longer one is an error.
+    ``distill_generated`` (default 0; with a teacher only): that share of the training tokens is the
+    teacher's own continuations of prompts from the text (half greedy, half sampled; generated first,
+    within ``time_budget_s``: at most that share of it), so the student learns what the teacher
+    *generates* — what a speculative-decoding draft must predict (see ``train_draft_model``).
 
     Tiny Shakespeare, the whole file, 20 minutes (benchmarks/shakespeare.py)::
 
@@ -96,6 +103,11 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
     frac = hp["validation_fraction"]
     if not 0 <= frac < 1:
         raise ValueError(f"validation_fraction must be in [0, 1), got {frac!r}")
+    generated = hp["distill_generated"]
+    if isinstance(generated, bool) or not isinstance(generated, (int, float)) or not 0 <= generated < 1:
+        raise ValueError(f"distill_generated must be a share in [0, 1), got {generated!r}")
+    if generated and teacher is None:
+        raise ValueError("distill_generated needs a teacher: it is the share of the teacher's own generations")
 
     text = _read(text_or_path)
     split = int(len(text) * (1 - frac))
@@ -124,6 +136,23 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
     train_ids = encode(train_text)
     val_ids = encode(val_text) if val_text else None
 
+    if generated:
+        import time
+
+        import numpy as np
+
+        from kerasllm.training.lm import teacher_generations
+
+        started = time.perf_counter()
+        own = teacher_generations(teacher, train_ids, len(train_ids) * generated / (1 - generated), context_length,
+                                  seed, None if time_budget_s is None else time_budget_s * generated)
+        spent = time.perf_counter() - started
+        if hp["verbose"]:
+            print(f"distillation data: {len(own):,} tokens of the teacher's own continuations (greedy and T=1) "
+                  f"in {spent:.0f} s, beside {len(train_ids):,} of the text")
+        train_ids = np.concatenate([np.asarray(train_ids, np.int32), own])
+        if time_budget_s is not None:
+            time_budget_s = max(1.0, time_budget_s - spent)
     plan_note = None
     if plan_sizes:
         from kerasllm.training.budget import plan
@@ -155,5 +184,19 @@ def train_language_model(text_or_path, architecture="transformer", tokenizer="ch
     lm = LanguageModel(model, tok)
     history["plan"] = plan_note
     history["config"] = {**model_cfg, "batch_size": hp["batch_size"]}
+    if generated:
+        history["generated_tokens"] = len(own)
     lm.history = history
     return lm
+
+
+def train_draft_model(target, text_or_path, time_budget_s=120, steps=None, seed=0, **hparams):
+    """A draft for speculative decoding (``target.with_draft(draft, ...)``): a small Transformer
+    distilled from ``target`` on ``text_or_path`` and on the target's own generations.
+
+    Defaults (``DRAFT_DEFAULTS``; any ``train_language_model`` hparam overrides them): 1 layer,
+    hidden 128, 2 heads, MLP 512, ``distill_generated=0.5`` (half the training tokens are the
+    target's continuations, generated within the budget). Training on what the target generates,
+    not only on the text, is what makes the target accept the draft's proposals."""
+    return train_language_model(text_or_path, teacher=target, time_budget_s=time_budget_s, steps=steps, seed=seed,
+                                **{**DRAFT_DEFAULTS, **hparams})

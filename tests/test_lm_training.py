@@ -46,6 +46,63 @@ def test_distillation_rejects_bad_teacher_and_settings(tiny_lm, lm_text):
         tasks.train_language_model(lm_text, teacher=tiny_lm, distill_alpha=1.5, steps=1, verbose=0)
 
 
+def test_teacher_generations_are_the_teachers_own_continuations_of_text_windows(tiny_lm, lm_text):
+    from kerasllm.training.lm import GENERATION_BATCH, GENERATION_PROMPT, teacher_generations
+
+    ids = np.asarray(tiny_lm.tokenizer.encode(lm_text[:5000]), np.int32)
+    length = tiny_lm.context_length
+    stream = teacher_generations(tiny_lm, ids, tokens=2 * GENERATION_BATCH * length, length=length, seed=3)
+    rows = stream.reshape(-1, length)
+    assert rows.shape == (2 * GENERATION_BATCH, length) and stream.dtype == np.int32
+    text = ids.tobytes()
+    for row in rows:  # every prompt is a window of the text
+        assert row[:GENERATION_PROMPT].tobytes() in text
+    greedy, sampled = rows[:GENERATION_BATCH], rows[GENERATION_BATCH:]
+    again = tiny_lm.generate_tokens(greedy[:, :GENERATION_PROMPT], length - GENERATION_PROMPT, temperature=0.0)
+    np.testing.assert_array_equal(greedy, again)  # the first batch: the teacher's greedy output
+    argmax = tiny_lm.generate_tokens(sampled[:, :GENERATION_PROMPT], length - GENERATION_PROMPT, temperature=0.0)
+    assert (sampled != argmax).any(axis=1).mean() > 0.5  # the second: sampled
+    with pytest.raises(ValueError, match="nothing to generate"):
+        teacher_generations(tiny_lm, ids, tokens=100, length=GENERATION_PROMPT)
+
+
+def test_draft_trained_on_the_targets_generations_is_accepted_more_often(tiny_lm, lm_text):
+    import tasks
+
+    # Both learn from hard labels only (distill_alpha=1), on reversed text: the only way to learn what
+    # the (forward) target generates is from the generated half of the training tokens.
+    size = dict(steps=120, seed=1, hidden=32, layers=1, heads=2, ff=64, batch_size=16, learning_rate=1e-2,
+                warmup_steps=5, verbose=0, distill_alpha=1.0)
+    reversed_text = lm_text[:20000][::-1]
+    on_policy = tasks.train_draft_model(tiny_lm, reversed_text, time_budget_s=None, **size)
+    text_only = tasks.train_draft_model(tiny_lm, reversed_text, time_budget_s=None, distill_generated=0.0, **size)
+    assert on_policy.history["generated_tokens"] > 0 and "generated_tokens" not in text_only.history
+    ids = tiny_lm.tokenizer.encode(lm_text[-3000:])
+    prompts = [np.asarray(ids[s:s + 8], np.int32)[None] for s in range(0, 2000, 400)]
+
+    def acceptance(draft):
+        decoder = tiny_lm.with_draft(draft, num_speculative=4)
+        accepted = proposed = 0
+        for p in prompts:
+            out = decoder.generate_tokens(p, 48)
+            np.testing.assert_array_equal(out, tiny_lm.generate_tokens(p, 48))  # greedy: the target's tokens
+            accepted, proposed = accepted + decoder.stats["accepted"], proposed + decoder.stats["proposed"]
+        return accepted / proposed
+
+    rates = acceptance(on_policy), acceptance(text_only)
+    print("greedy acceptance, on-policy vs text-only draft", rates)
+    assert rates[0] > rates[1] + 0.2
+
+
+def test_distill_generated_is_checked(tiny_lm, lm_text):
+    import tasks
+
+    with pytest.raises(ValueError, match="distill_generated needs a teacher"):
+        tasks.train_language_model(lm_text, distill_generated=0.5, steps=1, verbose=0)
+    with pytest.raises(ValueError, match=r"distill_generated must be a share in \[0, 1\)"):
+        tasks.train_language_model(lm_text, teacher=tiny_lm, distill_generated=1.0, steps=1, verbose=0)
+
+
 # --- data-parallel training: the pattern of tests/test_distributed.py, for language models ----------
 WORKER = Path(__file__).with_name("lm_distributed_worker.py")
 
