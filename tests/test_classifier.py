@@ -424,6 +424,7 @@ def test_recurrent_path_reads_the_first_recurrent_length_words_and_the_bag_reads
     interpreter = tflite_lib.interpreter(paths["tflite"])
     buckets = tflite_lib.read_attached(paths["tflite"])["buckets"]
     assert [n for n, _ in buckets] == [8, 24, 40]  # 24 and 40: longer than the recurrent path reads
+    assert tflite_lib.read_attached(paths["tflite"])["recurrent_length"] == 16
     for n, g in buckets:
         rows, fits = left_padded(n, g)
         got = interpreter.get_signature_runner(f"predict_{n}")(token_ids=rows)["probabilities"]
