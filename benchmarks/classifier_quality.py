@@ -3,7 +3,10 @@ linear model over the default's own features, on the same splits, in one run.
 
 Sets (../shared/data, see its README for splits and reference numbers): TREC-6 (its own
 train/test files), CR, SUBJ and SMS spam (stratified 80/20, seed 0), plus the built-in
-documentation topics (five topics, stratified 80/20, seed 0; always present).
+documentation topics (five topics, stratified 80/20, seed 0; always present). Not in the default
+list: ``passages`` (long documents: which tenth of tiny Shakespeare a 250-word passage comes from;
+passages from the first 80% of each tenth train, the rest test), where a model that reads only the
+first 128 words loses to TF-IDF, which reads every word.
 
 Rows per set: ``default``; ``bag of n-grams alone`` (``recurrent=False``); ``recurrent alone``
 (``bag_of_ngrams=False``); ``tfidf+lr uni`` (scikit-learn defaults, ``sublinear_tf=True``);
@@ -31,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data beside the checkout (or beside the folder of worktrees that holds it)
 DATA = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()), ROOT.parent / "shared" / "data")
 SETS = ("trec", "cr", "subj", "sms", "topics")
+OPTIONAL_SETS = ("passages",)
 NEURAL = {"default": {}, "bag of n-grams alone": {"recurrent": False}, "recurrent alone": {"bag_of_ngrams": False}}
 LINEAR = ("tfidf+lr uni", "tfidf+lr uni+bi C=10", "linear over our features")
 MODELS = {"default": "default", "bag": "bag of n-grams alone", "recurrent": "recurrent alone",
@@ -42,6 +46,8 @@ def load_set(name):
 
     if name == "topics":
         return stratified_split(*default_classification_data(), test_size=0.2, seed=0)
+    if name == "passages":
+        return shakespeare_passages()
     if name == "trec":
         if not (DATA / "trec6_train.tsv").is_file():
             return None
@@ -50,6 +56,25 @@ def load_set(name):
     if not path.is_file():
         return None
     return stratified_split(*read_table(path, "text", "label"), test_size=0.2, seed=0)
+
+
+def shakespeare_passages(words_per_passage=250, parts=10):
+    """Long documents: 250-word passages of tiny Shakespeare labelled by the tenth of the file they
+    come from (its plays and speakers); in each tenth the passages in its first 80% train, the rest test."""
+    path = DATA / "tinyshakespeare.txt"
+    if not path.is_file():
+        return None
+    words = path.read_text(encoding="utf-8").split()
+    size = len(words) // parts
+    train, train_labels, test, test_labels = [], [], [], []
+    for part in range(parts):
+        chunk = words[part * size:(part + 1) * size]
+        cut = int(0.8 * len(chunk))
+        for start in range(0, len(chunk) - words_per_passage, words_per_passage):
+            texts, labels = (train, train_labels) if start + words_per_passage <= cut else (test, test_labels)
+            texts.append(" ".join(chunk[start:start + words_per_passage]))
+            labels.append(f"tenth {part + 1}")
+    return train, train_labels, test, test_labels
 
 
 def linear_rows(train, train_labels, test, test_labels, wanted):
@@ -96,7 +121,7 @@ def our_features(train, test):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS + OPTIONAL_SETS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--no-pin", action="store_true")

@@ -384,7 +384,56 @@ def test_default_max_length_covers_all_but_the_longest_percent():
     # 5% of the texts are 40 words long: a 95th-percentile rule would cut them at 16 words
     texts = ["w " * 10] * 95 + ["w " * 40] * 5
     assert default_max_length(texts) == 40
-    assert default_max_length(["a b"] * 10) == 16 and default_max_length(["w " * 500] * 10) == 128
+    assert default_max_length(["a b"] * 10) == 16 and default_max_length(["w " * 300] * 10) == 300
+    assert default_max_length(["w " * 5000] * 10) == 512
+
+
+def test_recurrent_path_reads_the_first_recurrent_length_words_and_the_bag_reads_all(topic_split, tmp_path):
+    """A long text: the bag of n-grams reads every word up to max_length, the recurrent path the
+    first recurrent_length words, whichever side the ids are padded on (Keras, SavedModel, TFLite)."""
+    import tensorflow as tf
+
+    from kerasllm.export import tflite as tflite_lib
+    from kerasllm.models.classifier_layers import paths_model
+
+    train, labels = topic_split[0][:200], topic_split[1][:200]
+    clf = tasks.train_classifier(train, labels, epochs=2, max_length=40, recurrent_length=16, recurrent_weight=0.5)
+    assert clf.config_.recurrent_length == 16 and clf.get_params()["recurrent_length"] == 16
+    base = "how do I read a file line by line in python and print each line "  # 15 words
+    texts = [base + "then sort it", base + "then sort it " + "thread lock queue " * 6,
+             base + "then sort it " + "socket server request " * 6, "", base * 3]
+    rec, bag = paths_model(clf.model_).predict(clf.tokenizer_.encode(texts), verbose=0)
+    np.testing.assert_allclose(rec[1], rec[0], atol=1e-6)  # words after the 16th: the recurrent path never sees them
+    np.testing.assert_allclose(rec[2], rec[0], atol=1e-6)
+    assert np.abs(bag[1] - bag[2]).max() > 1e-3  # ... the bag does
+    expected = clf.predict_proba(texts)
+    paths = tasks.export(clf, tmp_path / "m")
+    tflite = kerasllm.load(tmp_path / "m")
+    np.testing.assert_allclose(tflite.predict_proba(texts), expected, atol=1e-4)
+    np.testing.assert_allclose(np.concatenate([tflite.predict_proba([t]) for t in texts]), expected, atol=1e-4)
+    # ids padded on the left, at every bucket and in the SavedModel's full width
+    ids = [clf.tokenizer_.ids_one(t) for t in texts]
+
+    def left_padded(n, g):
+        rows = np.zeros((len(texts), n + g), np.int32)
+        for row, (words, grams) in zip(rows, ids):
+            if len(words) <= n and len(grams) <= g:
+                row[n - len(words):n], row[n + g - len(grams):] = words, grams
+        return rows, np.array([len(w) <= n and len(gr) <= g for w, gr in ids])
+
+    interpreter = tflite_lib.interpreter(paths["tflite"])
+    buckets = tflite_lib.read_attached(paths["tflite"])["buckets"]
+    assert [n for n, _ in buckets] == [8, 24, 40]  # 24 and 40: longer than the recurrent path reads
+    assert tflite_lib.read_attached(paths["tflite"])["recurrent_length"] == 16
+    for n, g in buckets:
+        rows, fits = left_padded(n, g)
+        got = interpreter.get_signature_runner(f"predict_{n}")(token_ids=rows)["probabilities"]
+        np.testing.assert_allclose(got[fits], expected[fits], atol=1e-4)
+    rows, fits = left_padded(clf.config_.max_length, clf.tokenizer_.max_char_grams)
+    assert fits.all()
+    saved = tf.saved_model.load(str(paths["saved_model"]))
+    got = saved.signatures["predict_ids"](token_ids=tf.constant(rows))["probabilities"].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
 def test_settings_are_kept_apart_from_learned_state(topic_split):

@@ -12,7 +12,8 @@ attached config as ``[n words, g char-grams]``): int32 ``token_ids [batch, n + g
 only); 0 is padding. Word id 1 is an unknown word, 2 an unknown short number, 3 an unknown long
 number, 4 an unknown word with digits; n-grams outside the vocabulary are left out.
 ``WordTokenizer.encode`` pads on the right; padding anywhere else in a section (e.g. on the
-left) gives the same probabilities, because every layer skips id 0.
+left) gives the same probabilities, because every layer skips id 0. The recurrent path reads the
+row's first ``recurrent_length`` word ids (attached config), wherever the padding is; the bag all.
 """
 from __future__ import annotations
 
@@ -175,6 +176,7 @@ def tflite_config(clf, quantization=None, model=None, buckets=None):
         buckets = [(cfg.max_length, bucket_grams(cfg, cfg.max_length))] if whole else length_buckets(cfg)
     return {"kind": "classifier", "labels": clf.classes, "tokenizer": clf.tokenizer.get_config(),
             "quantization": quantization, "buckets": [[int(n), int(g)] for n, g in buckets],
+            "recurrent_length": int(getattr(cfg, "recurrent_length", None) or cfg.max_length),
             "ids_layout": "word ids then char n-gram ids per row; 0 = padding, any side; see kerasllm.export.classifier"}
 
 

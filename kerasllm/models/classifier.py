@@ -52,6 +52,8 @@ class ClassifierConfig:
     architecture: str = "simple_rnn"
     vocab_size: int = 20000
     max_length: int | None = None  # None: default_max_length(training texts)
+    recurrent_length: int | None = None  # words the recurrent path reads, the first ones; None:
+    # RECURRENT_LENGTH (at most max_length). The bag of n-grams reads all max_length.
     embedding_dim: int = 64
     embedding_init: str = "svd"  # "svd": word vectors from the training texts' TF-IDF matrix (LSA); "random"
     units: int = 32  # per direction
@@ -100,6 +102,9 @@ class ClassifierConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.max_length is not None and (not isinstance(self.max_length, Integral) or self.max_length < 2):
             raise ValueError(f"max_length must be None or an integer >= 2, got {self.max_length!r}")
+        if self.recurrent_length is not None and (isinstance(self.recurrent_length, bool) or not isinstance(
+                self.recurrent_length, Integral) or self.recurrent_length < 1):
+            raise ValueError(f"recurrent_length must be None or a positive integer, got {self.recurrent_length!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema!r}")
         for name in ("dropout", "embedding_dropout", "bag_dropout"):
@@ -282,6 +287,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         tokenizer = WordTokenizer(max_length=max_length, char_ngrams=char_ngrams, max_char_grams=cfg.max_char_grams)
         tokenizer.fit(texts, max_tokens=cfg.vocab_size, max_char_tokens=cfg.char_vocab_size)
         learned = dataclasses.replace(cfg, labels=classes, max_length=max_length, vocab_size=tokenizer.vocab_size,
+                                      recurrent_length=min(cfg.recurrent_length or RECURRENT_LENGTH, max_length),
                                       char_vocab_size=len(tokenizer.char_vocabulary),
                                       max_char_grams=tokenizer.max_char_grams)
         if mix is not None:
@@ -522,13 +528,19 @@ def svd_embeddings(words, vocab_size, dim, seed=0, scale=0.05):
     return out
 
 
+MAX_DEFAULT_LENGTH = 512
+RECURRENT_LENGTH = 128
+
+
 def default_max_length(texts):
     """Words the classifier reads when ``max_length`` is None: the 99th percentile of the training
-    texts' lengths, within [16, 128]. Test texts are often longer than training ones (a model
-    trained on phrases, then asked about whole sentences): trained on random spans of CR's and
+    texts' lengths, within [16, MAX_DEFAULT_LENGTH]. Test texts are often longer than training ones (a
+    model trained on phrases, then asked about whole sentences): trained on random spans of CR's and
     SUBJ's training sentences, the 95th percentile cut 18-19% of their whole test sentences short,
-    the 99th 4%."""
-    return int(np.clip(np.percentile(WordTokenizer().lengths(texts), 99), 16, 128))
+    the 99th 4%. Long documents: the bag of n-grams reads them whole up to 512 words, the recurrent
+    path only the first ``recurrent_length`` (128): cut at 128 words, 250-word passages lost to
+    TF-IDF + logistic regression, which reads every word (benchmarks/classifier_quality.py --sets passages)."""
+    return int(np.clip(np.percentile(WordTokenizer().lengths(texts), 99), 16, MAX_DEFAULT_LENGTH))
 
 
 def ema_momentum(ema, steps_per_epoch):

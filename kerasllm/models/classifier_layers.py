@@ -39,6 +39,26 @@ class Columns(keras.layers.Layer):
 
 
 @_register
+class FirstWords(keras.layers.Layer):
+    """ids [batch, T] -> [batch, count]: each row's first ``count`` non-padding ids in order, then
+    padding: the same words whichever side (or sides) the row was padded on."""
+
+    def __init__(self, count, **kwargs):
+        super().__init__(**kwargs)
+        self.count = int(count)
+
+    def call(self, ids):
+        t = ids.shape[1]
+        # distinct keys T..1 at the words, 0 at padding: the top ``count`` are the first words
+        _, order = tf.math.top_k(tf.cast(ids > 0, tf.int32) * (t - tf.range(t, dtype=tf.int32))[None, :],
+                                 k=self.count)
+        return tf.gather(ids, order, batch_dims=1)
+
+    def get_config(self):
+        return {**super().get_config(), "count": self.count}
+
+
+@_register
 class HashedBigrams(keras.layers.Layer):
     """ids [batch, length] -> ids of adjacent-token pairs hashed into ``buckets``, plus ``offset``.
 
@@ -357,6 +377,8 @@ class ClassifierParts:
         self.config, self.n_classes = config, n_classes
         L = keras.layers
         self.recurrent = bool(getattr(config, "recurrent", True))
+        # (a model saved before recurrent_length existed read max_length words in both paths)
+        self.recurrent_length = getattr(config, "recurrent_length", None) or config.max_length
         self.bag = bool(config.bag_of_ngrams)
         self.bag_fitted = False
         if not (self.recurrent or self.bag):
@@ -408,11 +430,14 @@ class ClassifierParts:
         words = Columns(0, n_words, name="word_ids")(ids) if ids.shape[1] > n_words else ids
         out = []
         if self.recurrent:
+            # the recurrent path reads the first recurrent_length words; the bag reads them all
+            read = (FirstWords(self.recurrent_length, name="recurrent_words")(words)
+                    if words.shape[1] > self.recurrent_length else words)
             if folded is not None:
-                h = self.rnn([tf.gather(folded, words), words], projected=True)
+                h = self.rnn([tf.gather(folded, read), read], projected=True)
             else:
-                x = self.embedding_dropout(self.embedding(words), training=training)
-                h = self.rnn([x, words])
+                x = self.embedding_dropout(self.embedding(read), training=training)
+                h = self.rnn([x, read])
             out.append(self.rnn_logits(self.rnn_dropout(h, training=training)))
         if self.bag:
             grams = self.grams([ids, self.bigrams(words)])
