@@ -94,6 +94,26 @@ def test_draft_trained_on_the_targets_generations_is_accepted_more_often(tiny_lm
     assert rates[0] > rates[1] + 0.2
 
 
+def test_cli_trains_a_draft_and_generates_the_targets_tokens_with_it(tiny_lm, lm_text, tmp_path, capsys):
+    import json
+
+    from kerasllm.cli import main
+
+    target, draft, text = tmp_path / "target", tmp_path / "draft", tmp_path / "text.txt"
+    tiny_lm.save(target)
+    text.write_text(lm_text[:5000], encoding="utf-8")
+    assert main(["lm", "draft", "--target", str(target), "--text", str(text), "--steps", "10", "--save", str(draft),
+                 "hidden=16", "ff=32", "distill_generated=0.2", "verbose=0"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["generated_tokens"] > 0 and (draft / "language_model.json").is_file()
+    args = ["lm", "generate", "--model", str(target), "--max-new-tokens", "40", "ROMEO:", "To be"]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    for extra in (["--draft", str(draft), "--num-speculative", "3"], ["--draft", "prompt_lookup"]):
+        assert main(args + extra) == 0
+        assert capsys.readouterr().out == plain  # greedy: the target's own text
+
+
 def test_distill_generated_is_checked(tiny_lm, lm_text):
     import tasks
 

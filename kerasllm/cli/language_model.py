@@ -1,15 +1,15 @@
-"""``kerasllm lm train|generate|evaluate``: language models on the command line (thin: calls tasks)."""
+"""``kerasllm lm train|draft|generate|evaluate``: language models on the command line (thin: calls tasks)."""
 from __future__ import annotations
 
 import json
 
 
 def add_language_model_commands(subparsers):
-    """Add ``lm train``, ``lm generate`` and ``lm evaluate`` to the ``kerasllm`` command's subparsers.
+    """Add ``lm train``, ``lm draft``, ``lm generate`` and ``lm evaluate`` to the ``kerasllm`` command's subparsers.
     Each command's handler is ``args.run(args)`` and returns the exit code."""
     lm = subparsers.add_parser("lm", help="train a language model on your text, generate with it",
                                description="Character or subword Transformer/LSTM language models.")
-    commands = lm.add_subparsers(dest="lm_command", metavar="{train,generate,evaluate}")
+    commands = lm.add_subparsers(dest="lm_command", metavar="{train,draft,generate,evaluate}")
     commands.required = True
 
     train = commands.add_parser("train", help="train on a text file; save and/or export the model")
@@ -27,6 +27,17 @@ def add_language_model_commands(subparsers):
     train.add_argument("hparams", nargs="*", metavar="NAME=VALUE", help="e.g. hidden=256 learning_rate=1e-3")
     train.set_defaults(run=_train)
 
+    draft = commands.add_parser("draft", help="train a small draft model for speculative decoding with --target")
+    draft.add_argument("--target", required=True, help="the saved model the draft proposes tokens for")
+    draft.add_argument("--text", required=True, help="a UTF-8 text file (the target's training text)")
+    draft.add_argument("--seconds", type=float, default=120.0, help="wall-clock budget, generation included")
+    draft.add_argument("--steps", type=int, default=None)
+    draft.add_argument("--seed", type=int, default=0)
+    draft.add_argument("--save", required=True, help="folder to save the draft to")
+    draft.add_argument("hparams", nargs="*", metavar="NAME=VALUE",
+                       help="e.g. hidden=64 distill_generated=0.5 (defaults: tasks.train_draft_model)")
+    draft.set_defaults(run=_draft)
+
     gen = commands.add_parser("generate", help="continue prompts with a saved model or an export")
     gen.add_argument("--model", required=True, help="a saved model folder, an export folder or a .tflite file")
     gen.add_argument("prompts", nargs="+")
@@ -37,6 +48,11 @@ def add_language_model_commands(subparsers):
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--stop", action="append", help="stop sequence, backslash escapes allowed (repeatable)")
     gen.add_argument("--stream", action="store_true", help="print text as it is produced (saved models)")
+    gen.add_argument("--draft", help="a saved draft model (lm draft), or prompt_lookup: speculative decoding, "
+                                     "the same output")
+    gen.add_argument("--num-speculative", type=int, default=4, help="tokens the draft proposes per round")
+    gen.add_argument("--draft-vocab", type=int, default=None,
+                     help="the draft proposes only the first N token ids (a cheaper draft step)")
     gen.set_defaults(run=_generate)
 
     ev = commands.add_parser("evaluate", help="cross-entropy, perplexity and bits per character on a text file")
@@ -80,6 +96,19 @@ def _train(args):
     print(json.dumps(result))
 
 
+def _draft(args):
+    from pathlib import Path
+
+    import tasks
+    from kerasllm.models.language_model import load_language_model
+
+    target = load_language_model(args.target)
+    draft = tasks.train_draft_model(target, Path(args.text), time_budget_s=args.seconds, steps=args.steps,
+                                    seed=args.seed, **_parse_hparams(args.hparams))
+    print(json.dumps({"val_loss": draft.history.get("final_val_loss"), "steps": draft.history["steps"],
+                      "generated_tokens": draft.history.get("generated_tokens"), "saved": str(draft.save(args.save))}))
+
+
 def _load(path):
     from pathlib import Path
 
@@ -101,6 +130,14 @@ def _generate(args):
     import codecs
 
     model = _load(args.model)
+    if args.draft:
+        if not hasattr(model, "with_draft"):
+            raise ValueError(f"--draft needs --model to be a saved model folder (lm train --save), not an export: "
+                             f"{args.model}")
+        from kerasllm.models.language_model import load_language_model
+
+        draft = args.draft if args.draft == "prompt_lookup" else load_language_model(args.draft)
+        model = model.with_draft(draft, num_speculative=args.num_speculative, draft_vocab=args.draft_vocab)
     stop = [codecs.decode(s, "unicode_escape") for s in args.stop] if args.stop else None  # "\n\n" from a shell
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, seed=args.seed, stop=stop)
