@@ -62,8 +62,10 @@ def test_teacher_generations_are_the_teachers_own_continuations_of_text_windows(
     np.testing.assert_array_equal(greedy, again)  # the first batch: the teacher's greedy output
     argmax = tiny_lm.generate_tokens(sampled[:, :GENERATION_PROMPT], length - GENERATION_PROMPT, temperature=0.0)
     assert (sampled != argmax).any(axis=1).mean() > 0.5  # the second: sampled
+    short = teacher_generations(tiny_lm, ids, tokens=10, length=10, seed=3).reshape(-1, 10)  # a 5-token prompt
+    np.testing.assert_array_equal(short, tiny_lm.generate_tokens(short[:, :5], 5, temperature=0.0))
     with pytest.raises(ValueError, match="nothing to generate"):
-        teacher_generations(tiny_lm, ids, tokens=100, length=GENERATION_PROMPT)
+        teacher_generations(tiny_lm, ids, tokens=100, length=1)
 
 
 def test_draft_trained_on_the_targets_generations_is_accepted_more_often(tiny_lm, lm_text):

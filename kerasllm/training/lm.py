@@ -82,8 +82,8 @@ GENERATION_BATCH = 32
 
 def teacher_generations(teacher, ids, tokens, length, seed=0, seconds=None):
     """About ``tokens`` tokens of the teacher's own continuations, as one int32 stream of rows of
-    ``length`` tokens (a ``GENERATION_PROMPT``-token window of ``ids`` and what the teacher generated
-    after it). Batches alternate greedy and sampled (temperature 1) rows, the two ways the teacher
+    ``length`` tokens (a window of ``ids``, ``GENERATION_PROMPT`` tokens or half the row if shorter,
+    and what the teacher generated after it). Batches alternate greedy and sampled (temperature 1) rows, the two ways the teacher
     decodes. Stops early once ``seconds`` have passed (after at least one batch).
 
     Why: a speculative-decoding draft is right when it predicts what the target *generates*, not
@@ -91,18 +91,19 @@ def teacher_generations(teacher, ids, tokens, length, seed=0, seconds=None):
     et al. 2024; Agarwal et al. 2024), a 1x128 draft of the benchmark's "small" target went from 0.36
     to 0.86 greedy acceptance (benchmarks/speculative.py)."""
     ids = np.asarray(ids, np.int32)
-    if length <= GENERATION_PROMPT:
-        raise ValueError(f"rows of {length} tokens leave nothing to generate after a {GENERATION_PROMPT}-token prompt")
-    if len(ids) <= GENERATION_PROMPT:
-        raise ValueError(f"the text has {len(ids)} tokens: too short to take {GENERATION_PROMPT}-token prompts from")
+    if length < 2:
+        raise ValueError(f"rows of {length} tokens leave nothing to generate after a prompt: need length >= 2")
+    prompt = min(GENERATION_PROMPT, length // 2)  # a short context still gets continuations
+    if len(ids) <= prompt:
+        raise ValueError(f"the text has {len(ids)} tokens: too short to take {prompt}-token prompts from")
     rng = np.random.default_rng([seed, 0x6e6])
     started, rows = time.perf_counter(), []
     for batch in range(-(-max(1, int(tokens)) // (GENERATION_BATCH * length))):
         if rows and seconds is not None and time.perf_counter() - started >= seconds:
             break
-        starts = rng.integers(0, len(ids) - GENERATION_PROMPT + 1, GENERATION_BATCH)
-        prompts = np.stack([ids[s:s + GENERATION_PROMPT] for s in starts])
-        rows.append(teacher.generate_tokens(prompts, length - GENERATION_PROMPT, temperature=float(batch % 2),
+        starts = rng.integers(0, len(ids) - prompt + 1, GENERATION_BATCH)
+        prompts = np.stack([ids[s:s + prompt] for s in starts])
+        rows.append(teacher.generate_tokens(prompts, length - prompt, temperature=float(batch % 2),
                                             seed=seed * 1000 + batch))
     return np.concatenate(rows).reshape(-1).astype(np.int32)
 
