@@ -10,5 +10,5 @@ from tasks.quickstart import quickstart
 from tasks.serve import serve
 from tasks.similarity import build_similarity_index
 
-__all__ = ["train_classifier", "train_language_model", "train_draft_model", "build_similarity_index", "compress", "export", "serve",
-           "quickstart"]
+__all__ = ["train_classifier", "train_language_model", "train_draft_model", "build_similarity_index", "compress",
+           "export", "serve", "quickstart"]

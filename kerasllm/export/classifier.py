@@ -24,7 +24,7 @@ import numpy as np
 from kerasllm._tf import tf
 from kerasllm.export import TFLITE_FILE
 from kerasllm.export import tflite as tflite_lib
-from kerasllm.models.classifier_layers import input_width, model_parts
+from kerasllm.models.classifier_layers import input_width, model_parts, recurrent_words
 from kerasllm.text.word import fill_row
 from kerasllm.text.word_graph import GraphWordTokenizer
 
@@ -176,7 +176,7 @@ def tflite_config(clf, quantization=None, model=None, buckets=None):
         buckets = [(cfg.max_length, bucket_grams(cfg, cfg.max_length))] if whole else length_buckets(cfg)
     return {"kind": "classifier", "labels": clf.classes, "tokenizer": clf.tokenizer.get_config(),
             "quantization": quantization, "buckets": [[int(n), int(g)] for n, g in buckets],
-            "recurrent_length": int(getattr(cfg, "recurrent_length", None) or cfg.max_length),
+            "recurrent_length": int(recurrent_words(cfg)),
             "ids_layout": "word ids then char n-gram ids per row; 0 = padding, any side; see kerasllm.export.classifier"}
 
 

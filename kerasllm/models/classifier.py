@@ -538,8 +538,9 @@ def default_max_length(texts):
     model trained on phrases, then asked about whole sentences): trained on random spans of CR's and
     SUBJ's training sentences, the 95th percentile cut 18-19% of their whole test sentences short,
     the 99th 4%. Long documents: the bag of n-grams reads them whole up to 512 words, the recurrent
-    path only the first ``recurrent_length`` (128): cut at 128 words, 250-word passages lost to
-    TF-IDF + logistic regression, which reads every word (benchmarks/classifier_quality.py --sets passages)."""
+    path only the first ``recurrent_length`` (128). Cut at 128 words, 250-word passages lost to
+    TF-IDF + logistic regression, which reads every word (benchmarks/classifier_quality.py --sets
+    passages, with and without ``--set-option max_length=128``)."""
     return int(np.clip(np.percentile(WordTokenizer().lengths(texts), 99), 16, MAX_DEFAULT_LENGTH))
 
 

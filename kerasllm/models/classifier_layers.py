@@ -16,6 +16,12 @@ POOLINGS = ("last", "average", "max", "max_mean")
 _register = keras.utils.register_keras_serializable(package="kerasllm")
 
 
+def recurrent_words(config):
+    """Words the recurrent path reads, the first ones: ``recurrent_length``; a model saved before that
+    setting existed read ``max_length`` words in both paths."""
+    return getattr(config, "recurrent_length", None) or config.max_length
+
+
 def input_width(config, max_length=None, max_char_grams=None):
     """Columns of the model's int32 input: word ids, then (bag path with char n-grams) n-gram ids."""
     words = config.max_length if max_length is None else max_length
@@ -377,8 +383,7 @@ class ClassifierParts:
         self.config, self.n_classes = config, n_classes
         L = keras.layers
         self.recurrent = bool(getattr(config, "recurrent", True))
-        # (a model saved before recurrent_length existed read max_length words in both paths)
-        self.recurrent_length = getattr(config, "recurrent_length", None) or config.max_length
+        self.recurrent_length = recurrent_words(config)
         self.bag = bool(config.bag_of_ngrams)
         self.bag_fitted = False
         if not (self.recurrent or self.bag):
