@@ -548,3 +548,46 @@ def test_cli_predict_reads_a_file_and_stdin(classifier_export, tmp_path, monkeyp
     monkeypatch.setattr("sys.stdin", io.StringIO("split a string\n"))
     assert main(["classify", "predict", "--model", model]) == 0
     assert capsys.readouterr().out.strip().split("\t")[-1] == "split a string"
+
+
+def test_texts_that_repeat_each_other_are_one_group_held_out_together():
+    from kerasllm.models.classifier import containment_groups, effective_bag_c, holdout
+
+    sentences = [f"review {i} says the {'food was great' if i % 2 else 'service was slow'} today" for i in range(40)]
+    texts, labels = [], []
+    for i, s in enumerate(sentences):  # each sentence, two of its phrases and a copy in other case
+        words = s.split()
+        for t in (s, " ".join(words[:3]), " ".join(words[1:5]), s.upper()):
+            texts.append(t)
+            labels.append("good" if i % 2 else "bad")
+    groups = containment_groups(texts)
+    assert list(groups) == [4 * (i // 4) for i in range(len(texts))]  # every text joins its sentence
+    assert list(containment_groups(sentences)) == list(range(40))  # distinct sentences: one group each
+    assert effective_bag_c(10.0, groups) == 2.5 and effective_bag_c(10.0, range(40)) == 10.0
+    train, val = holdout(labels, 0.1, seed=0, groups=groups)
+    assert sorted(train + val) == list(range(len(texts))) and len(val) == 16  # 4 of 40 sentences
+    assert not {groups[i] for i in train} & {groups[i] for i in val}
+    assert {labels[i] for i in val} == {"good", "bad"}
+    # without groups the same call splits the sentences' phrases between the two sides
+    train, val = holdout(labels, 0.1, seed=0)
+    assert {groups[i] for i in train} & {groups[i] for i in val}
+
+
+def test_every_text_twice_fits_the_same_bag_as_once(topic_split):
+    """The bag's C counts independent examples: copies (or phrases) of a text do not loosen its
+    regularisation, so a logistic regression on every text twice is the one on every text once."""
+    from kerasllm.models.classifier import containment_groups, effective_bag_c, fit_bag
+
+    train, train_labels, _, _ = topic_split
+    twice = tasks.train_classifier(train + train, train_labels + train_labels, recurrent=False)
+    assert twice.history_["bag_c"] == [5.0]  # the classifier fits its bag at the effective C
+    rng = np.random.default_rng(0)
+    grams, y = rng.integers(1, 200, (120, 12)), rng.integers(0, 3, 120)
+    idf = rng.uniform(0.5, 3.0, 200).astype(np.float32)
+    groups = containment_groups([f"text {i}" for i in range(120)] * 2)
+    once = fit_bag(grams, idf, y, 3, 10.0)
+    doubled = fit_bag(np.concatenate([grams, grams]), idf, np.concatenate([y, y]), 3, effective_bag_c(10.0, groups))
+    np.testing.assert_allclose(doubled[0], once[0], atol=2e-3)
+    np.testing.assert_allclose(doubled[1], once[1], atol=2e-3)
+    looser = fit_bag(np.concatenate([grams, grams]), idf, np.concatenate([y, y]), 3, 10.0)  # the old rule
+    assert np.abs(looser[0] - once[0]).max() > 0.1

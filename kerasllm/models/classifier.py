@@ -67,7 +67,7 @@ class ClassifierConfig:
     char_vocab_size: int = 20000
     bag_fit: str = "logistic"  # "logistic": the bag is fitted first (logistic regression, C=bag_c), then
     # frozen while the recurrent path trains; "joint": both train together by gradient descent
-    bag_c: float = 10.0
+    bag_c: float = 10.0  # per independent example: texts that repeat each other count once (effective_bag_c)
     bag_learning_rate_multiplier: float = 10.0  # "joint" only
     bag_dropout: float = 0.0  # share of n-gram ids dropped in training
     embedding_dropout: float = 0.2  # share of words dropped from the recurrent path in training
@@ -239,7 +239,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"validation labels {unknown} do not occur in the training labels {classes}")
             train_texts, train_labels = texts, labels
         elif epochs is None and (cfg.recurrent or cfg.bag_fit == "joint"):  # a fitted bag alone needs none
-            train_idx, val_idx = holdout(labels, cfg.validation_fraction, seed)
+            train_idx, val_idx = holdout(labels, cfg.validation_fraction, seed, containment_groups(texts))
             val_texts, val_labels = [texts[i] for i in val_idx], [labels[i] for i in val_idx]
             train_texts, train_labels = [texts[i] for i in train_idx], [labels[i] for i in train_idx]
             ours = bool(val_texts)
@@ -256,14 +256,17 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
                 cfg, classes, texts, labels, [], [], best, seed, verbose, strategy,
                 (learned.recurrent_scale, learned.recurrent_offset))
             history["refit_epochs"] = [best]
+            history.update({k: v for k, v in again.items() if k == "bag_c"})  # the final bag's C
         elif ours and learned.bag_of_ngrams and learned.bag_offset is not None:
             # no refit: the recurrent path keeps its training, the fitted bag learns from all texts
             parts = model_parts(model)
             y_all = np.array([classes.index(l) for l in labels], np.int32)
             grams = np.asarray(parts.ngram_ids(tokenizer.encode(texts)))
             cw = self._class_weights(cfg.class_weight, classes, labels)
-            table, offset = fit_bag(grams, np.asarray(learned.ngram_idf, np.float32), y_all, len(classes), cfg.bag_c,
+            bag_c = effective_bag_c(cfg.bag_c, containment_groups(texts))
+            table, offset = fit_bag(grams, np.asarray(learned.ngram_idf, np.float32), y_all, len(classes), bag_c,
                                     None if cw is None else cw[y_all])
+            history["bag_c"] = [bag_c]
             parts.table.set_weights([table])
             learned.bag_offset = parts.bag_scale.offset = offset
         self.config_, self.tokenizer_, self.model_ = learned, tokenizer, model
@@ -303,7 +306,8 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
             idf = idf_weights(grams, parts.bag_size)
             learned.ngram_idf = idf.tolist()
             if cfg.bag_fit == "logistic":
-                table, learned.bag_offset = fit_bag(grams, idf, y_train, len(classes), cfg.bag_c,
+                bag_c = effective_bag_c(cfg.bag_c, containment_groups(texts))
+                table, learned.bag_offset = fit_bag(grams, idf, y_train, len(classes), bag_c,
                                                     None if cw is None else cw[y_train])
 
         keras.utils.set_random_seed(seed)
@@ -369,6 +373,8 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
                 parts.recurrent_scale.scale = learned.recurrent_scale
                 parts.recurrent_scale.offset = learned.recurrent_offset
         best = callbacks[0].best_epoch + 1 if callbacks and history else None
+        if table is not None:
+            history["bag_c"] = [bag_c]  # the C the bag was fitted with (effective_bag_c)
         return learned, tokenizer, model, history, best
 
     @staticmethod
@@ -615,24 +621,90 @@ def load_classifier(path):
     return TextClassifier.load(path)
 
 
-def holdout(labels, fraction, seed):
+def containment_groups(texts):
+    """A group id per text (the index of a text in the group): texts that repeat each other share
+    one. A text joins the longest text that contains it as a run of whole words (lower-cased,
+    split on whitespace), followed up to a text no longer one contains; an exact copy joins the
+    first copy. So the phrases cut from a sentence (SST-style training data) and repeated texts
+    land in their sentence's group, and a set of distinct sentences has one group per text.
+
+    Used to hold out whole groups for validation (a phrase of a held-out sentence left in
+    training would make the split look easier than new text) and to count how many independent
+    examples the bag's logistic regression sees (``effective_bag_c``)."""
+    words = [tuple(str(t).lower().split()) for t in texts]
+    keys = {w[:3] for w in words if w}  # a container holds the text's first (up to) three words
+    containers = {}
+    # longest first (then by index): each list of containers comes out in that order
+    for j in sorted(range(len(words)), key=lambda j: (-len(words[j]), j)):
+        w = words[j]
+        for size in (1, 2, 3):
+            for start in range(len(w) - size + 1):
+                key = w[start:start + size]
+                if key in keys:
+                    found = containers.setdefault(key, [])
+                    if not found or found[-1] != j:
+                        found.append(j)
+    joined = [" " + " ".join(w) + " " for w in words]
+    parent = list(range(len(words)))
+    for i, w in enumerate(words):
+        if not w:
+            continue
+        for j in containers[w[:3]]:
+            if len(words[j]) < len(w) or (len(words[j]) == len(w) and j >= i):
+                break  # the rest are shorter (or later copies)
+            if joined[i] in joined[j]:
+                parent[i] = j
+                break
+    groups = []
+    for i in range(len(words)):
+        root = i
+        while parent[root] != root:  # a parent is longer, or an earlier copy: no cycles
+            root = parent[root]
+        groups.append(root)
+    return np.asarray(groups, np.int64)
+
+
+def effective_bag_c(bag_c, groups):
+    """The bag's C for training texts in ``groups``: ``bag_c`` per independent example. Logistic
+    regression's data term sums over texts, so texts that repeat each other (phrases of one
+    sentence, copies) weigh that sentence several times against the same penalty; scaling C by
+    groups / texts restores it (a set whose every text appears twice gives the same fit as once)."""
+    return float(bag_c) * len(np.unique(groups)) / max(len(groups), 1)
+
+
+def holdout(labels, fraction, seed, groups=None):
     """(train indices, validation indices): about ``fraction`` of each class held out, at least
-    one example of each class kept in training (a class with one example is never held out)."""
+    one example of each class kept in training (a class with one example is never held out).
+    ``groups`` (``containment_groups``): whole groups are held out, stratified by the label of each
+    group's first text; without it every text is its own group."""
     rng = np.random.default_rng(seed)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    members = {}
+    for i, g in enumerate(groups.tolist()):
+        members.setdefault(g, []).append(i)
     by_class = {}
-    for i, label in enumerate(labels):
-        by_class.setdefault(label, []).append(i)
+    for g in members:
+        by_class.setdefault(labels[g], []).append(g)
     train, val = [], []
     for label in sorted(by_class, key=str):
         idx = rng.permutation(by_class[label]).tolist()
         k = min(len(idx) - 1, int(round(len(idx) * fraction)))
         val += idx[:k]
         train += idx[k:]
-    if not val:  # tiny data: hold out one example of the largest class
+    if not val:  # tiny data: hold out one group of the largest class
         largest = max(by_class.values(), key=len)
         if len(largest) > 1:
             val = [largest[-1]]
             train.remove(largest[-1])
+    train = [i for g in train for i in members[g]]
+    val = [i for g in val for i in members[g]]
+    # a group's texts may carry other labels: keep at least one example of every label in training
+    seen = {labels[i] for i in train}
+    for g in sorted({groups[i] for i in val if labels[i] not in seen}):
+        if any(labels[i] not in seen for i in members[g]):
+            val = [i for i in val if groups[i] != g]
+            train += members[g]
+            seen.update(labels[i] for i in members[g])
     return sorted(train), sorted(val)
 
 
