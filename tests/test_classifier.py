@@ -254,7 +254,7 @@ def test_recurrent_mix_never_makes_the_sum_worse_than_the_bag_on_validation():
     prior = np.bincount(y, minlength=3)
     bag = rng.normal(size=(200, 3)) + 2.0 * np.eye(3)[y]  # informative
     noise = 5.0 * rng.normal(size=(200, 3))  # a recurrent path that learned nothing
-    assert choose_recurrent_mix(noise, bag, y, prior)[0] < 0.05  # about 0 (a chance edge at most)
+    assert choose_recurrent_mix(noise, bag, y, prior) == (0.0, [0.0] * 3)  # no significant gain: the bag
     helpful = 3.0 * np.eye(3)[y] + rng.normal(size=(200, 3))
     weight, offset = choose_recurrent_mix(helpful, bag, y, prior)
     assert weight > 0 and _log_loss(bag + weight * helpful + offset, y) < _log_loss(bag, y)
@@ -262,6 +262,25 @@ def test_recurrent_mix_never_makes_the_sum_worse_than_the_bag_on_validation():
     for recurrent in (noise, helpful, -helpful):
         weight, offset = choose_recurrent_mix(recurrent, bag, y, prior)
         assert _best_temperature_loss(bag + weight * recurrent + offset, y) <= _best_temperature_loss(bag, y) + 1e-9
+
+
+def test_recurrent_mix_keeps_only_a_gain_of_two_standard_errors():
+    """A recurrent path that repeats the bag's evidence, with a little of its own, lowers the
+    validation log-loss a bit by chance; unless the gain reaches MIN_MIX_GAIN_SE standard errors
+    its weight is 0. One that knows what the bag does not keeps its weight."""
+    from kerasllm.models.classifier import MIN_MIX_GAIN_SE, choose_recurrent_mix
+
+    assert MIN_MIX_GAIN_SE == 2.0
+    rng = np.random.default_rng(3)
+    n = 300
+    y = rng.integers(0, 2, n)
+    prior = np.bincount(y, minlength=2)
+    signal = np.eye(2)[y] - 0.5
+    bag = 2.0 * signal + rng.normal(size=(n, 2))
+    echo = bag + 0.3 * signal + 2.0 * rng.normal(size=(n, 2))  # the bag again, plus a little and noise
+    assert choose_recurrent_mix(echo, bag, y, prior)[0] == 0.0
+    own = 2.0 * signal + rng.normal(size=(n, 2))  # as informative as the bag, and independent of it
+    assert choose_recurrent_mix(own, bag, y, prior)[0] > 0.5
 
 
 def test_recurrent_mix_needs_enough_validation_texts():
