@@ -254,13 +254,14 @@ def test_recurrent_mix_never_makes_the_sum_worse_than_the_bag_on_validation():
     prior = np.bincount(y, minlength=3)
     bag = rng.normal(size=(200, 3)) + 2.0 * np.eye(3)[y]  # informative
     noise = 5.0 * rng.normal(size=(200, 3))  # a recurrent path that learned nothing
-    assert choose_recurrent_mix(noise, bag, y, prior) == (0.0, [0.0] * 3)  # no significant gain: the bag
+    weight, offset, gain_se = choose_recurrent_mix(noise, bag, y, prior)
+    assert (weight, offset) == (0.0, [0.0] * 3) and gain_se < 2  # no significant gain: the bag
     helpful = 3.0 * np.eye(3)[y] + rng.normal(size=(200, 3))
-    weight, offset = choose_recurrent_mix(helpful, bag, y, prior)
-    assert weight > 0 and _log_loss(bag + weight * helpful + offset, y) < _log_loss(bag, y)
+    weight, offset, gain_se = choose_recurrent_mix(helpful, bag, y, prior)
+    assert weight > 0 and gain_se >= 2 and _log_loss(bag + weight * helpful + offset, y) < _log_loss(bag, y)
     np.testing.assert_allclose(offset, -weight * np.log(prior / prior.sum()), rtol=1e-6)  # the prior, once
     for recurrent in (noise, helpful, -helpful):
-        weight, offset = choose_recurrent_mix(recurrent, bag, y, prior)
+        weight, offset, _ = choose_recurrent_mix(recurrent, bag, y, prior)
         assert _best_temperature_loss(bag + weight * recurrent + offset, y) <= _best_temperature_loss(bag, y) + 1e-9
 
 
@@ -295,7 +296,8 @@ def test_recurrent_mix_needs_enough_validation_texts():
     bag = rng.normal(size=(n, 5)) + 2.5 * np.eye(5)[y]
     helpful = 4.0 * np.eye(5)[y] + rng.normal(size=(n, 5))
     assert choose_recurrent_mix(helpful, bag, y, prior)[0] > 0
-    assert choose_recurrent_mix(helpful[:n - 1], bag[:n - 1], y[:n - 1], prior) == (0.0, [0.0] * 5)
+    weight, offset, gain_se = choose_recurrent_mix(helpful[:n - 1], bag[:n - 1], y[:n - 1], prior)
+    assert (weight, offset) == (0.0, [0.0] * 5) and np.isnan(gain_se)
 
 
 def test_recurrent_mix_is_not_chosen_to_fix_an_under_confident_bag():
@@ -308,7 +310,7 @@ def test_recurrent_mix_is_not_chosen_to_fix_an_under_confident_bag():
     bag = 0.3 * (rng.normal(size=(150, 5)) + 3.0 * np.eye(5)[y])  # right, but timid
     confident_noise = 2.0 * rng.normal(size=(150, 5)) + 0.8 * np.eye(5)[y]  # mostly wrong on its own
     assert np.mean(confident_noise.argmax(1) == y) < np.mean(bag.argmax(1) == y) - 0.3
-    weight, offset = choose_recurrent_mix(confident_noise, bag, y, np.bincount(y, minlength=5))
+    weight, offset, _ = choose_recurrent_mix(confident_noise, bag, y, np.bincount(y, minlength=5))
     assert np.mean((bag + weight * confident_noise + offset).argmax(1) == y) >= np.mean(bag.argmax(1) == y)
 
 

@@ -368,8 +368,10 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
                     learned.recurrent_scale, learned.recurrent_offset = weight, prior_offset(weight, prior)
                 else:  # chosen with both paths fitted on the training texts only
                     recurrent, bag = paths_model(model).predict(x_val, batch_size=256, verbose=0)
-                    learned.recurrent_scale, learned.recurrent_offset = choose_recurrent_mix(recurrent, bag, y_val,
-                                                                                             prior)
+                    learned.recurrent_scale, learned.recurrent_offset, gain_se = choose_recurrent_mix(
+                        recurrent, bag, y_val, prior)
+                    history["recurrent_gain_se"] = [gain_se]
+                history["recurrent_weight"] = [learned.recurrent_scale]
                 parts.recurrent_scale.scale = learned.recurrent_scale
                 parts.recurrent_scale.offset = learned.recurrent_offset
         best = callbacks[0].best_epoch + 1 if callbacks and history else None
@@ -574,7 +576,8 @@ def prior_offset(weight, prior):
 
 
 def choose_recurrent_mix(recurrent, bag, y_val, prior):
-    """(weight, offset per class) of the recurrent logits in the sum with a fitted bag's: the model's
+    """(weight, offset per class, gain in standard errors) of the recurrent logits in the sum with a
+    fitted bag's (the gain is NaN on too few texts): the model's
     logits are ``bag + weight * (recurrent - log prior)``. ``recurrent``, ``bag``: [rows, classes]
     logits on the validation texts; ``prior``: the training texts' (weighted) count per class.
 
@@ -599,7 +602,7 @@ def choose_recurrent_mix(recurrent, bag, y_val, prior):
     from scipy.optimize import minimize, minimize_scalar
 
     if len(y_val) < MIN_MIX_TEXTS:
-        return 0.0, [0.0] * len(prior)
+        return 0.0, [0.0] * len(prior), float("nan")
     extra = np.asarray(recurrent, np.float64) - log_prior(prior)
     bag = np.asarray(bag, np.float64)
     rows = np.arange(len(y_val))
@@ -624,9 +627,10 @@ def choose_recurrent_mix(recurrent, bag, y_val, prior):
     weight = float(min(c / t, 8.0))
     t_bag = minimize_scalar(lambda t: row_losses(t * bag).mean(), bounds=(1e-3, 1e3), method="bounded").x
     gain = row_losses(t_bag * bag) - row_losses(t * (bag + weight * extra))
-    if not gain.mean() >= MIN_MIX_GAIN_SE * gain.std(ddof=1) / np.sqrt(len(gain)):
+    gain_se = float(gain.mean() / max(gain.std(ddof=1) / np.sqrt(len(gain)), 1e-12))
+    if not gain_se >= MIN_MIX_GAIN_SE:
         weight = 0.0
-    return weight, prior_offset(weight, prior)
+    return weight, prior_offset(weight, prior), gain_se
 
 
 def load_classifier(path):
