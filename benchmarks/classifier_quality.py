@@ -182,9 +182,22 @@ def main():
                 accuracy = clf.evaluate(test, test_labels)["accuracy"]
                 results.setdefault((name, model), []).append(accuracy)
                 print(f"{name:<7} {model:<26} seed {seed} {accuracy:.4f}  ({time.perf_counter() - t0:.0f} s, "
-                      f"{len(clf.history_.get('loss', []))} epochs, max_length {clf.config_.max_length})", flush=True)
+                      f"{len(clf.history_.get('loss', []))} epochs, max_length {clf.config_.max_length}"
+                      f"{_chosen(clf.history_)})", flush=True)
 
     summarise(results, args.sets, args.seeds, wanted, extra)
+
+
+def _chosen(history):
+    """What the model chose on its own: the bag's C, the recurrent weight and its validation gain."""
+    out = ""
+    if "bag_c" in history:
+        out += f", bag C {history['bag_c'][0]:.3g}"
+    if "recurrent_weight" in history:
+        out += f", recurrent weight {history['recurrent_weight'][0]:.3g}"
+    if "recurrent_gain_se" in history:
+        out += f" (gain {history['recurrent_gain_se'][0]:.2f} SE)"
+    return out
 
 
 def with_spans(texts, labels, n, seed=0):

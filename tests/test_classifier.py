@@ -254,14 +254,34 @@ def test_recurrent_mix_never_makes_the_sum_worse_than_the_bag_on_validation():
     prior = np.bincount(y, minlength=3)
     bag = rng.normal(size=(200, 3)) + 2.0 * np.eye(3)[y]  # informative
     noise = 5.0 * rng.normal(size=(200, 3))  # a recurrent path that learned nothing
-    assert choose_recurrent_mix(noise, bag, y, prior)[0] < 0.05  # about 0 (a chance edge at most)
+    weight, offset, gain_se = choose_recurrent_mix(noise, bag, y, prior)
+    assert (weight, offset) == (0.0, [0.0] * 3) and gain_se < 2  # no significant gain: the bag
     helpful = 3.0 * np.eye(3)[y] + rng.normal(size=(200, 3))
-    weight, offset = choose_recurrent_mix(helpful, bag, y, prior)
-    assert weight > 0 and _log_loss(bag + weight * helpful + offset, y) < _log_loss(bag, y)
+    weight, offset, gain_se = choose_recurrent_mix(helpful, bag, y, prior)
+    assert weight > 0 and gain_se >= 2 and _log_loss(bag + weight * helpful + offset, y) < _log_loss(bag, y)
     np.testing.assert_allclose(offset, -weight * np.log(prior / prior.sum()), rtol=1e-6)  # the prior, once
     for recurrent in (noise, helpful, -helpful):
-        weight, offset = choose_recurrent_mix(recurrent, bag, y, prior)
+        weight, offset, _ = choose_recurrent_mix(recurrent, bag, y, prior)
         assert _best_temperature_loss(bag + weight * recurrent + offset, y) <= _best_temperature_loss(bag, y) + 1e-9
+
+
+def test_recurrent_mix_keeps_only_a_gain_of_two_standard_errors():
+    """A recurrent path that repeats the bag's evidence, with a little of its own, lowers the
+    validation log-loss a bit by chance; unless the gain reaches MIN_MIX_GAIN_SE standard errors
+    its weight is 0. One that knows what the bag does not keeps its weight."""
+    from kerasllm.models.classifier import MIN_MIX_GAIN_SE, choose_recurrent_mix
+
+    assert MIN_MIX_GAIN_SE == 2.0
+    rng = np.random.default_rng(3)
+    n = 300
+    y = rng.integers(0, 2, n)
+    prior = np.bincount(y, minlength=2)
+    signal = np.eye(2)[y] - 0.5
+    bag = 2.0 * signal + rng.normal(size=(n, 2))
+    echo = bag + 0.3 * signal + 2.0 * rng.normal(size=(n, 2))  # the bag again, plus a little and noise
+    assert choose_recurrent_mix(echo, bag, y, prior)[0] == 0.0
+    own = 2.0 * signal + rng.normal(size=(n, 2))  # as informative as the bag, and independent of it
+    assert choose_recurrent_mix(own, bag, y, prior)[0] > 0.5
 
 
 def test_recurrent_mix_needs_enough_validation_texts():
@@ -276,7 +296,8 @@ def test_recurrent_mix_needs_enough_validation_texts():
     bag = rng.normal(size=(n, 5)) + 2.5 * np.eye(5)[y]
     helpful = 4.0 * np.eye(5)[y] + rng.normal(size=(n, 5))
     assert choose_recurrent_mix(helpful, bag, y, prior)[0] > 0
-    assert choose_recurrent_mix(helpful[:n - 1], bag[:n - 1], y[:n - 1], prior) == (0.0, [0.0] * 5)
+    weight, offset, gain_se = choose_recurrent_mix(helpful[:n - 1], bag[:n - 1], y[:n - 1], prior)
+    assert (weight, offset) == (0.0, [0.0] * 5) and np.isnan(gain_se)
 
 
 def test_recurrent_mix_is_not_chosen_to_fix_an_under_confident_bag():
@@ -289,7 +310,7 @@ def test_recurrent_mix_is_not_chosen_to_fix_an_under_confident_bag():
     bag = 0.3 * (rng.normal(size=(150, 5)) + 3.0 * np.eye(5)[y])  # right, but timid
     confident_noise = 2.0 * rng.normal(size=(150, 5)) + 0.8 * np.eye(5)[y]  # mostly wrong on its own
     assert np.mean(confident_noise.argmax(1) == y) < np.mean(bag.argmax(1) == y) - 0.3
-    weight, offset = choose_recurrent_mix(confident_noise, bag, y, np.bincount(y, minlength=5))
+    weight, offset, _ = choose_recurrent_mix(confident_noise, bag, y, np.bincount(y, minlength=5))
     assert np.mean((bag + weight * confident_noise + offset).argmax(1) == y) >= np.mean(bag.argmax(1) == y)
 
 
@@ -548,3 +569,46 @@ def test_cli_predict_reads_a_file_and_stdin(classifier_export, tmp_path, monkeyp
     monkeypatch.setattr("sys.stdin", io.StringIO("split a string\n"))
     assert main(["classify", "predict", "--model", model]) == 0
     assert capsys.readouterr().out.strip().split("\t")[-1] == "split a string"
+
+
+def test_texts_that_repeat_each_other_are_one_group_held_out_together():
+    from kerasllm.models.classifier import containment_groups, effective_bag_c, holdout
+
+    sentences = [f"review {i} says the {'food was great' if i % 2 else 'service was slow'} today" for i in range(40)]
+    texts, labels = [], []
+    for i, s in enumerate(sentences):  # each sentence, two of its phrases and a copy in other case
+        words = s.split()
+        for t in (s, " ".join(words[:3]), " ".join(words[1:5]), s.upper()):
+            texts.append(t)
+            labels.append("good" if i % 2 else "bad")
+    groups = containment_groups(texts)
+    assert list(groups) == [4 * (i // 4) for i in range(len(texts))]  # every text joins its sentence
+    assert list(containment_groups(sentences)) == list(range(40))  # distinct sentences: one group each
+    assert effective_bag_c(10.0, groups) == 2.5 and effective_bag_c(10.0, range(40)) == 10.0
+    train, val = holdout(labels, 0.1, seed=0, groups=groups)
+    assert sorted(train + val) == list(range(len(texts))) and len(val) == 16  # 4 of 40 sentences
+    assert not {groups[i] for i in train} & {groups[i] for i in val}
+    assert {labels[i] for i in val} == {"good", "bad"}
+    # without groups the same call splits the sentences' phrases between the two sides
+    train, val = holdout(labels, 0.1, seed=0)
+    assert {groups[i] for i in train} & {groups[i] for i in val}
+
+
+def test_every_text_twice_fits_the_same_bag_as_once(topic_split):
+    """The bag's C counts independent examples: copies (or phrases) of a text do not loosen its
+    regularisation, so a logistic regression on every text twice is the one on every text once."""
+    from kerasllm.models.classifier import containment_groups, effective_bag_c, fit_bag
+
+    train, train_labels, _, _ = topic_split
+    twice = tasks.train_classifier(train + train, train_labels + train_labels, recurrent=False)
+    assert twice.history_["bag_c"] == [5.0]  # the classifier fits its bag at the effective C
+    rng = np.random.default_rng(0)
+    grams, y = rng.integers(1, 200, (120, 12)), rng.integers(0, 3, 120)
+    idf = rng.uniform(0.5, 3.0, 200).astype(np.float32)
+    groups = containment_groups([f"text {i}" for i in range(120)] * 2)
+    once = fit_bag(grams, idf, y, 3, 10.0)
+    doubled = fit_bag(np.concatenate([grams, grams]), idf, np.concatenate([y, y]), 3, effective_bag_c(10.0, groups))
+    np.testing.assert_allclose(doubled[0], once[0], atol=2e-3)
+    np.testing.assert_allclose(doubled[1], once[1], atol=2e-3)
+    looser = fit_bag(np.concatenate([grams, grams]), idf, np.concatenate([y, y]), 3, 10.0)  # the old rule
+    assert np.abs(looser[0] - once[0]).max() > 0.1
