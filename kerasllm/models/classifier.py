@@ -231,6 +231,8 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         if len(classes) < 2:
             raise ValueError(f"need at least two classes to train a classifier, got only {classes}")
         ours = False  # the validation texts are held out of ``texts``
+        groups = containment_groups(texts)  # texts that repeat each other: the split and the bag's C
+        train_groups = groups
         if validation is not None:
             val_texts = check_texts(validation[0], "validation texts")
             val_labels = check_labels(validation[1], len(val_texts), "validation labels")
@@ -239,21 +241,23 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"validation labels {unknown} do not occur in the training labels {classes}")
             train_texts, train_labels = texts, labels
         elif epochs is None and (cfg.recurrent or cfg.bag_fit == "joint"):  # a fitted bag alone needs none
-            train_idx, val_idx = holdout(labels, cfg.validation_fraction, seed, containment_groups(texts))
+            train_idx, val_idx = holdout(labels, cfg.validation_fraction, seed, groups)
             val_texts, val_labels = [texts[i] for i in val_idx], [labels[i] for i in val_idx]
             train_texts, train_labels = [texts[i] for i in train_idx], [labels[i] for i in train_idx]
+            train_groups = groups[train_idx]  # whole groups: each one's texts are all on one side
             ours = bool(val_texts)
         else:
             train_texts, train_labels, val_texts, val_labels = texts, labels, [], []
         strategy = distribute.get_strategy(strategy)
         learned, tokenizer, model, history, best = self._train(
-            cfg, classes, train_texts, train_labels, val_texts, val_labels, epochs, seed, verbose, strategy)
+            cfg, classes, train_texts, train_labels, train_groups, val_texts, val_labels, epochs, seed, verbose,
+            strategy)
         if ours and cfg.refit and best:
             # the held-out texts were ours: learn everything again from all of them, so the bag is
             # the one the same settings give without a split, and the recurrent path trains as long
             # as early stopping chose
             learned, tokenizer, model, again, _ = self._train(
-                cfg, classes, texts, labels, [], [], best, seed, verbose, strategy,
+                cfg, classes, texts, labels, groups, [], [], best, seed, verbose, strategy,
                 (learned.recurrent_scale, learned.recurrent_offset))
             history["refit_epochs"] = [best]
             history.update({k: v for k, v in again.items() if k == "bag_c"})  # the final bag's C
@@ -263,7 +267,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
             y_all = np.array([classes.index(l) for l in labels], np.int32)
             grams = np.asarray(parts.ngram_ids(tokenizer.encode(texts)))
             cw = self._class_weights(cfg.class_weight, classes, labels)
-            bag_c = effective_bag_c(cfg.bag_c, containment_groups(texts))
+            bag_c = effective_bag_c(cfg.bag_c, groups)
             table, offset = fit_bag(grams, np.asarray(learned.ngram_idf, np.float32), y_all, len(classes), bag_c,
                                     None if cw is None else cw[y_all])
             history["bag_c"] = [bag_c]
@@ -274,11 +278,12 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         self._predict_fn = None
         return self
 
-    def _train(self, cfg, classes, texts, labels, val_texts, val_labels, epochs, seed, verbose, strategy,
+    def _train(self, cfg, classes, texts, labels, groups, val_texts, val_labels, epochs, seed, verbose, strategy,
                mix=None):
         """One training run: (learned config, tokenizer, model, history, epochs early stopping
-        chose or None). The recurrent logits' weight and offset are ``mix`` or, with validation
-        texts and a fitted bag, chosen on them (``choose_recurrent_mix``)."""
+        chose or None). ``groups``: ``containment_groups`` of ``texts`` (the bag's C counts them).
+        The recurrent logits' weight and offset are ``mix`` or, with validation texts and a fitted
+        bag, chosen on them (``choose_recurrent_mix``)."""
         from kerasllm import distribute
         from kerasllm._tf import keras, no_autotune, tf
 
@@ -306,7 +311,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
             idf = idf_weights(grams, parts.bag_size)
             learned.ngram_idf = idf.tolist()
             if cfg.bag_fit == "logistic":
-                bag_c = effective_bag_c(cfg.bag_c, containment_groups(texts))
+                bag_c = effective_bag_c(cfg.bag_c, groups)
                 table, learned.bag_offset = fit_bag(grams, idf, y_train, len(classes), bag_c,
                                                     None if cw is None else cw[y_train])
 
