@@ -189,10 +189,12 @@ def main():
 
 
 def _chosen(history):
-    """What the model chose on its own: the bag's C, the recurrent weight and its validation gain."""
+    """What the model chose on its own: the bag's C and scaling, the recurrent weight, their gains."""
     out = ""
     if "bag_c" in history:
         out += f", bag C {history['bag_c'][0]:.3g}"
+    if "bag_nb" in history:
+        out += f", nb scaling {history['bag_nb'][0]:.0f} (gain {history['bag_nb_gain_se'][0]:.2f} SE)"
     if "recurrent_weight" in history:
         out += f", recurrent weight {history['recurrent_weight'][0]:.3g}"
     if "recurrent_gain_se" in history:
