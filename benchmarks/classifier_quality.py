@@ -19,6 +19,7 @@ over the seeds; the scikit-learn rows are deterministic.
     python benchmarks/classifier_quality.py                      # all sets, seeds 0 1 2
     python benchmarks/classifier_quality.py --sets trec cr --seeds 0 --models default
     python benchmarks/classifier_quality.py --sets cr subj --train-spans 4   # trained on phrases
+    python benchmarks/classifier_quality.py --sets --tsv uci=out/uci.tsv     # any labelled file
 
 Pinned to one core with one TensorFlow thread unless --no-pin.
 """
@@ -55,6 +56,12 @@ def load_set(name):
     path = DATA / {"cr": "cr.tsv", "subj": "subj.tsv", "sms": "sms_spam.tsv"}[name]
     if not path.is_file():
         return None
+    return stratified_split(*read_table(path, "text", "label"), test_size=0.2, seed=0)
+
+
+def load_file(path):
+    from kerasllm.data import read_table, stratified_split
+
     return stratified_split(*read_table(path, "text", "label"), test_size=0.2, seed=0)
 
 
@@ -121,7 +128,10 @@ def our_features(train, test):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS + OPTIONAL_SETS)
+    parser.add_argument("--sets", nargs="*", default=list(SETS), choices=SETS + OPTIONAL_SETS)
+    parser.add_argument("--tsv", nargs="+", default=[], metavar="NAME=PATH",
+                        help="more sets: a labelled .tsv/.csv/.jsonl file each (read_table's formats; "
+                             "stratified 80/20, seed 0), e.g. the files benchmarks/offline_sets.py writes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--no-pin", action="store_true")
@@ -156,8 +166,9 @@ def main():
         extra[key] = eval(value, {})  # benchmark-only: numbers, booleans, strings in quotes
     wanted = [MODELS[m] for m in args.models]
     results = {}  # (set, model) -> [accuracy per seed]
-    for name in args.sets:
-        data = load_set(name)
+    files = dict(item.split("=", 1) for item in args.tsv)
+    for name in list(args.sets) + list(files):
+        data = load_file(files[name]) if name in files else load_set(name)
         if data is None:
             print(f"{name}: data not found under {DATA}, skipped", flush=True)
             continue
@@ -185,14 +196,16 @@ def main():
                       f"{len(clf.history_.get('loss', []))} epochs, max_length {clf.config_.max_length}"
                       f"{_chosen(clf.history_)})", flush=True)
 
-    summarise(results, args.sets, args.seeds, wanted, extra)
+    summarise(results, list(args.sets) + list(files), args.seeds, wanted, extra)
 
 
 def _chosen(history):
-    """What the model chose on its own: the bag's C, the recurrent weight and its validation gain."""
+    """What the model chose on its own: the bag's C and scaling, the recurrent weight, their gains."""
     out = ""
     if "bag_c" in history:
         out += f", bag C {history['bag_c'][0]:.3g}"
+    if "bag_nb" in history:
+        out += f", nb scaling {history['bag_nb'][0]:.0f} (gain {history['bag_nb_gain_se'][0]:.2f} SE)"
     if "recurrent_weight" in history:
         out += f", recurrent weight {history['recurrent_weight'][0]:.3g}"
     if "recurrent_gain_se" in history:

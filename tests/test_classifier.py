@@ -111,9 +111,9 @@ def test_export_writes_serving_layout_with_increasing_versions(classifier, tmp_p
 
 
 def test_same_seed_trains_the_same_model(topic_split):
-    train, labels = topic_split[0][:150], topic_split[1][:150]
-    a = tasks.train_classifier(train, labels, epochs=2, seed=3)
-    b = tasks.train_classifier(train, labels, epochs=2, seed=3)
+    train, labels = topic_split[0][:80], topic_split[1][:80]
+    a = tasks.train_classifier(train, labels, epochs=1, seed=3)
+    b = tasks.train_classifier(train, labels, epochs=1, seed=3)
     for wa, wb in zip(a.model.get_weights(), b.model.get_weights()):
         np.testing.assert_array_equal(wa, wb)
 
@@ -267,11 +267,11 @@ def test_recurrent_mix_never_makes_the_sum_worse_than_the_bag_on_validation():
 
 def test_recurrent_mix_keeps_only_a_gain_of_two_standard_errors():
     """A recurrent path that repeats the bag's evidence, with a little of its own, lowers the
-    validation log-loss a bit by chance; unless the gain reaches MIN_MIX_GAIN_SE standard errors
+    validation log-loss a bit by chance; unless the gain reaches MIN_GAIN_SE standard errors
     its weight is 0. One that knows what the bag does not keeps its weight."""
-    from kerasllm.models.classifier import MIN_MIX_GAIN_SE, choose_recurrent_mix
+    from kerasllm.models.classifier import MIN_GAIN_SE, choose_recurrent_mix
 
-    assert MIN_MIX_GAIN_SE == 2.0
+    assert MIN_GAIN_SE == 2.0
     rng = np.random.default_rng(3)
     n = 300
     y = rng.integers(0, 2, n)
@@ -285,12 +285,12 @@ def test_recurrent_mix_keeps_only_a_gain_of_two_standard_errors():
 
 
 def test_recurrent_mix_needs_enough_validation_texts():
-    """On fewer than MIN_MIX_TEXTS validation texts even a helpful-looking recurrent path gets
-    weight 0 (so few texts cannot tell help from luck); at MIN_MIX_TEXTS it gets its weight."""
-    from kerasllm.models.classifier import MIN_MIX_TEXTS, choose_recurrent_mix
+    """On fewer than MIN_GAIN_TEXTS validation texts even a helpful-looking recurrent path gets
+    weight 0 (so few texts cannot tell help from luck); at MIN_GAIN_TEXTS it gets its weight."""
+    from kerasllm.models.classifier import MIN_GAIN_TEXTS, choose_recurrent_mix
 
     rng = np.random.default_rng(2)
-    n = MIN_MIX_TEXTS
+    n = MIN_GAIN_TEXTS
     y = rng.integers(0, 5, n)
     prior = np.bincount(y, minlength=5)
     bag = rng.normal(size=(n, 5)) + 2.5 * np.eye(5)[y]
@@ -306,7 +306,7 @@ def test_recurrent_mix_is_not_chosen_to_fix_an_under_confident_bag():
     from kerasllm.models.classifier import choose_recurrent_mix
 
     rng = np.random.default_rng(1)
-    y = rng.integers(0, 5, 150)  # enough texts for a weight to be chosen at all (MIN_MIX_TEXTS)
+    y = rng.integers(0, 5, 150)  # enough texts for a weight to be chosen at all (MIN_GAIN_TEXTS)
     bag = 0.3 * (rng.normal(size=(150, 5)) + 3.0 * np.eye(5)[y])  # right, but timid
     confident_noise = 2.0 * rng.normal(size=(150, 5)) + 0.8 * np.eye(5)[y]  # mostly wrong on its own
     assert np.mean(confident_noise.argmax(1) == y) < np.mean(bag.argmax(1) == y) - 0.3
@@ -612,3 +612,59 @@ def test_every_text_twice_fits_the_same_bag_as_once(topic_split):
     np.testing.assert_allclose(doubled[1], once[1], atol=2e-3)
     looser = fit_bag(np.concatenate([grams, grams]), idf, np.concatenate([y, y]), 3, 10.0)  # the old rule
     assert np.abs(looser[0] - once[0]).max() > 0.1
+
+
+def test_nb_scaling_is_folded_into_the_table():
+    """With nb scaling the bag is logistic regression on features scaled by their naive-Bayes
+    log-count ratios; the scale lives in the table, so the exported model computes the same."""
+    from sklearn.linear_model import LogisticRegression
+
+    from kerasllm.models.classifier import bag_features, fit_bag, nb_ratios
+
+    rng = np.random.default_rng(0)
+    grams, y = rng.integers(1, 300, (200, 10)), rng.integers(0, 3, 200)
+    grams[:, 0] = 300 + y  # one id per class: the largest ratio
+    idf = rng.uniform(0.5, 3.0, 310).astype(np.float32)
+    x = bag_features(grams, idf)
+    scale = nb_ratios(x, y, 3)
+    assert scale[300:303].min() > 3 * np.median(scale[1:300])
+    table, offset = fit_bag(grams, idf, y, 3, 10.0, nb=True)
+    reference = LogisticRegression(C=10.0, max_iter=1000).fit(x.multiply(scale[None, :]).tocsr(), y)
+    np.testing.assert_allclose(x @ table + offset, reference.decision_function(x.multiply(scale[None, :])),
+                               rtol=1e-4, atol=1e-4)
+    plain = fit_bag(grams, idf, y, 3, 10.0)
+    assert np.abs(plain[0] - table).max() > 0.1  # the scaling changes the fit
+
+
+def test_bag_scaling_is_kept_only_on_a_two_standard_error_gain():
+    """``bag_scaling="auto"`` scales by naive-Bayes ratios only when that gains two standard errors
+    of held-out log-loss: yes where a few words carry the label among Zipf-distributed common
+    ones (as in text), no where the labels are noise or the held-out texts too few."""
+    from kerasllm.models.classifier import MIN_GAIN_SE, choose_bag_scaling
+
+    assert MIN_GAIN_SE == 2.0
+    rng = np.random.default_rng(0)
+    n = 2000
+    y = rng.integers(0, 2, n)
+    zipf = 1.0 / np.arange(1, 5001)
+    words = 1 + rng.choice(5000, (n, 15), p=zipf / zipf.sum())
+    cues = 5001 + 100 * y[:, None] + rng.integers(0, 100, (n, 15))  # 100 words per class
+    grams = np.where(rng.random((n, 15)) < 0.05, cues, words)
+    idf = np.ones(5201, np.float32)
+    nb, gain = choose_bag_scaling(grams, idf, y, 2, 10.0, np.arange(n), 0)
+    assert nb and gain >= 2.0
+    nb, gain = choose_bag_scaling(grams, idf, rng.permutation(y), 2, 10.0, np.arange(n), 0)
+    assert not nb and gain < 2.0
+    nb, gain = choose_bag_scaling(grams[:90], idf, y[:90], 2, 10.0, np.arange(90), 0)
+    assert not nb and np.isnan(gain)  # under MIN_GAIN_TEXTS texts: no choice
+
+
+def test_bag_scaling_setting_is_checked_and_kept_apart_from_the_choice(topic_split):
+    train, train_labels, test, _ = topic_split
+    with pytest.raises(ValueError, match="bag_scaling must be one of"):
+        tasks.train_classifier(train, train_labels, recurrent=False, bag_scaling="tfidf")
+    forced = tasks.train_classifier(train[:60], train_labels[:60], recurrent=False, bag_scaling="nb")
+    assert forced.config_.bag_nb is True and "bag_nb" not in forced.history_  # forced, not chosen
+    assert forced.get_params()["bag_scaling"] == "nb"  # the setting is kept, the choice is learned state
+    chosen = tasks.train_classifier(train[:60], train_labels[:60], recurrent=False)
+    assert chosen.config_.bag_nb is False and np.isnan(chosen.history_["bag_nb_gain_se"][0])  # too few texts
