@@ -639,7 +639,7 @@ def test_nb_scaling_is_folded_into_the_table():
 def test_bag_scaling_is_kept_only_on_a_two_standard_error_gain():
     """``bag_scaling="auto"`` scales by naive-Bayes ratios only when that gains two standard errors
     of held-out log-loss: yes where a few words carry the label among Zipf-distributed common
-    ones (as in text), no where the labels are noise or the held-out texts too few."""
+    ones (as in text), no where the labels are noise or the texts too few."""
     from kerasllm.models.classifier import MIN_GAIN_SE, choose_bag_scaling
 
     assert MIN_GAIN_SE == 2.0
@@ -656,7 +656,7 @@ def test_bag_scaling_is_kept_only_on_a_two_standard_error_gain():
     nb, gain = choose_bag_scaling(grams, idf, rng.permutation(y), 2, 10.0, np.arange(n), 0)
     assert not nb and gain < 2.0
     nb, gain = choose_bag_scaling(grams[:90], idf, y[:90], 2, 10.0, np.arange(90), 0)
-    assert not nb and np.isnan(gain)  # under MIN_GAIN_TEXTS texts: no choice
+    assert not nb and np.isnan(gain)  # under BAG_SCALING_MIN_TEXTS texts: no choice
 
 
 def test_bag_scaling_setting_is_checked_and_kept_apart_from_the_choice(topic_split):
