@@ -660,7 +660,7 @@ def test_bag_scaling_is_kept_only_on_a_two_standard_error_gain():
 
 
 def test_bag_scaling_setting_is_checked_and_kept_apart_from_the_choice(topic_split):
-    train, train_labels, test, _ = topic_split
+    train, train_labels = topic_split[0], topic_split[1]
     with pytest.raises(ValueError, match="bag_scaling must be one of"):
         tasks.train_classifier(train, train_labels, recurrent=False, bag_scaling="tfidf")
     forced = tasks.train_classifier(train[:60], train_labels[:60], recurrent=False, bag_scaling="nb")

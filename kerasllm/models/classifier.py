@@ -72,7 +72,7 @@ class ClassifierConfig:
     # frozen while the recurrent path trains; "joint": both train together by gradient descent
     bag_c: float = 10.0  # per independent example: texts that repeat each other count once (effective_bag_c)
     bag_scaling: str = "auto"  # "nb": each bag feature scaled by its naive-Bayes log-count ratio (NBSVM,
-    # nb_ratios) before the fit, "none": not; "auto": "nb" where it gains on a held-out share (choose_bag_scaling)
+    # nb_ratios) before the fit, "none": not; "auto": "nb" where it gains in cross-validation (choose_bag_scaling)
     bag_learning_rate_multiplier: float = 10.0  # "joint" only
     bag_dropout: float = 0.0  # share of n-gram ids dropped in training
     embedding_dropout: float = 0.2  # share of words dropped from the recurrent path in training
@@ -292,7 +292,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         chose or None). ``groups``: ``containment_groups`` of ``texts`` (the bag's C counts them).
         The recurrent logits' weight and offset are ``mix`` or, with validation texts and a fitted
         bag, chosen on them (``choose_recurrent_mix``); the bag's scaling is ``bag_nb`` or, with
-        ``bag_scaling="auto"``, chosen on a held-out share of ``texts`` (``choose_bag_scaling``)."""
+        ``bag_scaling="auto"``, chosen by cross-validation on ``texts`` (``choose_bag_scaling``)."""
         from kerasllm import distribute
         from kerasllm._tf import keras, no_autotune, tf
 
@@ -563,11 +563,12 @@ def choose_bag_scaling(grams, idf, y, n_classes, bag_c, groups, seed, sample_wei
     gain = []
     for train, val in StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(grams, y, groups):
         c = effective_bag_c(bag_c, groups[train])
+        held_out = bag_features(grams[val], idf)
         losses = []
         for nb in (False, True):
             table, offset = fit_bag(grams[train], idf, y[train], n_classes, c,
                                     None if weights is None else weights[train], nb=nb)
-            losses.append(calibrated_losses(bag_features(grams[val], idf) @ table + np.asarray(offset), y[val]))
+            losses.append(calibrated_losses(held_out @ table + np.asarray(offset), y[val]))
         gain.append(losses[0] - losses[1])
     gain_se = standard_errors(np.concatenate(gain))
     return bool(gain_se >= MIN_GAIN_SE), gain_se
