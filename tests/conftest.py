@@ -40,11 +40,12 @@ def classifier(topic_split):
 
 @pytest.fixture(scope="session")
 def classifier_export(classifier, tmp_path_factory):
-    """The session classifier exported (SavedModel + TFLite) under a temporary saved_models root."""
+    """The session classifier exported (SavedModel + TFLite) under a temporary saved_models root,
+    with the TF Serving bundle beside it (``serving=True``)."""
     import tasks
 
     root = tmp_path_factory.mktemp("saved_models")
-    return tasks.export(classifier, root / "topics")
+    return tasks.export(classifier, root / "topics", serving=True)
 
 
 QUICKSTART = "quickstart_run"

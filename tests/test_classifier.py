@@ -101,10 +101,13 @@ def test_savedmodel_loads_with_plain_tensorflow(classifier, classifier_export, t
     np.testing.assert_allclose(out["sums"], 1.0, rtol=1e-5)
 
 
-def test_export_writes_serving_layout_with_increasing_versions(classifier, tmp_path):
-    first = tasks.export(classifier, tmp_path / "m", formats=("tflite",))
+def test_export_writes_serving_layout_with_increasing_versions(classifier, classifier_export, tmp_path):
+    import shutil
+
+    first = classifier_export["version_dir"]  # the session export: version 1 (one conversion fewer)
+    shutil.copytree(first.parent, tmp_path / "m")
     second = tasks.export(classifier, tmp_path / "m", formats=("tflite",))
-    assert (first["version_dir"].name, second["version_dir"].name) == ("1", "2")
+    assert (first.name, second["version_dir"].name) == ("1", "2")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2"]  # no temporary folders left
     with pytest.raises(ValueError, match="unknown export formats"):
         tasks.export(classifier, tmp_path / "m", formats=("onnx",))

@@ -2,11 +2,9 @@
 from kerasllm.export.tf_serving import read_warmup_requests
 
 
-def test_export_with_serving_bundle(classifier, tmp_path):
-    import tasks
-
-    # the SavedModel alone: TF Serving loads nothing else (the TFLite file would only add a conversion)
-    paths = tasks.export(classifier, tmp_path / "root" / "topics", formats=("saved_model",), serving=True)
+def test_export_with_serving_bundle(classifier_export):
+    # the session export was written with serving=True (a SavedModel export of its own took 30 s)
+    paths = classifier_export
     bundle = paths["serving"]
     assert "topics" in bundle["models_config"].read_text()
     assert "xla_cpu_compilation_enabled" in bundle["launch"].read_text()
