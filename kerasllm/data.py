@@ -102,6 +102,9 @@ def read_table(path, text_column="text", label_column=None):
 
 
 def _read_delimited(path, delimiter, text_column, label_column):
+    # the csv module refuses fields over 131,072 characters by default: a long document (a manual
+    # page, a book chapter) is a text like any other. Only ever raised, so threads never lower it.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
         table = [row for row in reader if row]

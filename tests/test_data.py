@@ -23,6 +23,15 @@ def test_reads_csv_tsv_jsonl_and_txt(tmp_path):
     assert read_table(tmp_path / "a.txt") == (["one", "two"], None)
 
 
+def test_long_documents_are_read_whole(tmp_path):
+    """A field over the csv module's default 131,072-character limit (a 25,000-word manual page)."""
+    long = "word " * 60_000 + "end"
+    (tmp_path / "a.tsv").write_text(f"label\ttext\nlong\t{long}\nshort\tfine\n")
+    assert read_table(tmp_path / "a.tsv", "text", "label") == ([long, "fine"], ["long", "short"])
+    (tmp_path / "a.csv").write_text(f'text,label\n"{long}, still",long\n')
+    assert read_table(tmp_path / "a.csv", "text", "label") == ([long + ", still"], ["long"])
+
+
 def test_bad_files_get_errors_that_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         read_table(tmp_path / "missing.csv")
