@@ -409,7 +409,7 @@ def test_default_max_length_covers_all_but_the_longest_percent():
     texts = ["w " * 10] * 95 + ["w " * 40] * 5
     assert default_max_length(texts) == 40
     assert default_max_length(["a b"] * 10) == 16 and default_max_length(["w " * 300] * 10) == 300
-    assert default_max_length(["w " * 5000] * 10) == 512
+    assert default_max_length(["w " * 5000] * 10) == 2048
 
 
 def test_recurrent_path_reads_the_first_recurrent_length_words_and_the_bag_reads_all(topic_split, tmp_path):
