@@ -38,7 +38,11 @@ DATA = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "dat
 SETS = ("trec", "cr", "subj", "sms", "topics")
 OPTIONAL_SETS = ("passages",)
 NEURAL = {"default": {}, "bag of n-grams alone": {"recurrent": False}, "recurrent alone": {"bag_of_ngrams": False}}
-LINEAR = ("tfidf+lr uni", "tfidf+lr uni+bi C=10", "tfidf+lr uni+bi C=10 raw tf", "linear over our features")
+# the TF-IDF+LR rows: (TfidfVectorizer settings, C); raw tf is how the default's bag counts a repeated n-gram
+TFIDF_ROWS = {"tfidf+lr uni": ({"sublinear_tf": True}, 1.0),
+              "tfidf+lr uni+bi C=10": ({"sublinear_tf": True, "ngram_range": (1, 2)}, 10.0),
+              "tfidf+lr uni+bi C=10 raw tf": ({"ngram_range": (1, 2)}, 10.0)}
+LINEAR = (*TFIDF_ROWS, "linear over our features")
 MODELS = {"default": "default", "bag": "bag of n-grams alone", "recurrent": "recurrent alone",
           "tfidf_uni": "tfidf+lr uni", "tfidf_bi": "tfidf+lr uni+bi C=10",
           "tfidf_bi_raw": "tfidf+lr uni+bi C=10 raw tf", "ours_linear": "linear over our features"}
@@ -93,18 +97,11 @@ def linear_rows(train, train_labels, test, test_labels, wanted):
 
     out = {}
     y = np.array(test_labels)
-    if "tfidf+lr uni" in wanted:
-        v = TfidfVectorizer(sublinear_tf=True)
-        lr = LogisticRegression(max_iter=3000).fit(v.fit_transform(train), train_labels)
-        out["tfidf+lr uni"] = float(np.mean(lr.predict(v.transform(test)) == y))
-    if "tfidf+lr uni+bi C=10" in wanted:
-        v = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2))
-        lr = LogisticRegression(C=10, max_iter=3000).fit(v.fit_transform(train), train_labels)
-        out["tfidf+lr uni+bi C=10"] = float(np.mean(lr.predict(v.transform(test)) == y))
-    if "tfidf+lr uni+bi C=10 raw tf" in wanted:  # the term frequency the default's bag uses (once per occurrence)
-        v = TfidfVectorizer(ngram_range=(1, 2))
-        lr = LogisticRegression(C=10, max_iter=3000).fit(v.fit_transform(train), train_labels)
-        out["tfidf+lr uni+bi C=10 raw tf"] = float(np.mean(lr.predict(v.transform(test)) == y))
+    for name, (vectorizer, c) in TFIDF_ROWS.items():
+        if name in wanted:
+            v = TfidfVectorizer(**vectorizer)
+            lr = LogisticRegression(C=c, max_iter=3000).fit(v.fit_transform(train), train_labels)
+            out[name] = float(np.mean(lr.predict(v.transform(test)) == y))
     if "linear over our features" in wanted:
         x_train, x_test = our_features(train, test)
         lr = LogisticRegression(max_iter=3000).fit(x_train, train_labels)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import glob
+import gzip
 import json
 import os
 import random
@@ -101,7 +102,7 @@ def roff_text(source):
         if line.startswith((".\\\"", "'\\\"", ".TH", ".so")):  # comments; the title line names the section
             continue
         if line.startswith((".", "'")):  # a request: keep its arguments (.SH NAME, .B word)
-            line = line[1:].split(None, 1)[1] if len(line[1:].split(None, 1)) > 1 else ""
+            line = (line[1:].split(None, 1) + ["", ""])[1]
         line = re.sub(r"\\[f*](\[[^\]]*\]|\(..|.)", "", line)  # fonts, strings
         line = re.sub(r"\\(\(..|\[[^\]]*\])", " ", line)  # special characters
         line = re.sub(r"\\s[-+]?\d|\\[&|^%:c]", "", line)
@@ -110,8 +111,6 @@ def roff_text(source):
 
 
 def manpages(root, out):
-    import gzip
-
     rows = []
     for section, label in [("2", "syscalls"), ("3", "library"), ("4", "files"), ("5", "files"), ("7", "overview")]:
         for path in sorted((root / f"usr/share/man/man{section}").glob("*.gz")):

@@ -3,8 +3,7 @@ from kerasllm.export.tf_serving import read_warmup_requests
 
 
 def test_export_with_serving_bundle(classifier_export):
-    # the session export was written with serving=True (a SavedModel export of its own took 30 s)
-    paths = classifier_export
+    paths = classifier_export  # the session export, written with serving=True
     bundle = paths["serving"]
     assert "topics" in bundle["models_config"].read_text()
     assert "xla_cpu_compilation_enabled" in bundle["launch"].read_text()
