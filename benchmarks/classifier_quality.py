@@ -208,7 +208,11 @@ def _chosen(history):
     if "bag_c" in history:
         out += f", bag C {history['bag_c'][0]:.3g}"
     if "bag_nb" in history:
-        out += f", nb scaling {history['bag_nb'][0]:.0f} (gain {history['bag_nb_gain_se'][0]:.2f} SE)"
+        out += f", nb scaling {history['bag_nb'][0]:.0f}"
+    if "bag_sublinear" in history:
+        out += f", sublinear tf {history['bag_sublinear'][0]:.0f}"
+    if "bag_choice_gain_se" in history:
+        out += f" (gain {history['bag_choice_gain_se'][0]:.2f} SE)"
     if "recurrent_weight" in history:
         out += f", recurrent weight {history['recurrent_weight'][0]:.3g}"
     if "recurrent_gain_se" in history:

@@ -56,6 +56,13 @@ def test_save_and_load_give_identical_probabilities(classifier, topic_split, tmp
     np.testing.assert_array_equal(again.predict_proba(test), classifier.predict_proba(test))
     classifier.save(path)  # saving over an existing save replaces it whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clf"]
+    # saved before bag_tf existed: loads with the raw term frequency that model was fitted with
+    import json
+
+    saved = json.loads((path / "classifier.json").read_text())
+    del saved["config"]["bag_sublinear"], saved["config"]["bag_tf"], saved["settings"]["bag_tf"]
+    (path / "classifier.json").write_text(json.dumps(saved))
+    assert kerasllm.load_classifier(path).config_.bag_sublinear is None  # counted raw, as it was fitted
     (tmp_path / "clf" / "classifier.json").write_text("{broken")
     with pytest.raises(ValueError, match="damaged"):
         kerasllm.load_classifier(path)
@@ -639,11 +646,62 @@ def test_nb_scaling_is_folded_into_the_table():
     assert np.abs(plain[0] - table).max() > 0.1  # the scaling changes the fit
 
 
+def test_sublinear_bag_is_tfidf_with_sublinear_tf_on_every_runtime(tmp_path):
+    """bag_tf="sublinear": each n-gram counts 1 + ln(its count in the row), as scikit-learn's
+    TfidfTransformer(sublinear_tf=True) computes, in the numpy features the bag is fitted on, the
+    Keras layer, its folded export form under XLA and in TFLite; rows at the edges: all padding,
+    one id, one id repeated over the whole width, all ids distinct, padding on both sides."""
+    from scipy.sparse import csr_matrix
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    from kerasllm._tf import tf
+    from kerasllm.export import tflite as tflite_lib
+    from kerasllm.models.classifier import bag_features
+    from kerasllm.models.classifier_layers import IdfBag, idf_weights
+
+    rng = np.random.default_rng(0)
+    width, size = 48, 60
+    grams = np.where(rng.random((40, width)) < 0.3, 0, rng.zipf(1.5, (40, width)) % size).astype(np.int32)
+    grams[0] = 0
+    grams[1, :] = 0
+    grams[1, 7] = 5
+    grams[2, :] = 9
+    grams[3] = np.arange(1, width + 1)
+    grams[4, :10] = grams[4, -10:] = 0
+    idf = idf_weights(grams[5:], size)  # rows 0-4 then hold ids never seen (idf 0) too
+    table = rng.normal(size=(size, 3)).astype(np.float32)
+    counts = csr_matrix((np.ones(grams.size), (np.repeat(np.arange(len(grams)), width), grams.ravel())),
+                        shape=(len(grams), size))
+    counts.sum_duplicates()
+    counts = counts.multiply(idf[None, :] > 0).tocsr()
+    counts.eliminate_zeros()
+    sklearn = TfidfTransformer(sublinear_tf=True).fit(counts[5:])
+    np.testing.assert_allclose(sklearn.idf_[idf > 0], idf[idf > 0], rtol=1e-6)
+    expected = sklearn.transform(counts) @ table
+    features = bag_features(grams, idf, sublinear=True)
+    np.testing.assert_allclose(features @ table, expected, atol=1e-6)
+
+    bag = IdfBag(idf, sublinear=True)
+    folded = bag.fold(tf.constant(table))
+    np.testing.assert_allclose(bag([tf.gather(table, grams), tf.constant(grams)]).numpy(), expected, rtol=1e-6, atol=2e-6)
+    xla = tf.function(lambda ids: bag.call_folded(folded, ids), jit_compile=True)
+    np.testing.assert_allclose(xla(tf.constant(grams)).numpy(), expected, rtol=1e-6, atol=2e-6)
+    spec = tf.TensorSpec([None, width], tf.int32, name="token_ids")
+    function = tf.function(lambda token_ids: {"logits": bag.call_folded(folded, token_ids)}, input_signature=[spec])
+    (tmp_path / "bag.tflite").write_bytes(tflite_lib.convert([function.get_concrete_function()], tf.Module()))
+    runner = tflite_lib.interpreter(tmp_path / "bag.tflite").get_signature_runner()
+    np.testing.assert_allclose(runner(token_ids=grams)["logits"], expected, rtol=1e-6, atol=2e-6)
+    # the raw rule (models saved before bag_tf) is unchanged: each occurrence weighs its idf
+    raw = IdfBag(idf)([tf.gather(table, grams), tf.constant(grams)]).numpy()
+    np.testing.assert_allclose(bag_features(grams, idf) @ table, raw, rtol=1e-6, atol=2e-6)
+    assert np.abs(raw[2:5] - expected[2:5]).max() > 0.1
+
+
 def test_bag_scaling_is_kept_only_on_a_two_standard_error_gain():
     """``bag_scaling="auto"`` scales by naive-Bayes ratios only when that gains two standard errors
     of held-out log-loss: yes where a few words carry the label among Zipf-distributed common
     ones (as in text), no where the labels are noise or the texts too few."""
-    from kerasllm.models.classifier import MIN_GAIN_SE, choose_bag_scaling
+    from kerasllm.models.classifier import MIN_GAIN_SE, choose_bag_features
 
     assert MIN_GAIN_SE == 2.0
     rng = np.random.default_rng(0)
@@ -654,20 +712,52 @@ def test_bag_scaling_is_kept_only_on_a_two_standard_error_gain():
     cues = 5001 + 100 * y[:, None] + rng.integers(0, 100, (n, 15))  # 100 words per class
     grams = np.where(rng.random((n, 15)) < 0.05, cues, words)
     idf = np.ones(5201, np.float32)
-    nb, gain = choose_bag_scaling(grams, idf, y, 2, 10.0, np.arange(n), 0)
-    assert nb and gain >= 2.0
-    nb, gain = choose_bag_scaling(grams, idf, rng.permutation(y), 2, 10.0, np.arange(n), 0)
+    (nb, sublinear), gain = choose_bag_features(grams, idf, y, 2, 10.0, np.arange(n), 0, sublinear=(False,))
+    assert nb and not sublinear and gain >= 2.0
+    (nb, _), gain = choose_bag_features(grams, idf, rng.permutation(y), 2, 10.0, np.arange(n), 0, sublinear=(False,))
     assert not nb and gain < 2.0
-    nb, gain = choose_bag_scaling(grams[:90], idf, y[:90], 2, 10.0, np.arange(90), 0)
+    (nb, _), gain = choose_bag_features(grams[:90], idf, y[:90], 2, 10.0, np.arange(90), 0)
     assert not nb and np.isnan(gain)  # under BAG_SCALING_MIN_TEXTS texts: no choice
+
+
+def test_sublinear_tf_is_chosen_only_where_it_gains():
+    """``bag_tf="auto"``: sublinear term frequency where a word repeated many times in a text would
+    swamp its L2 norm and hide the words that carry the label; the plain (raw) bag where no n-gram
+    repeats, since there both are the same features."""
+    from kerasllm.models.classifier import choose_bag_features
+
+    rng = np.random.default_rng(1)
+    n, width = 1200, 43
+    y = rng.integers(0, 2, n)
+    noisy = np.where(rng.random((n, 3)) < 0.7, y[:, None], 1 - y[:, None])  # 70% of cues point the right way
+    grams = np.zeros((n, width), np.int64)
+    grams[:, :3] = 1 + 50 * noisy + rng.integers(0, 50, (n, 3))
+    repeats = rng.integers(1, width - 3, n)
+    filler = 101 + rng.integers(0, 20, n)  # one label-free word per text, repeated 1-39 times
+    for i in range(n):
+        grams[i, 3:3 + repeats[i]] = filler[i]
+    idf = np.ones(121, np.float32)
+    idf[0] = 0.0
+    (nb, sublinear), gain = choose_bag_features(grams, idf, y, 2, 10.0, np.arange(n), 0, nb=(False,))
+    assert sublinear and gain >= 2.0
+    distinct = np.stack([rng.permutation(np.arange(1, 121))[:10] for _ in range(n)])
+    distinct[:, 0] = 1 + 50 * y + rng.integers(0, 50, n)
+    distinct[:, 1:] = np.where(np.isin(distinct[:, 1:], distinct[:, :1]), 0, distinct[:, 1:])
+    (nb, sublinear), _ = choose_bag_features(distinct, idf, y, 2, 10.0, np.arange(n), 0, nb=(False,))
+    assert not sublinear
 
 
 def test_bag_scaling_setting_is_checked_and_kept_apart_from_the_choice(topic_split):
     train, train_labels = topic_split[0], topic_split[1]
     with pytest.raises(ValueError, match="bag_scaling must be one of"):
         tasks.train_classifier(train, train_labels, recurrent=False, bag_scaling="tfidf")
+    with pytest.raises(ValueError, match="bag_tf must be one of"):
+        tasks.train_classifier(train, train_labels, recurrent=False, bag_tf="log")
     forced = tasks.train_classifier(train[:60], train_labels[:60], recurrent=False, bag_scaling="nb")
     assert forced.config_.bag_nb is True and "bag_nb" not in forced.history_  # forced, not chosen
     assert forced.get_params()["bag_scaling"] == "nb"  # the setting is kept, the choice is learned state
     chosen = tasks.train_classifier(train[:60], train_labels[:60], recurrent=False)
-    assert chosen.config_.bag_nb is False and np.isnan(chosen.history_["bag_nb_gain_se"][0])  # too few texts
+    assert chosen.config_.bag_nb is False and np.isnan(chosen.history_["bag_choice_gain_se"][0])  # too few texts
+    assert chosen.config_.bag_sublinear is False and chosen.get_params()["bag_tf"] == "auto"
+    forced = tasks.train_classifier(train[:60], train_labels[:60], recurrent=False, bag_tf="sublinear")
+    assert forced.config_.bag_sublinear is True and "bag_sublinear" not in forced.history_

@@ -104,7 +104,8 @@ def prune_units(clf, texts, labels, sparsity=0.8, epochs=3, learning_rate=None, 
             if getattr(cfg, "bag_offset", None) is not None:
                 # the teacher's bag was fitted by logistic regression: fit the folded bag the same way
                 # (the merged rows above are only its starting point otherwise), then keep it frozen
-                refit = fit_bag(grams, idf, y, len(clf.classes), cfg.bag_c, sample_weight(clf, y))
+                refit = fit_bag(grams, idf, y, len(clf.classes), cfg.bag_c, sample_weight(clf, y),
+                                sublinear=bool(getattr(cfg, "bag_sublinear", None)))
                 head, merged = refit[0][: len(head)], refit[0][len(head):]
                 changes["bag_offset"] = refit[1]
         weights[parts.table.name] = [np.concatenate([head, merged])]
