@@ -131,9 +131,11 @@ def test_same_seed_trains_the_same_model(topic_split):
 @pytest.mark.parametrize("options", [
     {"architecture": "lstm", "bidirectional": True, "bag_of_ngrams": False},
     {"architecture": "gru", "pooling": "average", "class_weight": "balanced"},
+    {"bag_tf": "sublinear"},  # each n-gram's count in the row, by a sort in the exported graph
 ])
 def test_other_architectures_train_and_export_with_parity(options, topic_split, tmp_path):
-    train, labels, test = topic_split[0][:200], topic_split[1][:200], topic_split[2][:40]
+    train, labels = topic_split[0][:200], topic_split[1][:200]
+    test = topic_split[2][:40] + ["", "a", "list list list list of lists", "list " * 40, "日本語 🙂🙂🙂 list"]
     clf = tasks.train_classifier(train, labels, epochs=1, max_length=12, **options)  # buckets 8 and 12
     tasks.export(clf, tmp_path / "m", formats=("tflite",))
     np.testing.assert_allclose(kerasllm.load(tmp_path / "m").predict_proba(test), clf.predict_proba(test), atol=1e-4)
