@@ -62,7 +62,9 @@ def test_save_and_load_give_identical_probabilities(classifier, topic_split, tmp
     saved = json.loads((path / "classifier.json").read_text())
     del saved["config"]["bag_sublinear"], saved["config"]["bag_tf"], saved["settings"]["bag_tf"]
     (path / "classifier.json").write_text(json.dumps(saved))
-    assert kerasllm.load_classifier(path).config_.bag_sublinear is None  # counted raw, as it was fitted
+    older = kerasllm.load_classifier(path)
+    assert older.config_.bag_sublinear is None  # counted raw, as such a model was fitted
+    assert not np.allclose(older.predict_proba(test), classifier.predict_proba(test), atol=1e-3)
     (tmp_path / "clf" / "classifier.json").write_text("{broken")
     with pytest.raises(ValueError, match="damaged"):
         kerasllm.load_classifier(path)
@@ -131,7 +133,7 @@ def test_same_seed_trains_the_same_model(topic_split):
 @pytest.mark.parametrize("options", [
     {"architecture": "lstm", "bidirectional": True, "bag_of_ngrams": False},
     {"architecture": "gru", "pooling": "average", "class_weight": "balanced"},
-    {"bag_tf": "sublinear"},  # each n-gram's count in the row, by a sort in the exported graph
+    {"bag_tf": "raw"},  # the session's classifier counts n-grams sublinearly: the other lowering
 ])
 def test_other_architectures_train_and_export_with_parity(options, topic_split, tmp_path):
     train, labels = topic_split[0][:200], topic_split[1][:200]
@@ -722,10 +724,11 @@ def test_bag_scaling_is_kept_only_on_a_two_standard_error_gain():
     assert not nb and np.isnan(gain)  # under BAG_SCALING_MIN_TEXTS texts: no choice
 
 
-def test_sublinear_tf_is_chosen_only_where_it_gains():
-    """``bag_tf="auto"``: sublinear term frequency where a word repeated many times in a text would
-    swamp its L2 norm and hide the words that carry the label; the plain (raw) bag where no n-gram
-    repeats, since there both are the same features."""
+def test_term_frequency_changes_only_where_the_other_one_gains():
+    """The folds keep the first (plain) term frequency unless the other gains two standard errors:
+    sublinear beats raw counts where a word repeated many times in a text would swamp its L2 norm
+    and hide the words that carry the label; where no n-gram repeats both are the same features,
+    and the plain one stays, whichever it is."""
     from kerasllm.models.classifier import choose_bag_features
 
     rng = np.random.default_rng(1)
@@ -740,13 +743,18 @@ def test_sublinear_tf_is_chosen_only_where_it_gains():
         grams[i, 3:3 + repeats[i]] = filler[i]
     idf = np.ones(121, np.float32)
     idf[0] = 0.0
-    (nb, sublinear), gain = choose_bag_features(grams, idf, y, 2, 10.0, np.arange(n), 0, nb=(False,))
+    (nb, sublinear), gain = choose_bag_features(grams, idf, y, 2, 10.0, np.arange(n), 0, nb=(False,),
+                                                sublinear=(False, True))
     assert sublinear and gain >= 2.0
+    (nb, sublinear), gain = choose_bag_features(grams, idf, y, 2, 10.0, np.arange(n), 0, nb=(False,))
+    assert sublinear and gain < 0  # the default order: sublinear first, raw loses
     distinct = np.stack([rng.permutation(np.arange(1, 121))[:10] for _ in range(n)])
     distinct[:, 0] = 1 + 50 * y + rng.integers(0, 50, n)
     distinct[:, 1:] = np.where(np.isin(distinct[:, 1:], distinct[:, :1]), 0, distinct[:, 1:])
-    (nb, sublinear), _ = choose_bag_features(distinct, idf, y, 2, 10.0, np.arange(n), 0, nb=(False,))
-    assert not sublinear
+    for order in ((False, True), (True, False)):
+        (nb, sublinear), _ = choose_bag_features(distinct, idf, y, 2, 10.0, np.arange(n), 0, nb=(False,),
+                                                 sublinear=order)
+        assert sublinear == order[0]
 
 
 def test_bag_scaling_setting_is_checked_and_kept_apart_from_the_choice(topic_split):
@@ -760,6 +768,6 @@ def test_bag_scaling_setting_is_checked_and_kept_apart_from_the_choice(topic_spl
     assert forced.get_params()["bag_scaling"] == "nb"  # the setting is kept, the choice is learned state
     chosen = tasks.train_classifier(train[:60], train_labels[:60], recurrent=False)
     assert chosen.config_.bag_nb is False and np.isnan(chosen.history_["bag_choice_gain_se"][0])  # too few texts
-    assert chosen.config_.bag_sublinear is False and chosen.get_params()["bag_tf"] == "auto"
-    forced = tasks.train_classifier(train[:60], train_labels[:60], recurrent=False, bag_tf="sublinear")
-    assert forced.config_.bag_sublinear is True and "bag_sublinear" not in forced.history_
+    assert chosen.config_.bag_sublinear is True and chosen.get_params()["bag_tf"] == "auto"
+    forced = tasks.train_classifier(train[:60], train_labels[:60], recurrent=False, bag_tf="raw")
+    assert forced.config_.bag_sublinear is False and "bag_sublinear" not in forced.history_
