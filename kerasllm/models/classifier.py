@@ -73,7 +73,7 @@ class ClassifierConfig:
     # frozen while the recurrent path trains; "joint": both train together by gradient descent
     bag_c: float = 10.0  # per independent example: texts that repeat each other count once (effective_bag_c)
     bag_scaling: str = "auto"  # "nb": each bag feature scaled by its naive-Bayes log-count ratio (NBSVM,
-    # nb_ratios) before the fit, "none": not; "auto": "nb" where it gains in cross-validation (choose_bag_scaling)
+    # nb_ratios) before the fit, "none": not; "auto": "nb" where it gains in cross-validation (choose_bag_features)
     bag_tf: str = "auto"  # an n-gram's term frequency in the bag: "sublinear" 1 + ln(count in the text)
     # (TF-IDF's sublinear_tf), "raw": the count; "auto": sublinear unless raw counts gain in the scaling's
     # cross-validation (choose_bag_features)
