@@ -527,7 +527,7 @@ def _from_jsonable(settings):
 
 def fit_bag(grams, idf, y, n_classes, c, sample_weight=None, nb=False, sublinear=False):
     """The bag path fitted as L2-regularised logistic regression on the features ``IdfBag`` computes
-    (idf per occurrence, L2-normalised): (table [ids, classes], intercept per class). ``nb``: each
+    (``bag_features``): (table [ids, classes], intercept per class). ``nb``: each
     feature is first scaled by its ``nb_ratios`` (NBSVM: a feature that tells the classes apart
     is penalised less); the scale is folded into the table, so the exported model is unchanged."""
     from scipy.sparse import diags
@@ -565,10 +565,9 @@ def choose_bag_features(grams, idf, y, n_classes, bag_c, groups, seed, sample_we
     cross-validation among ``nb`` (scaled by ``nb_ratios`` or not) times ``sublinear`` (term
     frequency 1 + ln count or the count). Over ``BAG_SCALING_FOLDS`` folds (whole groups,
     stratified) each candidate is fitted on the other folds; the first candidate (the plain one:
-    unscaled, and sublinear if that is a candidate) is kept
-    unless another's per-text log-loss over all held-out texts, each bag at its own best
-    temperature in each fold (ranking, not calibration), gains ``MIN_GAIN_SE`` standard errors on
-    it: the rule the recurrent weight follows. Of those that do, the largest mean gain wins. One
+    unscaled, and sublinear if that is a candidate) is kept unless another's per-text log-loss
+    over all held-out texts, each bag at its own best temperature in each fold (ranking, not
+    calibration), gains ``MIN_GAIN_SE`` standard errors on it: the rule the recurrent weight follows. Of those that do, the largest mean gain wins. One
     held-out 10% was too few texts: it chose the scaling on CR at one seed of three (costing 1.5
     points) and missed it elsewhere. Too small a set keeps the plain bag: under
     ``BAG_SCALING_MIN_TEXTS`` texts (on the 290-text built-in topics the scaling's gain stayed under
@@ -576,9 +575,9 @@ def choose_bag_features(grams, idf, y, n_classes, bag_c, groups, seed, sample_we
     missed 640 Shakespeare passages and 864 manual pages, where it was then chosen at 2 and 3 seeds
     of 3 and gained 0.4 and 1.9 points), or a class in fewer groups than folds.
 
-    Sublinear term frequency is the plain bag because raw counts seldom beat it: the bag alone
-    (``bag_features``) gained with it on long documents and lost at most 0.27 points elsewhere;
-    where raw counts do gain, the folds say so. Its count (a sort in the exported graph) costs
+    Sublinear term frequency is the plain bag because raw counts seldom beat it: the bag alone at
+    seed 0 gained 2.3 points with it on 864 manual pages and lost at most 0.27 (SMS) on ten other
+    sets (README); where raw counts do gain, the folds say so. Its count (a sort in the exported graph) costs
     about 9 us of a one-text TFLite call on SMS."""
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -613,10 +612,9 @@ def choose_bag_features(grams, idf, y, n_classes, bag_c, groups, seed, sample_we
 
 def bag_features(grams, idf, sublinear=False):
     """The sparse matrix [rows, ids] whose product with the table is what ``IdfBag`` computes: per
-    row, each id's idf times its term frequency (its count, or with ``sublinear`` 1 + ln count),
-    L2-normalised. Sublinear tf, seed-free (the bag alone, fitted here, on the benchmark's splits):
-    864 manual pages 0.8981 -> 0.9259 (nb-scaled), 640 Shakespeare passages 0.4529 -> 0.4588, CR,
-    SUBJ, UCI, quotations up 0.2-1.3 points, TREC, SMS, topics, Debian and WordNet within 0.05."""
+    row, each id's idf times its term frequency, L2-normalised. With ``sublinear`` the term
+    frequency is 1 + ln(count) (scikit-learn's ``sublinear_tf``); without, the count, and the norm
+    sums each occurrence's idf squared (the rule before ``bag_tf``, kept for models saved then)."""
     from scipy.sparse import csr_matrix
 
     rows = np.repeat(np.arange(len(grams)), grams.shape[1])
