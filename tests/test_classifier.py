@@ -57,8 +57,6 @@ def test_save_and_load_give_identical_probabilities(classifier, topic_split, tmp
     classifier.save(path)  # saving over an existing save replaces it whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clf"]
     # saved before bag_tf existed: loads with the raw term frequency that model was fitted with
-    import json
-
     saved = json.loads((path / "classifier.json").read_text())
     del saved["config"]["bag_sublinear"], saved["config"]["bag_tf"], saved["settings"]["bag_tf"]
     (path / "classifier.json").write_text(json.dumps(saved))

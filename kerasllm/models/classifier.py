@@ -530,10 +530,14 @@ def fit_bag(grams, idf, y, n_classes, c, sample_weight=None, nb=False, sublinear
     (``bag_features``): (table [ids, classes], intercept per class). ``nb``: each
     feature is first scaled by its ``nb_ratios`` (NBSVM: a feature that tells the classes apart
     is penalised less); the scale is folded into the table, so the exported model is unchanged."""
+    return fit_features(bag_features(grams, idf, sublinear), y, n_classes, c, sample_weight, nb)
+
+
+def fit_features(x, y, n_classes, c, sample_weight=None, nb=False):
+    """``fit_bag`` on features already made by ``bag_features`` (the folds reuse them across ``nb``)."""
     from scipy.sparse import diags
     from sklearn.linear_model import LogisticRegression
 
-    x = bag_features(grams, idf, sublinear)
     scale = nb_ratios(x, y, n_classes, sample_weight) if nb else None
     lr = LogisticRegression(C=c, max_iter=1000).fit(x if scale is None else x @ diags(scale), y,
                                                     sample_weight=sample_weight)
@@ -593,21 +597,17 @@ def choose_bag_features(grams, idf, y, n_classes, bag_c, groups, seed, sample_we
     losses = {c: [] for c in candidates}
     for train, val in StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(grams, y, groups):
         c = effective_bag_c(bag_c, groups[train])
-        for candidate in candidates:
-            n, s = candidate
-            held_out = bag_features(grams[val], idf, s)
-            table, offset = fit_bag(grams[train], idf, y[train], n_classes, c,
-                                    None if weights is None else weights[train], nb=n, sublinear=s)
-            losses[candidate].append(calibrated_losses(held_out @ table + np.asarray(offset), y[val]))
+        for s in sublinear:  # each fold's features made once per term frequency
+            fitted, held_out = bag_features(grams[train], idf, s), bag_features(grams[val], idf, s)
+            for n in nb:
+                table, offset = fit_features(fitted, y[train], n_classes, c,
+                                             None if weights is None else weights[train], nb=n)
+                losses[(n, s)].append(calibrated_losses(held_out @ table + np.asarray(offset), y[val]))
     plain = np.concatenate(losses[candidates[0]])
     gains = {c: plain - np.concatenate(losses[c]) for c in candidates[1:]}
-    best = max(gains, key=lambda c: gains[c].mean())
-    gain_se = standard_errors(gains[best])
     winners = [c for c in gains if standard_errors(gains[c]) >= MIN_GAIN_SE]
-    if not winners:
-        return candidates[0], gain_se
-    best = max(winners, key=lambda c: gains[c].mean())
-    return best, standard_errors(gains[best])
+    best = max(winners or gains, key=lambda c: gains[c].mean())  # without a winner: the closest one's gain
+    return (best if winners else candidates[0]), standard_errors(gains[best])
 
 
 def bag_features(grams, idf, sublinear=False):
